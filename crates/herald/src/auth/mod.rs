@@ -1,0 +1,25 @@
+//! Who is connecting and whether they may: JWT verification (DESIGN §2), API keys for
+//! backends, and the Origin check against cross-site WebSocket hijacking.
+
+pub mod api_key;
+pub mod jwt;
+pub mod origin;
+
+use std::sync::Arc;
+
+/// An authenticated identity, from a token or anonymous.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: Arc<str>,
+    pub device: Option<Arc<str>>,
+    pub groups: Vec<Arc<str>>,
+    pub admin: bool,
+    /// Unix seconds; None for anonymous connections.
+    pub expires_at: Option<u64>,
+}
+
+impl Identity {
+    pub fn anonymous(n: u64) -> Identity {
+        Identity { user: Arc::from(format!("anon-{n}")), device: None, groups: Vec::new(), admin: false, expires_at: None }
+    }
+}

@@ -1,0 +1,60 @@
+//! `herald serve`: load config, set up logs, bind, run until SIGTERM/SIGINT.
+
+use tokio::net::TcpListener;
+
+use super::ServeArgs;
+use crate::config::load::Overrides;
+use crate::config::{Config, LogFormat};
+use crate::{Node, ServeOptions};
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let flags = Overrides {
+        listen: args.listen.clone(),
+        data_dir: None,
+        log_format: args.log_format.clone(),
+        log_level: args.log_level.clone(),
+    };
+    let cfg = args.config.load(flags)?;
+    init_logging(&cfg);
+    let listener = TcpListener::bind(cfg.listen_addr()).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let node = Node::start(listener, cfg, ServeOptions { conformance_echo: args.conformance_echo }).await?;
+    // Printed on stdout so scripts and tests can find the bound port.
+    println!("herald listening on {}://{}", node.scheme(), node.addr);
+    tracing::info!(addr = %node.addr, node = %node.app.hub.node, "listening");
+    wait_for_signal().await;
+    tracing::info!("shutting down: closing clients with 1001");
+    node.shutdown().await;
+    tracing::info!("bye");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+pub fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cfg.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}

@@ -1,0 +1,297 @@
+//! Configuration: one typed tree with the defaults of DESIGN §11–12, layered from a TOML
+//! file, `HERALD_…` environment variables and flags (later wins), then validated with
+//! errors that name the key.
+//!
+//! The structs double as the "raw" layer because every key has a default: a missing key
+//! is the default, an unknown key is an error (a typo must not silently do nothing).
+
+pub mod load;
+pub mod secrets;
+pub mod template;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub node_name: String,
+    #[serde(deserialize_with = "string_list")]
+    pub allowed_origins: Vec<String>,
+    pub shutdown_timeout_s: u64,
+    pub auth: AuthConfig,
+    pub api: ApiConfig,
+    pub ws: WsConfig,
+    pub limits: LimitsConfig,
+    pub tls: TlsConfig,
+    pub broker: BrokerConfig,
+    pub store: StoreConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./herald-data"),
+            node_name: String::new(),
+            allowed_origins: Vec::new(),
+            shutdown_timeout_s: 10,
+            auth: AuthConfig::default(),
+            api: ApiConfig::default(),
+            ws: WsConfig::default(),
+            limits: LimitsConfig::default(),
+            tls: TlsConfig::default(),
+            broker: BrokerConfig::default(),
+            store: StoreConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Jwt,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub hmac_secret: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway_s: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { mode: AuthMode::Jwt, hmac_secret: None, public_key_file: None, issuer: None, audience: None, leeway_s: 5 }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(deserialize_with = "string_list")]
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    pub heartbeat_s: u64,
+    pub idle_timeout_s: u64,
+    pub max_message_bytes: usize,
+    pub queue_messages: usize,
+    pub queue_bytes: usize,
+    pub rate_per_s: u32,
+    pub rate_burst: u32,
+    pub rate_limit_close_after_s: u64,
+    pub max_subscriptions: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            heartbeat_s: 25,
+            idle_timeout_s: 60,
+            max_message_bytes: 64 * 1024,
+            queue_messages: 256,
+            queue_bytes: 1024 * 1024,
+            rate_per_s: 50,
+            rate_burst: 100,
+            rate_limit_close_after_s: 10,
+            max_subscriptions: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub connections_per_user: usize,
+    pub connections_per_ip: usize,
+    pub http_body_bytes: usize,
+    pub handshake_timeout_s: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { connections_per_user: 100, connections_per_ip: 1000, http_body_bytes: 1024 * 1024, handshake_timeout_s: 10 }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub url: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig { url: "memory://".into() }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Empty means `sqlite://<data_dir>/herald.db`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Pretty, level: "info".into() }
+    }
+}
+
+/// A list given as a TOML array, or (from an environment variable) as one string of
+/// comma- or space-separated items, as Centrifugo users write them.
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match List::deserialize(d)? {
+        List::Many(v) => v,
+        List::One(s) => s.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+    })
+}
+
+/// Everything wrong with a configuration, each naming its key.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct Invalid(pub Vec<String>);
+
+impl Config {
+    /// Checks what types alone cannot; every problem is reported, not just the first.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let mut errs = Vec::new();
+        if self.listen.parse::<SocketAddr>().is_err() {
+            errs.push(format!("listen: expected an address like 127.0.0.1:8080, got `{}`", self.listen));
+        }
+        if self.auth.leeway_s > 30 {
+            errs.push(format!("auth.leeway_s: at most 30 seconds, got {}", self.auth.leeway_s));
+        }
+        if let Some(s) = &self.auth.hmac_secret {
+            if s.len() < 32 {
+                errs.push("auth.hmac_secret: must be at least 32 bytes".into());
+            }
+        }
+        if let Some(p) = &self.auth.public_key_file {
+            if !p.is_file() {
+                errs.push(format!("auth.public_key_file: no such file `{}`", p.display()));
+            }
+        }
+        for k in &self.api.keys {
+            if k.len() < 16 {
+                errs.push("api.keys: every key must be at least 16 characters".into());
+                break;
+            }
+        }
+        for o in &self.allowed_origins {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                errs.push(format!("allowed_origins: `{o}` must be \"*\" or start with http:// or https://"));
+            }
+        }
+        let ws = &self.ws;
+        if ws.heartbeat_s == 0 {
+            errs.push("ws.heartbeat_s: must be at least 1".into());
+        }
+        if ws.idle_timeout_s <= ws.heartbeat_s {
+            errs.push(format!("ws.idle_timeout_s: must be greater than ws.heartbeat_s ({})", ws.heartbeat_s));
+        }
+        for (key, v) in [
+            ("ws.max_message_bytes", ws.max_message_bytes),
+            ("ws.queue_messages", ws.queue_messages),
+            ("ws.queue_bytes", ws.queue_bytes),
+            ("ws.rate_per_s", ws.rate_per_s as usize),
+            ("ws.rate_burst", ws.rate_burst as usize),
+            ("ws.max_subscriptions", ws.max_subscriptions),
+            ("limits.connections_per_user", self.limits.connections_per_user),
+            ("limits.connections_per_ip", self.limits.connections_per_ip),
+            ("limits.http_body_bytes", self.limits.http_body_bytes),
+            ("limits.handshake_timeout_s", self.limits.handshake_timeout_s as usize),
+        ] {
+            if v == 0 {
+                errs.push(format!("{key}: must be at least 1"));
+            }
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (None, None) => {}
+            (Some(c), Some(k)) => {
+                for (key, p) in [("tls.cert_file", c), ("tls.key_file", k)] {
+                    if !p.is_file() {
+                        errs.push(format!("{key}: no such file `{}`", p.display()));
+                    }
+                }
+            }
+            _ => errs.push("tls: set both tls.cert_file and tls.key_file, or neither".into()),
+        }
+        if self.broker.url != "memory://" {
+            errs.push(format!(
+                "broker.url: `{}` is not available in this build; use memory:// (redis:// arrives with scale-out)",
+                self.broker.url
+            ));
+        }
+        if !(self.store.url.is_empty() || self.store.url.starts_with("sqlite://") || self.store.url.starts_with("postgres://")) {
+            errs.push(format!("store.url: expected sqlite://… or postgres://…, got `{}`", self.store.url));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            errs.push(format!("log.level: `{}` is not a log filter (try info or herald=debug)", self.log.level));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(Invalid(errs))
+        }
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    /// A short node name: the configured one, or the host name.
+    pub fn node(&self) -> String {
+        if !self.node_name.is_empty() {
+            return self.node_name.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "herald".into())
+    }
+}

@@ -1,0 +1,96 @@
+//! The commented default configuration printed by `herald genconfig`. A test keeps it
+//! equal to `Config::default()`, so the documentation cannot drift from the code.
+
+pub const DEFAULT_TOML: &str = r#"# herald configuration. Every key is optional; these are the defaults.
+# Precedence: this file < HERALD_… environment variables (`__` nests, e.g.
+# HERALD_AUTH__MODE=none) < command-line flags.
+
+# Address to listen on (also --listen / HERALD_LISTEN).
+listen = "127.0.0.1:8080"
+# Where generated secrets (hmac_secret, api_key) and the SQLite store live (also --data-dir).
+data_dir = "./herald-data"
+# Name of this node in `connected` frames and /api/stats; empty = host name.
+node_name = ""
+# Origins allowed to open browser WebSockets. Empty = same origin as the server only;
+# ["*"] = any origin (write it out on purpose). Entries look like "https://app.example".
+allowed_origins = []
+# On SIGTERM/SIGINT: close every client with 1001 and wait at most this long.
+shutdown_timeout_s = 10
+
+[auth]
+# "jwt" (default) or "none" (anonymous connections, for public feeds).
+mode = "jwt"
+# HS256 secret (>= 32 bytes). Unset = generated once into data_dir/hmac_secret.
+# hmac_secret = "…"
+# RS256/ES256 public key (PEM). When set, only that algorithm is accepted.
+# public_key_file = "/etc/herald/jwt.pub.pem"
+# Checked only when set.
+# issuer = "https://auth.example"
+# audience = "herald"
+# Clock skew tolerated on exp/nbf, in seconds (at most 30).
+leeway_s = 5
+
+[api]
+# Keys accepted as `Authorization: Bearer <key>` (or X-API-Key) on the HTTP API, in
+# addition to the generated data_dir/api_key. Each at least 16 characters.
+keys = []
+
+[ws]
+# Server WebSocket Ping interval.
+heartbeat_s = 25
+# Close a connection that sent nothing (not even a Pong) for this long.
+idle_timeout_s = 60
+# Largest inbound message after reassembly; bigger closes with 1009.
+max_message_bytes = 65536
+# Outbound queue per connection, in messages and in bytes; overflow closes with 4000.
+queue_messages = 256
+queue_bytes = 1048576
+# Inbound messages per connection: sustained rate and burst. Over it: `error`
+# rate_limited; still over it after rate_limit_close_after_s: close 1008.
+rate_per_s = 50
+rate_burst = 100
+rate_limit_close_after_s = 10
+# Channel subscriptions per connection.
+max_subscriptions = 1000
+
+[limits]
+# Open connections per user and per client IP; over it the upgrade gets HTTP 429.
+connections_per_user = 100
+connections_per_ip = 1000
+# Largest HTTP API request body; bigger gets 413.
+http_body_bytes = 1048576
+# Time allowed for a request head / TLS handshake (slowloris guard).
+handshake_timeout_s = 10
+
+[tls]
+# Both set = serve HTTPS and wss:// with rustls. Neither = plain HTTP.
+# cert_file = "/etc/herald/cert.pem"
+# key_file = "/etc/herald/key.pem"
+
+[broker]
+# "memory://" (one node). redis:// arrives with scale-out.
+url = "memory://"
+
+[store]
+# Empty = sqlite://<data_dir>/herald.db; or postgres://user@host/db.
+url = ""
+
+[log]
+# "pretty" or "json" (also --log-format).
+format = "pretty"
+# A tracing filter such as "info" or "herald=debug" (also --log-level / HERALD_LOG).
+level = "info"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn template_is_the_defaults() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+    }
+}

@@ -1,0 +1,142 @@
+//! The read side of every WebSocket connection: bytes in, messages out, the control
+//! protocol (ping, close) answered here so each handler only sees data messages.
+//!
+//! The task running [`drive`] owns the socket; the writer is a child task it waits for.
+//! Whoever closes the connection (the peer, a protocol error, the hub with 4000/4002,
+//! shutdown with 1001) goes through [`Outbox::close`], which only the first caller wins.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWrite;
+
+use super::outbox::Outbox;
+use super::transport::WsRead;
+use super::writer::run_writer;
+use crate::metrics::{Metrics, Refusal};
+use crate::protocol::codes::CloseCode;
+use crate::ws::frame::{Frame, OP_PONG};
+use crate::ws::message::{Message, MessageReader};
+
+/// After we sent a close frame, how long we wait for the peer's close or EOF.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What a handler wants after a data message.
+pub enum Flow {
+    Continue,
+    Close(CloseCode, &'static str),
+}
+
+/// The application side of a connection.
+pub trait Handler: Send {
+    fn on_text(&mut self, text: Bytes, outbox: &Outbox) -> Flow;
+    fn on_binary(&mut self, data: Bytes, outbox: &Outbox) -> Flow;
+    /// Any bytes arrived (liveness for idle timeouts).
+    fn on_activity(&mut self) {}
+}
+
+pub struct Limits {
+    pub max_message: usize,
+}
+
+/// Runs a connection until it is closed and both directions are done.
+pub async fn drive<R, W, H>(
+    mut reader: R,
+    writer: W,
+    mut buf: BytesMut,
+    outbox: Arc<Outbox>,
+    handler: &mut H,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+) where
+    R: WsRead,
+    W: AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
+    let mut writer_task = tokio::spawn(run_writer(writer, outbox.clone(), metrics.clone()));
+    let mut messages = MessageReader::new(limits.max_message, true);
+    let mut peer_closed = false;
+
+    // Bytes that arrived with the upgrade request are processed first.
+    let mut pending = !buf.is_empty();
+    'read: loop {
+        if !pending {
+            tokio::select! {
+                biased;
+                _ = outbox.closed() => break 'read,
+                r = reader.read_into(&mut buf) => match r {
+                    Ok(0) | Err(_) => { peer_closed = true; break 'read }
+                    Ok(_) => handler.on_activity(),
+                },
+            }
+        }
+        pending = false;
+        loop {
+            match messages.next_message(&mut buf) {
+                Ok(None) => break,
+                Ok(Some(msg)) => {
+                    let flow = match msg {
+                        Message::Text(t) => handler.on_text(t, &outbox),
+                        Message::Binary(b) => handler.on_binary(b, &outbox),
+                        Message::Ping(p) => {
+                            outbox.push_control(Frame::new(OP_PONG, &p));
+                            Flow::Continue
+                        }
+                        Message::Pong(_) => Flow::Continue,
+                        Message::Close(code) => {
+                            // Echo the peer's code (RFC 6455 §5.5.1), then we are done.
+                            let frame = match code {
+                                Some(c) => Frame::close(c, ""),
+                                None => Frame::new(crate::ws::frame::OP_CLOSE, b""),
+                            };
+                            outbox.close(Some(frame), false);
+                            peer_closed = true;
+                            break 'read;
+                        }
+                    };
+                    if let Flow::Close(code, why) = flow {
+                        outbox.close(Some(Frame::close(code.code(), why)), false);
+                        break 'read;
+                    }
+                }
+                Err(v) => {
+                    metrics.refuse(match v.code {
+                        CloseCode::TooBig => Refusal::TooLarge,
+                        _ => Refusal::ProtocolError,
+                    });
+                    outbox.close(Some(Frame::close(v.code.code(), v.why)), true);
+                    break 'read;
+                }
+            }
+        }
+        if buf.is_empty() && buf.capacity() > 0 {
+            buf = BytesMut::new(); // an idle connection keeps no read buffer
+        }
+    }
+
+    // Closed from our side: the peer gets a moment to answer with its own close.
+    if !peer_closed {
+        let _ = tokio::time::timeout(CLOSE_GRACE, drain_until_close(&mut reader, &mut buf, &mut messages)).await;
+    }
+    outbox.close(None, true);
+    if tokio::time::timeout(CLOSE_GRACE * 2, &mut writer_task).await.is_err() {
+        writer_task.abort();
+    }
+}
+
+async fn drain_until_close<R: WsRead>(reader: &mut R, buf: &mut BytesMut, messages: &mut MessageReader) {
+    loop {
+        loop {
+            match messages.next_message(buf) {
+                Ok(Some(Message::Close(_))) | Err(_) => return,
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+            }
+        }
+        match reader.read_into(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}

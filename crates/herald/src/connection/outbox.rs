@@ -1,0 +1,213 @@
+//! A connection's bounded outbound queue: the only place the hub and a socket meet.
+//!
+//! Publishers push without ever waiting: a push takes a plain mutex for a few
+//! instructions and wakes the writer. The queue is bounded in messages AND bytes; a full
+//! queue is reported to the caller, which applies the slow-consumer policy. Control
+//! frames (pong, ping) and the final close frame skip the queue and its limits, so a
+//! client stuck behind a backlog still gets its pong or its close code.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tokio::sync::Notify;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::ws::frame::Frame;
+
+/// A queued frame and when its publication was accepted (for delivery latency).
+pub struct Queued {
+    pub frame: Frame,
+    pub accepted: Instant,
+}
+
+/// The result of a non-blocking push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// The queue is at its message or byte limit: the frame was not queued.
+    Full,
+    /// The connection is closing: the frame was not queued.
+    Closed,
+}
+
+/// How many pending control frames we keep; a peer that pings faster than it reads
+/// gets pongs for the most recent pings only (RFC 6455 §5.5.3 allows that).
+const MAX_CONTROL: usize = 8;
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Queued>,
+    bytes: usize,
+    control: VecDeque<Frame>,
+    close: Option<Frame>,
+    closing: bool,
+    close_taken: bool,
+}
+
+pub struct Outbox {
+    state: Mutex<State>,
+    wake: Notify,
+    closed: CancellationToken,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+/// What the writer should do with the batch it was handed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Batch {
+    /// Write the frames, then ask again.
+    Write,
+    /// Write the frames (ending with the close frame, if any), then shut the socket.
+    Finish,
+}
+
+impl Outbox {
+    pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
+        Outbox { state: Mutex::new(State::default()), wake: Notify::new(), closed: CancellationToken::new(), max_messages, max_bytes }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means another thread panicked mid-push; the queue itself
+        // is still a valid VecDeque, so keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a data frame unless the queue is full or closing. Never waits.
+    pub fn try_push(&self, frame: Frame, accepted: Instant) -> Push {
+        let mut s = self.lock();
+        if s.closing {
+            return Push::Closed;
+        }
+        if s.frames.len() >= self.max_messages || s.bytes + frame.len() > self.max_bytes {
+            return Push::Full;
+        }
+        s.bytes += frame.len();
+        s.frames.push_back(Queued { frame, accepted });
+        drop(s);
+        self.wake.notify_one();
+        Push::Queued
+    }
+
+    /// Queues a control frame (pong, ping) ahead of data.
+    pub fn push_control(&self, frame: Frame) {
+        let mut s = self.lock();
+        if s.closing {
+            return;
+        }
+        if s.control.len() >= MAX_CONTROL {
+            s.control.pop_front();
+        }
+        s.control.push_back(frame);
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// Starts closing: `close` (if any) is the last frame written. With `discard`, data
+    /// still queued is dropped (slow consumer); otherwise it is flushed first.
+    /// Returns false if the connection was already closing: the first close wins, so a
+    /// connection is closed exactly once whoever asks.
+    pub fn close(&self, close: Option<Frame>, discard: bool) -> bool {
+        let mut s = self.lock();
+        if s.closing {
+            return false;
+        }
+        s.closing = true;
+        s.close = close;
+        if discard {
+            s.frames.clear();
+            s.bytes = 0;
+        }
+        drop(s);
+        self.wake.notify_one();
+        self.closed.cancel();
+        true
+    }
+
+    /// Resolves once the connection started closing (by anyone).
+    pub fn closed(&self) -> WaitForCancellationFuture<'_> {
+        self.closed.cancelled()
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.lock().closing
+    }
+
+    /// Number of data frames waiting.
+    pub fn depth(&self) -> usize {
+        self.lock().frames.len()
+    }
+
+    /// Waits until there is something to write and moves all of it into `control` and
+    /// `data` (control first). Cancel-safe: nothing is taken before the wait completes.
+    pub async fn next_batch(&self, control: &mut Vec<Frame>, data: &mut Vec<Queued>) -> Batch {
+        loop {
+            let notified = self.wake.notified();
+            {
+                let mut s = self.lock();
+                let has_work = !s.control.is_empty() || !s.frames.is_empty() || (s.closing && !s.close_taken);
+                if has_work {
+                    control.extend(s.control.drain(..));
+                    data.extend(s.frames.drain(..));
+                    s.bytes = 0;
+                    if s.closing {
+                        s.close_taken = true;
+                        if let Some(close) = s.close.take() {
+                            control.clear();
+                            data.push(Queued { frame: close, accepted: Instant::now() });
+                        }
+                        return Batch::Finish;
+                    }
+                    return Batch::Write;
+                }
+                if s.close_taken {
+                    return Batch::Finish;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_by_messages_or_bytes() {
+        let o = Outbox::new(2, 10);
+        let now = Instant::now();
+        assert_eq!(o.try_push(Frame::text(b"a"), now), Push::Queued);
+        assert_eq!(o.try_push(Frame::text(b"b"), now), Push::Queued);
+        assert_eq!(o.try_push(Frame::text(b"c"), now), Push::Full);
+        let o = Outbox::new(100, 10);
+        assert_eq!(o.try_push(Frame::text(b"0123456789"), now), Push::Full);
+    }
+
+    #[test]
+    fn close_is_idempotent_and_refuses_new_frames() {
+        let o = Outbox::new(2, 100);
+        assert!(o.close(None, true));
+        assert!(!o.close(None, true));
+        assert_eq!(o.try_push(Frame::text(b"a"), Instant::now()), Push::Closed);
+    }
+
+    #[tokio::test]
+    async fn batch_drains_everything_control_first_and_close_last() {
+        let o = Outbox::new(10, 1000);
+        let now = Instant::now();
+        o.try_push(Frame::text(b"1"), now);
+        o.push_control(Frame::new(crate::ws::frame::OP_PONG, b""));
+        o.try_push(Frame::text(b"2"), now);
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        assert_eq!(o.next_batch(&mut c, &mut d).await, Batch::Write);
+        assert_eq!((c.len(), d.len()), (1, 2));
+        o.try_push(Frame::text(b"3"), now);
+        o.close(Some(Frame::close(1001, "bye")), false);
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        assert_eq!(o.next_batch(&mut c, &mut d).await, Batch::Finish);
+        assert_eq!(d.len(), 2, "flushes queued data, then the close frame");
+        assert_eq!(d[1].frame, Frame::close(1001, "bye"));
+        assert_eq!(o.next_batch(&mut c, &mut d).await, Batch::Finish);
+    }
+}

@@ -1,0 +1,46 @@
+//! The one shape of every HTTP error: a status and `{"error": code, "message": …}`.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::protocol::codes::ErrorCode;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub status: Option<StatusCode>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError { code, message: message.into(), status: None }
+    }
+
+    /// A status outside the code table (426 Upgrade Required, 503 draining).
+    pub fn with_status(mut self, status: StatusCode) -> ApiError {
+        self.status = Some(status);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status.unwrap_or(self.code.http_status());
+        let mut res = (status, Json(json!({"error": self.code.as_str(), "message": self.message}))).into_response();
+        if status == StatusCode::UPGRADE_REQUIRED {
+            res.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("13"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+/// Unmatched routes also answer in JSON.
+pub async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
+}

@@ -1,0 +1,45 @@
+//! The HTTP face of a node: the accept loop (plain or TLS, with the slowloris guard),
+//! the router, and one file per endpoint group.
+
+pub mod conformance;
+pub mod error;
+pub mod publish;
+pub mod router;
+pub mod server;
+pub mod stats;
+pub mod tls;
+pub mod ws_upgrade;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+
+use crate::auth::api_key::ApiKeys;
+use crate::broker::Broker;
+use crate::auth::jwt::Verifier;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// Everything a request handler may need, shared by reference count.
+pub struct AppState {
+    pub cfg: Config,
+    pub hub: Arc<Hub>,
+    /// Where publications go: the local hub on one node, every node with Redis.
+    pub broker: Arc<dyn Broker>,
+    pub metrics: Arc<Metrics>,
+    /// None when `auth.mode = "none"`.
+    pub verifier: Option<Arc<Verifier>>,
+    /// Verifies admin JWTs on the HTTP API even when WebSocket auth is off.
+    pub api_verifier: Arc<Verifier>,
+    pub api_keys: ApiKeys,
+    pub draining: AtomicBool,
+    /// Every connection task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    pub tls: bool,
+    /// Serve `/conformance/echo` (tests only).
+    pub conformance_echo: bool,
+}
+
+pub type App = Arc<AppState>;

@@ -1,0 +1,20 @@
+//! Routes. Handlers get the shared [`AppState`](super::AppState).
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use super::{conformance, error, publish, stats, ws_upgrade, App};
+
+pub fn router(app: App) -> Router {
+    let mut r = Router::new()
+        .route("/ws", get(ws_upgrade::upgrade))
+        .route("/api/publish", post(publish::publish))
+        .route("/api/stats", get(stats::stats))
+        .route("/healthz", get(stats::healthz))
+        .route("/readyz", get(stats::readyz));
+    if app.conformance_echo {
+        r = r.route("/conformance/echo", get(conformance::echo));
+    }
+    r.fallback(error::not_found).layer(DefaultBodyLimit::max(app.cfg.limits.http_body_bytes)).with_state(app)
+}

@@ -1,0 +1,98 @@
+//! The accept loop. We drive hyper ourselves (not `axum::serve`) for three reasons: the
+//! request-head timeout that drops slowloris clients, a TLS handshake off the accept
+//! loop, and connection tasks tracked so shutdown can wait for upgraded sockets (axum
+//! does not wait for them, tokio-rs/axum#3003).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::App;
+use crate::metrics::Refusal;
+
+pub async fn accept_loop(listener: TcpListener, app: App, router: Router, tls: Option<TlsAcceptor>, stop: CancellationToken) {
+    let handshake_timeout = Duration::from_secs(app.cfg.limits.handshake_timeout_s);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (app, router, tls, stop) = (app.clone(), router.clone(), tls.clone(), stop.clone());
+        let tracker = app.tracker.clone();
+        tracker.spawn(async move {
+            match tls {
+                None => serve_http(TokioIo::new(tcp), peer, app, router, handshake_timeout, stop).await,
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => serve_http(TokioIo::new(stream), peer, app, router, handshake_timeout, stop).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                    Err(_) => {
+                        app.metrics.refuse(Refusal::HandshakeTimeout);
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                    }
+                },
+            }
+        });
+    }
+}
+
+async fn serve_http<I>(io: TokioIo<I>, peer: SocketAddr, app: App, router: Router, head_timeout: Duration, stop: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout)
+        .max_buf_size(64 * 1024)
+        .serve_connection(io, svc)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        if e.is_timeout() {
+            app.metrics.refuse(Refusal::HandshakeTimeout);
+            tracing::debug!(%peer, "request head not received in time; dropped");
+        } else {
+            tracing::debug!(%peer, "http connection error: {e}");
+        }
+    }
+}
+
+/// Shared for tests and `serve`.
+pub fn tls_acceptor(cfg: &crate::config::Config) -> anyhow::Result<Option<TlsAcceptor>> {
+    match (&cfg.tls.cert_file, &cfg.tls.key_file) {
+        (Some(c), Some(k)) => Ok(Some(TlsAcceptor::from(super::tls::server_config(c, k)?))),
+        _ => Ok(None),
+    }
+}
+
+pub type Shared = Arc<super::AppState>;

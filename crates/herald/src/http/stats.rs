@@ -1,0 +1,42 @@
+//! `/api/stats`, `/healthz`, `/readyz` (DESIGN §7, CRATES §6 #6).
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::publish::authorize;
+use super::App;
+
+pub async fn stats(State(app): State<App>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let hub = &app.hub;
+    let (connections, users) = (hub.registry.connections(), hub.registry.users());
+    let m = &app.metrics;
+    let lat = &m.latency;
+    Ok(Json(json!({
+        "node": {"name": hub.node, "connections": connections, "users": users},
+        // One node: the cluster is this node (scale-out adds the others).
+        "cluster": {"nodes": 1, "connections": connections, "users": users},
+        "publications": m.publications.load(Relaxed),
+        "deliveries": m.deliveries.load(Relaxed),
+        "dropped": m.dropped.load(Relaxed),
+        "slow_consumer_disconnects": m.slow_consumer_disconnects.load(Relaxed),
+        "refused": crate::metrics::Refusal::ALL.iter().map(|r| (r.as_str().to_owned(), Value::from(m.refusals(*r)))).collect::<serde_json::Map<_, _>>(),
+        "latency_ms": {"p50": lat.quantile_ms(0.50), "p95": lat.quantile_ms(0.95), "p99": lat.quantile_ms(0.99)},
+    })))
+}
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Value>) {
+    if app.draining.load(Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining", "broker": "ok", "store": "ok"})));
+    }
+    (StatusCode::OK, Json(json!({"status": "ready", "broker": "ok", "store": "ok"})))
+}

@@ -1,0 +1,218 @@
+//! `GET /ws`: every refusal is decided here, before the 101, with the HTTP status and
+//! JSON body of DESIGN §2; then the upgraded socket is handed to a connection task.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use super::error::ApiError;
+use super::App;
+use crate::auth::origin::origin_allowed;
+use crate::auth::Identity;
+use crate::connection::driver::{drive, Handler, Limits};
+use crate::connection::outbox::Outbox;
+use crate::connection::session::{Session, SessionLimits};
+use crate::connection::transport::Buffered;
+use crate::hub::{Admission, ConnHandle};
+use crate::metrics::{Metrics, Refusal};
+use crate::protocol::codes::ErrorCode;
+use crate::protocol::server::{frame_of, Connected};
+use crate::ws::handshake::{self, HandshakeError};
+
+static ANON: AtomicU64 = AtomicU64::new(1);
+
+pub async fn upgrade(State(app): State<App>, ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request) -> Response {
+    let accept = match check(&app, &req, peer) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let (accept_key, identity, admission) = accept;
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return ApiError::new(ErrorCode::BadRequest, "this connection cannot be upgraded").into_response();
+    };
+    let task_app = app.clone();
+    app.tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => run(task_app, upgraded, identity, admission).await,
+            Err(e) => tracing::debug!("upgrade failed: {e}"),
+        }
+    });
+    switching_protocols(&accept_key)
+}
+
+/// The 101 answer that completes a handshake.
+pub fn switching_protocols(accept_key: &str) -> Response {
+    let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = res.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(accept_key) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    res
+}
+
+/// Runs `handler` over an upgraded socket: the raw TCP fast path when the socket is
+/// plain TCP, a buffered split otherwise (TLS).
+pub async fn drive_upgraded<H: Handler>(upgraded: Upgraded, outbox: Arc<Outbox>, handler: &mut H, limits: Limits, metrics: Arc<Metrics>) {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let (r, w) = parts.io.into_inner().into_split();
+            let buf = BytesMut::from(&parts.read_buf[..]);
+            drive(r, w, buf, outbox, handler, limits, metrics).await;
+        }
+        Err(upgraded) => {
+            let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+            drive(Buffered(r), w, BytesMut::new(), outbox, handler, limits, metrics).await;
+        }
+    }
+}
+
+type Accepted = (String, Identity, Admission);
+
+fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiError> {
+    let headers = req.headers();
+    let accept = handshake::accept_key(req.method(), headers).map_err(|e| {
+        app.metrics.refuse(Refusal::BadHandshake);
+        match e {
+            HandshakeError::Version => ApiError::new(ErrorCode::BadRequest, e.to_string()).with_status(StatusCode::UPGRADE_REQUIRED),
+            HandshakeError::Malformed(_) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
+        }
+    })?;
+    if app.draining.load(Relaxed) {
+        return Err(ApiError::new(ErrorCode::Unavailable, "server is shutting down"));
+    }
+    let origin = headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("invalid"));
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !origin_allowed(origin, host, &app.cfg.allowed_origins, app.tls) {
+        app.metrics.refuse(Refusal::BadOrigin);
+        return Err(ApiError::new(ErrorCode::Forbidden, "origin not allowed"));
+    }
+    let identity = match &app.verifier {
+        None => Identity::anonymous(ANON.fetch_add(1, Relaxed)),
+        Some(v) => {
+            let token = token_from(headers, req.uri().query()).ok_or_else(|| {
+                app.metrics.refuse(Refusal::BadToken);
+                ApiError::new(ErrorCode::Unauthorized, "missing token")
+            })?;
+            v.verify(&token).map_err(|e| {
+                app.metrics.refuse(Refusal::BadToken);
+                ApiError::new(ErrorCode::Unauthorized, e.to_string())
+            })?
+        }
+    };
+    let admission = app.hub.registry.admit(&identity.user, peer.ip()).map_err(|why| {
+        app.metrics.refuse(why);
+        let what = if why == Refusal::UserCap { "this user" } else { "this address" };
+        ApiError::new(ErrorCode::RateLimited, format!("too many connections for {what}"))
+    })?;
+    Ok((accept, identity, admission))
+}
+
+/// The token from `Authorization: Bearer`, the `herald_token` cookie, or `?token=`.
+/// (The Origin check has already passed, so a cookie here comes from an allowed origin.)
+fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
+            return Some(t.trim().to_owned());
+        }
+    }
+    for v in headers.get_all(header::COOKIE) {
+        let Ok(s) = v.to_str() else { continue };
+        for pair in s.split(';') {
+            if let Some(t) = pair.trim().strip_prefix("herald_token=") {
+                return Some(t.to_owned());
+            }
+        }
+    }
+    let query = query?;
+    query.split('&').find_map(|kv| kv.strip_prefix("token=")).map(percent_decode)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = |j: usize| bytes.get(j).and_then(|c| (*c as char).to_digit(16));
+        match (b, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The life of one hub connection, from the upgraded socket to the last byte.
+async fn run(app: App, upgraded: Upgraded, identity: Identity, admission: Admission) {
+    let hub = app.hub.clone();
+    let (id, conn_id) = hub.next_conn_id();
+    let ws = &app.cfg.ws;
+    let outbox = Arc::new(Outbox::new(ws.queue_messages, ws.queue_bytes));
+    // `connected` is queued before registration, so it is always the first frame.
+    let hello = frame_of(&Connected::new(&conn_id, &identity.user, &hub.node, ws.heartbeat_s));
+    outbox.try_push(hello, std::time::Instant::now());
+    let handle = Arc::new(ConnHandle {
+        id,
+        conn_id: conn_id.clone(),
+        expires_at: AtomicU64::new(identity.expires_at.unwrap_or(0)),
+        identity,
+        outbox: outbox.clone(),
+        last_seen_ms: AtomicU64::new(hub.now_ms()),
+        channels: Mutex::new(Default::default()),
+    });
+    let span = tracing::info_span!("conn", conn_id = %conn_id, user_id = %handle.identity.user);
+    let registration = hub.registry.register(admission, handle.clone());
+    let limits = SessionLimits {
+        rate_per_s: ws.rate_per_s,
+        rate_burst: ws.rate_burst,
+        close_after: Duration::from_secs(ws.rate_limit_close_after_s),
+        max_subscriptions: ws.max_subscriptions,
+    };
+    let mut session = Session::new(hub.clone(), handle, app.verifier.clone(), &limits);
+    let read_limits = Limits { max_message: ws.max_message_bytes };
+    async move {
+        tracing::debug!("connected");
+        drive_upgraded(upgraded, outbox, &mut session, read_limits, app.metrics.clone()).await;
+        drop(registration);
+        tracing::debug!("disconnected");
+    }
+    .instrument(span)
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_sources() {
+        let mut h = HeaderMap::new();
+        assert_eq!(token_from(&h, Some("a=1&token=abc%2Edef")), Some("abc.def".into()));
+        h.insert(header::COOKIE, HeaderValue::from_static("x=1; herald_token=cookie"));
+        assert_eq!(token_from(&h, None), Some("cookie".into()));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer hdr"));
+        assert_eq!(token_from(&h, Some("token=q")), Some("hdr".into()));
+        assert_eq!(token_from(&HeaderMap::new(), Some("tokens=x")), None);
+    }
+}

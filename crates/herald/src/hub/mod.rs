@@ -1,0 +1,60 @@
+//! The hub: who is connected (connection → user → devices, groups, channels) and
+//! fan-out to them. It never awaits a socket: delivering is pushing a shared frame into
+//! each recipient's bounded [`Outbox`](crate::connection::outbox::Outbox).
+
+pub mod fanout;
+pub mod registry;
+pub mod sweeper;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+pub use fanout::{Exclude, Target};
+pub use registry::{Admission, ConnHandle, Registration, Registry};
+
+pub struct Hub {
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub node: String,
+    /// Random per process, so connection ids are unique across restarts and nodes.
+    node_tag: String,
+    next_conn: AtomicU64,
+    started: Instant,
+    pub heartbeat_s: u64,
+    pub idle_timeout_s: u64,
+    pub leeway_s: u64,
+    pub queue_messages: usize,
+    pub queue_bytes: usize,
+}
+
+impl Hub {
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Hub {
+        Hub {
+            registry: Arc::new(Registry::new(cfg.limits.connections_per_user, cfg.limits.connections_per_ip)),
+            metrics,
+            node: cfg.node(),
+            node_tag: format!("{:06x}", rand::random::<u32>() & 0xFF_FFFF),
+            next_conn: AtomicU64::new(1),
+            started: Instant::now(),
+            heartbeat_s: cfg.ws.heartbeat_s,
+            idle_timeout_s: cfg.ws.idle_timeout_s,
+            leeway_s: cfg.auth.leeway_s,
+            queue_messages: cfg.ws.queue_messages,
+            queue_bytes: cfg.ws.queue_bytes,
+        }
+    }
+
+    /// A fresh connection id such as `a1b2c3-17`.
+    pub fn next_conn_id(&self) -> (u64, Arc<str>) {
+        let n = self.next_conn.fetch_add(1, Relaxed);
+        (n, Arc::from(format!("{}-{n}", self.node_tag)))
+    }
+
+    /// Milliseconds since the hub started: the clock of `last_seen`.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}

@@ -1,0 +1,280 @@
+//! Connection bookkeeping with lifecycle by ownership.
+//!
+//! A connection is admitted (caps reserved) before the upgrade and registered after it;
+//! both return guards whose `Drop` undoes exactly what was done, once. The task that owns
+//! the socket owns the guards, so "unregister twice" or "forget to unregister" cannot be
+//! written (seed 004's double close). Indexes are sharded `RwLock<HashMap>`s, locked for
+//! a few instructions and never across an `.await`.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::auth::Identity;
+use crate::connection::outbox::Outbox;
+use crate::metrics::Refusal;
+
+/// The hub's view of one connection: identity, its queue, liveness clocks.
+pub struct ConnHandle {
+    pub id: u64,
+    pub conn_id: Arc<str>,
+    pub identity: Identity,
+    pub outbox: Arc<Outbox>,
+    /// `Hub::now_ms` of the last bytes received.
+    pub last_seen_ms: AtomicU64,
+    /// Unix seconds when the token expires (0 = never); replaced by `refresh`.
+    pub expires_at: AtomicU64,
+    pub channels: Mutex<HashSet<Arc<str>>>,
+}
+
+const SHARDS: usize = 16;
+
+type ConnMap = HashMap<u64, Arc<ConnHandle>>;
+
+/// key → connections, sharded by key hash.
+pub struct Index {
+    shards: Vec<RwLock<HashMap<Arc<str>, ConnMap>>>,
+}
+
+fn shard_of<K: Hash + ?Sized>(k: &K) -> usize {
+    let mut h = DefaultHasher::new();
+    k.hash(&mut h);
+    (h.finish() as usize) % SHARDS
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Index {
+    fn new() -> Index {
+        Index { shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect() }
+    }
+
+    fn shard(&self, key: &str) -> &RwLock<HashMap<Arc<str>, ConnMap>> {
+        // SHARDS is non-zero and shard_of is taken modulo SHARDS.
+        &self.shards[shard_of(key)]
+    }
+
+    pub fn insert(&self, key: &Arc<str>, conn: &Arc<ConnHandle>) {
+        write(self.shard(key)).entry(key.clone()).or_default().insert(conn.id, conn.clone());
+    }
+
+    pub fn remove(&self, key: &str, id: u64) {
+        let mut shard = write(self.shard(key));
+        if let Some(m) = shard.get_mut(key) {
+            m.remove(&id);
+            if m.is_empty() {
+                shard.remove(key);
+            }
+        }
+    }
+
+    /// Calls `f` for every connection under `key`, under a read lock (`f` must not block).
+    pub fn for_each(&self, key: &str, mut f: impl FnMut(&Arc<ConnHandle>)) {
+        if let Some(m) = read(self.shard(key)).get(key) {
+            m.values().for_each(&mut f);
+        }
+    }
+
+    pub fn count(&self, key: &str) -> usize {
+        read(self.shard(key)).get(key).map_or(0, HashMap::len)
+    }
+
+    pub fn keys(&self) -> usize {
+        self.shards.iter().map(|s| read(s).len()).sum()
+    }
+}
+
+pub struct Registry {
+    conns: Vec<RwLock<ConnMap>>,
+    pub users: Index,
+    pub groups: Index,
+    pub channels: Index,
+    counts: Mutex<Counts>,
+    max_per_user: usize,
+    max_per_ip: usize,
+}
+
+#[derive(Default)]
+struct Counts {
+    per_user: HashMap<Arc<str>, usize>,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Reserved slots under the per-user and per-IP caps; released on drop.
+pub struct Admission {
+    registry: Arc<Registry>,
+    user: Arc<str>,
+    ip: IpAddr,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut c = self.registry.counts.lock().unwrap_or_else(|p| p.into_inner());
+        decrement(&mut c.per_user, &self.user);
+        decrement(&mut c.per_ip, &self.ip);
+    }
+}
+
+fn decrement<K: Hash + Eq>(m: &mut HashMap<K, usize>, k: &K) {
+    if let Some(n) = m.get_mut(k) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            m.remove(k);
+        }
+    }
+}
+
+/// A registered connection; dropping it removes the connection from every index.
+pub struct Registration {
+    registry: Arc<Registry>,
+    pub handle: Arc<ConnHandle>,
+    _admission: Admission,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let h = &self.handle;
+        let r = &self.registry;
+        write(&r.conns[shard_of(&h.id)]).remove(&h.id);
+        r.users.remove(&h.identity.user, h.id);
+        for g in &h.identity.groups {
+            r.groups.remove(g, h.id);
+        }
+        let channels = std::mem::take(&mut *h.channels.lock().unwrap_or_else(|p| p.into_inner()));
+        for c in channels {
+            r.channels.remove(&c, h.id);
+        }
+    }
+}
+
+impl Registry {
+    pub fn new(max_per_user: usize, max_per_ip: usize) -> Registry {
+        Registry {
+            conns: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            users: Index::new(),
+            groups: Index::new(),
+            channels: Index::new(),
+            counts: Mutex::new(Counts::default()),
+            max_per_user,
+            max_per_ip,
+        }
+    }
+
+    /// Reserves a slot for `user` from `ip`, or says which cap is full. Check and
+    /// reservation happen under one lock, so concurrent upgrades cannot overshoot.
+    pub fn admit(self: &Arc<Self>, user: &Arc<str>, ip: IpAddr) -> Result<Admission, Refusal> {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if c.per_user.get(user).copied().unwrap_or(0) >= self.max_per_user {
+            return Err(Refusal::UserCap);
+        }
+        if c.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
+            return Err(Refusal::IpCap);
+        }
+        *c.per_user.entry(user.clone()).or_default() += 1;
+        *c.per_ip.entry(ip).or_default() += 1;
+        Ok(Admission { registry: self.clone(), user: user.clone(), ip })
+    }
+
+    pub fn register(self: &Arc<Self>, admission: Admission, handle: Arc<ConnHandle>) -> Registration {
+        write(&self.conns[shard_of(&handle.id)]).insert(handle.id, handle.clone());
+        self.users.insert(&handle.identity.user, &handle);
+        for g in &handle.identity.groups {
+            self.groups.insert(g, &handle);
+        }
+        Registration { registry: self.clone(), handle, _admission: admission }
+    }
+
+    /// Adds `conn` to `channel`; false if it was already subscribed.
+    pub fn subscribe(&self, conn: &Arc<ConnHandle>, channel: &Arc<str>) -> bool {
+        let mut mine = conn.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if !mine.insert(channel.clone()) {
+            return false;
+        }
+        self.channels.insert(channel, conn);
+        true
+    }
+
+    pub fn unsubscribe(&self, conn: &ConnHandle, channel: &str) -> bool {
+        let mut mine = conn.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if !mine.remove(channel) {
+            return false;
+        }
+        self.channels.remove(channel, conn.id);
+        true
+    }
+
+    /// Calls `f` for every connection (under per-shard read locks; `f` must not block).
+    pub fn for_each_conn(&self, mut f: impl FnMut(&Arc<ConnHandle>)) {
+        for shard in &self.conns {
+            read(shard).values().for_each(&mut f);
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<ConnHandle>> {
+        read(&self.conns[shard_of(&id)]).get(&id).cloned()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.iter().map(|s| read(s).len()).sum()
+    }
+
+    pub fn users(&self) -> usize {
+        self.users.keys()
+    }
+
+    /// Connections admitted but possibly not yet registered (for leak checks).
+    pub fn admitted(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).per_ip.values().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(id: u64, user: &str) -> Arc<ConnHandle> {
+        Arc::new(ConnHandle {
+            id,
+            conn_id: Arc::from(id.to_string()),
+            identity: Identity {
+                user: Arc::from(user),
+                device: None,
+                groups: vec![Arc::from("g")],
+                admin: false,
+                expires_at: None,
+            },
+            outbox: Arc::new(Outbox::new(4, 1024)),
+            last_seen_ms: AtomicU64::new(0),
+            expires_at: AtomicU64::new(0),
+            channels: Mutex::new(HashSet::new()),
+        })
+    }
+
+    #[test]
+    fn caps_and_drop_guards_restore_everything() {
+        let r = Arc::new(Registry::new(2, 3));
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let u: Arc<str> = Arc::from("u");
+        let a1 = r.admit(&u, ip).unwrap();
+        let a2 = r.admit(&u, ip).unwrap();
+        assert_eq!(r.admit(&u, ip).err(), Some(Refusal::UserCap));
+        let a3 = r.admit(&Arc::from("v"), ip).unwrap();
+        assert_eq!(r.admit(&Arc::from("w"), ip).err(), Some(Refusal::IpCap));
+        let reg = r.register(a1, handle(1, "u"));
+        assert!(r.subscribe(&reg.handle, &Arc::from("news")));
+        assert!(!r.subscribe(&reg.handle, &Arc::from("news")));
+        assert_eq!((r.connections(), r.users(), r.channels.count("news"), r.groups.count("g")), (1, 1, 1, 1));
+        drop(reg);
+        drop((a2, a3));
+        assert_eq!((r.connections(), r.users(), r.channels.keys(), r.groups.keys(), r.admitted()), (0, 0, 0, 0, 0));
+    }
+}

@@ -1,0 +1,124 @@
+//! herald: a self-hosted real-time broadcast server.
+//!
+//! Module map (ARCHITECTURE.md has the long version):
+//! - [`config`]: layered configuration and its validation;
+//! - [`auth`]: JWT, API keys, Origin;
+//! - [`ws`]: the RFC 6455 codec and handshake (ours: frame once, share the bytes);
+//! - [`connection`]: one socket's reader, writer, bounded outbox and session;
+//! - [`hub`]: the registry and fan-out;
+//! - [`broker`]: the seam between nodes;
+//! - [`http`]: the accept loop, routes and endpoints;
+//! - [`cli`]: the `herald` subcommands; [`bench`]: the load generator.
+
+pub mod auth;
+pub mod bench;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::api_key::ApiKeys;
+use crate::auth::jwt::Verifier;
+use crate::config::secrets::{self, API_KEY_FILE, HMAC_SECRET_FILE};
+use crate::config::{AuthMode, Config};
+use crate::http::{AppState, App};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::protocol::codes::CloseCode;
+
+/// Test-only switches that are not configuration keys.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeOptions {
+    pub conformance_echo: bool,
+}
+
+/// A node that is up: its address, secrets (for tests and the CLI), and its stop switch.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub app: App,
+    pub hmac_secret: String,
+    pub api_key: String,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts a node on `listener`. Secrets come from config or the data dir.
+    pub async fn start(listener: TcpListener, cfg: Config, opts: ServeOptions) -> anyhow::Result<Node> {
+        http::tls::install_crypto_provider();
+        let addr = listener.local_addr()?;
+        let (hmac_secret, created_secret) = match &cfg.auth.hmac_secret {
+            Some(s) => (s.clone(), false),
+            None => secrets::load_or_create(&cfg.data_dir, HMAC_SECRET_FILE)?,
+        };
+        let (api_key, created_key) = secrets::load_or_create(&cfg.data_dir, API_KEY_FILE)?;
+        for (created, name) in [(created_secret, HMAC_SECRET_FILE), (created_key, API_KEY_FILE)] {
+            let verb = if created { "generated" } else { "using" };
+            tracing::info!(path = %secrets::path(&cfg.data_dir, name).display(), "{verb} {name}");
+        }
+        let api_verifier = Arc::new(Verifier::new(&cfg.auth, &hmac_secret)?);
+        let verifier = (cfg.auth.mode == AuthMode::Jwt).then(|| api_verifier.clone());
+        let metrics = Arc::new(Metrics::default());
+        let hub = Arc::new(Hub::new(&cfg, metrics.clone()));
+        let tls = http::server::tls_acceptor(&cfg)?;
+        let app: App = Arc::new(AppState {
+            api_keys: ApiKeys::new(cfg.api.keys.iter().cloned().chain([api_key.clone()])),
+            cfg,
+            hub: hub.clone(),
+            broker: Arc::new(broker::MemoryBroker),
+            metrics,
+            verifier,
+            api_verifier,
+            draining: AtomicBool::new(false),
+            tracker: TaskTracker::new(),
+            tls: tls.is_some(),
+            conformance_echo: opts.conformance_echo,
+        });
+        let stop = CancellationToken::new();
+        let router = http::router::router(app.clone());
+        let sweeper = tokio::spawn(hub::sweeper::run(hub.clone(), stop.clone()));
+        let accept = tokio::spawn(http::server::accept_loop(listener, app.clone(), router, tls, stop.clone()));
+        let done = tokio::spawn(async move {
+            let _ = accept.await;
+            let _ = sweeper.await;
+        });
+        Ok(Node { addr, app, hmac_secret, api_key, stop, done })
+    }
+
+    /// Graceful shutdown: refuse new work, close every client with 1001, wait for their
+    /// tasks at most `shutdown_timeout_s`.
+    pub async fn shutdown(self) {
+        let app = &self.app;
+        app.draining.store(true, Relaxed);
+        self.stop.cancel();
+        app.hub.close_all(CloseCode::GoingAway);
+        app.tracker.close();
+        let limit = Duration::from_secs(app.cfg.shutdown_timeout_s);
+        if tokio::time::timeout(limit, app.tracker.wait()).await.is_err() {
+            tracing::warn!(remaining = app.tracker.len(), "shutdown timeout: leaving connections behind");
+        }
+        let _ = self.done.await;
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.app.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Counters and the delivery-latency histogram behind `/api/stats`.
+//!
+//! Plain atomics, incremented once per fan-out (`add(n)`), never per recipient where
+//! it can be helped. The histogram has fixed log-spaced buckets of `AtomicU64` so
+//! recording is one relaxed increment and percentiles need no lock (a Prometheus
+//! exporter for these lands with the metrics issue).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Why something was refused or dropped; one counter each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    BadHandshake,
+    BadOrigin,
+    BadToken,
+    UserCap,
+    IpCap,
+    HandshakeTimeout,
+    SlowConsumer,
+    RateLimited,
+    TooLarge,
+    ProtocolError,
+    BadApiKey,
+    BodyTooLarge,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 12] = [
+        Refusal::BadHandshake,
+        Refusal::BadOrigin,
+        Refusal::BadToken,
+        Refusal::UserCap,
+        Refusal::IpCap,
+        Refusal::HandshakeTimeout,
+        Refusal::SlowConsumer,
+        Refusal::RateLimited,
+        Refusal::TooLarge,
+        Refusal::ProtocolError,
+        Refusal::BadApiKey,
+        Refusal::BodyTooLarge,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Refusal::BadHandshake => "bad_handshake",
+            Refusal::BadOrigin => "bad_origin",
+            Refusal::BadToken => "bad_token",
+            Refusal::UserCap => "user_cap",
+            Refusal::IpCap => "ip_cap",
+            Refusal::HandshakeTimeout => "handshake_timeout",
+            Refusal::SlowConsumer => "slow_consumer",
+            Refusal::RateLimited => "rate_limited",
+            Refusal::TooLarge => "too_large",
+            Refusal::ProtocolError => "protocol_error",
+            Refusal::BadApiKey => "bad_api_key",
+            Refusal::BodyTooLarge => "body_too_large",
+        }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Buckets: 0 = <1µs, then 8 per power of two up to ~2^27 µs (~2 minutes).
+const BUCKETS: usize = 8 * 28 + 1;
+
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; BUCKETS],
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram { buckets: std::array::from_fn(|_| AtomicU64::new(0)) }
+    }
+}
+
+impl LatencyHistogram {
+    fn bucket(us: u64) -> usize {
+        if us == 0 {
+            return 0;
+        }
+        let log = 63 - us.leading_zeros() as usize; // floor(log2)
+        let frac = if log >= 3 { ((us >> (log - 3)) & 7) as usize } else { ((us << (3 - log)) & 7) as usize };
+        (1 + log * 8 + frac).min(BUCKETS - 1)
+    }
+
+    /// Upper bound in microseconds of bucket `i`.
+    fn upper_us(i: usize) -> f64 {
+        if i == 0 {
+            return 1.0;
+        }
+        let log = (i - 1) / 8;
+        let frac = (i - 1) % 8;
+        (1u64 << log) as f64 * (1.0 + (frac as f64 + 1.0) / 8.0)
+    }
+
+    pub fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        if let Some(b) = self.buckets.get(Self::bucket(us)) {
+            b.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The `q` quantile (0..=1) in milliseconds; 0 when nothing was recorded.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0.0;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::upper_us(i) / 1000.0;
+            }
+        }
+        Self::upper_us(BUCKETS - 1) / 1000.0
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub publications: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub dropped: AtomicU64,
+    pub slow_consumer_disconnects: AtomicU64,
+    refusals: [AtomicU64; Refusal::ALL.len()],
+    pub latency: LatencyHistogram,
+}
+
+impl Metrics {
+    pub fn refuse(&self, why: Refusal) {
+        if let Some(c) = self.refusals.get(why.index()) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn refusals(&self, why: Refusal) -> u64 {
+        self.refusals.get(why.index()).map_or(0, |c| c.load(Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_bounded() {
+        let mut last = 0;
+        for us in [0u64, 1, 2, 3, 7, 8, 9, 100, 1000, 10_000, 1 << 40, u64::MAX] {
+            let b = LatencyHistogram::bucket(us);
+            assert!(b >= last && b < BUCKETS);
+            assert!(us == 0 || LatencyHistogram::upper_us(b) >= us as f64 || b == BUCKETS - 1);
+            last = b;
+        }
+    }
+
+    #[test]
+    fn quantiles_are_within_a_bucket() {
+        let h = LatencyHistogram::default();
+        for ms in 1..=100u64 {
+            h.record(Duration::from_millis(ms));
+        }
+        let p50 = h.quantile_ms(0.5);
+        assert!((50.0..=57.0).contains(&p50), "{p50}");
+        let p99 = h.quantile_ms(0.99);
+        assert!((99.0..=113.0).contains(&p99), "{p99}");
+    }
+
+    #[test]
+    fn refusal_index_matches_table() {
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+}

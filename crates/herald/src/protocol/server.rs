@@ -1,0 +1,127 @@
+//! Server → client frames. Each is serialized once; `pub` frames carry the publisher's
+//! `data` verbatim (`RawValue`), so a publication is never re-encoded per recipient.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::codes::ErrorCode;
+use crate::ws::frame::Frame;
+
+#[derive(Serialize)]
+pub struct Connected<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub conn_id: &'a str,
+    pub user_id: &'a str,
+    pub node: &'a str,
+    pub heartbeat_s: u64,
+    pub message: &'static str,
+}
+
+impl<'a> Connected<'a> {
+    pub fn new(conn_id: &'a str, user_id: &'a str, node: &'a str, heartbeat_s: u64) -> Self {
+        Connected {
+            kind: "connected",
+            conn_id,
+            user_id,
+            node,
+            heartbeat_s,
+            message: "Connected to broadcast live updates",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Pub<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    data: &'a RawValue,
+}
+
+/// The `pub` frame for a publication: built once, shared by every recipient.
+pub fn pub_frame(channel: Option<&str>, data: &RawValue) -> Frame {
+    frame_of(&Pub { kind: "pub", channel, data })
+}
+
+pub fn error_frame(code: ErrorCode, message: &str, reference: Option<&Value>) -> Frame {
+    #[derive(Serialize)]
+    struct Error<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        code: &'static str,
+        message: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Value>,
+    }
+    frame_of(&Error { kind: "error", code: code.as_str(), message, reference })
+}
+
+pub fn pong_frame() -> Frame {
+    Frame::text(br#"{"type":"pong"}"#)
+}
+
+pub fn text_pong_frame() -> Frame {
+    Frame::text(b"pong")
+}
+
+pub fn subscribed_frame(channel: &str, offset: u64, epoch: &str, recovered: bool, reference: Option<&Value>) -> Frame {
+    #[derive(Serialize)]
+    struct Subscribed<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        offset: u64,
+        epoch: &'a str,
+        recovered: bool,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Value>,
+    }
+    frame_of(&Subscribed { kind: "subscribed", channel, offset, epoch, recovered, reference })
+}
+
+pub fn unsubscribed_frame(channel: &str, reference: Option<&Value>) -> Frame {
+    #[derive(Serialize)]
+    struct Unsubscribed<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Value>,
+    }
+    frame_of(&Unsubscribed { kind: "unsubscribed", channel, reference })
+}
+
+/// Serializes a server message into a text frame. Our own types always serialize;
+/// should one ever fail, the client gets an `internal` error instead of a panic.
+pub fn frame_of<T: Serialize>(msg: &T) -> Frame {
+    match serde_json::to_vec(msg) {
+        Ok(json) => Frame::text(&json),
+        Err(_) => Frame::text(br#"{"type":"error","code":"internal","message":"could not encode a reply"}"#),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(f: &Frame) -> String {
+        let b = f.as_bytes();
+        String::from_utf8(b[2..].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn pub_keeps_data_verbatim() {
+        let raw = RawValue::from_string(r#"{"n": 1}"#.to_owned()).unwrap();
+        assert_eq!(payload(&pub_frame(Some("news"), &raw)), r#"{"type":"pub","channel":"news","data":{"n": 1}}"#);
+        assert_eq!(payload(&pub_frame(None, &raw)), r#"{"type":"pub","data":{"n": 1}}"#);
+    }
+
+    #[test]
+    fn error_carries_ref() {
+        let f = error_frame(ErrorCode::BadRequest, "nope", Some(&Value::from(3)));
+        assert_eq!(payload(&f), r#"{"type":"error","code":"bad_request","message":"nope","ref":3}"#);
+    }
+}

@@ -1,0 +1,242 @@
+//! Frame encoding (once, shared) and frame-header parsing (both roles).
+//!
+//! Server frames are unmasked, so the complete frame — header and payload — is built once
+//! per publication and every recipient's queue holds a refcounted clone of it. The bench
+//! client reuses the same code in the client role (masked frames).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+pub const OP_CONTINUATION: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// A complete, ready-to-write WebSocket frame. Cloning shares the bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    /// A final server (unmasked) frame with `opcode` and `payload`.
+    pub fn new(opcode: u8, payload: &[u8]) -> Frame {
+        let mut out = BytesMut::with_capacity(header_len(payload.len(), false) + payload.len());
+        put_header(&mut out, true, opcode, payload.len(), None);
+        out.extend_from_slice(payload);
+        Frame(out.freeze())
+    }
+
+    pub fn text(payload: &[u8]) -> Frame {
+        Frame::new(OP_TEXT, payload)
+    }
+
+    /// A close frame with `code` and a short reason (truncated to fit in 125 bytes).
+    pub fn close(code: u16, reason: &str) -> Frame {
+        let mut payload = Vec::with_capacity(2 + reason.len());
+        payload.extend_from_slice(&code.to_be_bytes());
+        let mut cut = reason.len().min(123);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        payload.extend_from_slice(&reason.as_bytes()[..cut]);
+        Frame::new(OP_CLOSE, &payload)
+    }
+
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Length of a frame header for a payload of `len` bytes.
+pub const fn header_len(len: usize, masked: bool) -> usize {
+    let base = if len < 126 {
+        2
+    } else if len <= u16::MAX as usize {
+        4
+    } else {
+        10
+    };
+    if masked {
+        base + 4
+    } else {
+        base
+    }
+}
+
+/// Writes a frame header; with `mask`, sets the mask bit and appends the key.
+pub fn put_header(out: &mut BytesMut, fin: bool, opcode: u8, len: usize, mask: Option<[u8; 4]>) {
+    let first = if fin { 0x80 } else { 0 } | (opcode & 0x0F);
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    out.put_u8(first);
+    if len < 126 {
+        out.put_u8(mask_bit | len as u8);
+    } else if len <= u16::MAX as usize {
+        out.put_u8(mask_bit | 126);
+        out.put_u16(len as u16);
+    } else {
+        out.put_u8(mask_bit | 127);
+        out.put_u64(len as u64);
+    }
+    if let Some(key) = mask {
+        out.extend_from_slice(&key);
+    }
+}
+
+/// XORs `data` with the mask `key`, starting at payload offset `offset`.
+pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b ^= key[(offset + i) & 3];
+    }
+}
+
+/// A parsed frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub fin: bool,
+    pub rsv: u8,
+    pub opcode: u8,
+    pub mask: Option<[u8; 4]>,
+    pub payload_len: u64,
+    pub header_len: usize,
+}
+
+/// Why a header is unacceptable: all of these are RFC 6455 protocol errors (1002).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("reserved bits set")]
+    ReservedBits,
+    #[error("reserved opcode")]
+    ReservedOpcode,
+    #[error("control frame fragmented or longer than 125 bytes")]
+    BadControl,
+    #[error("client frame not masked")]
+    Unmasked,
+    #[error("server frame masked")]
+    Masked,
+    #[error("payload length has the most significant bit set")]
+    BadLength,
+}
+
+/// Parses a header from the start of `buf`; `Ok(None)` if more bytes are needed.
+/// `expect_masked` is true in the server role (client frames must be masked).
+pub fn parse_header(buf: &[u8], expect_masked: bool) -> Result<Option<Header>, HeaderError> {
+    let (b0, b1) = match buf {
+        [b0, b1, ..] => (*b0, *b1),
+        _ => return Ok(None),
+    };
+    let fin = b0 & 0x80 != 0;
+    let rsv = (b0 >> 4) & 0x07;
+    let opcode = b0 & 0x0F;
+    if rsv != 0 {
+        return Err(HeaderError::ReservedBits);
+    }
+    match opcode {
+        OP_CONTINUATION | OP_TEXT | OP_BINARY => {}
+        OP_CLOSE | OP_PING | OP_PONG => {
+            if !fin || (b1 & 0x7F) > 125 {
+                return Err(HeaderError::BadControl);
+            }
+        }
+        _ => return Err(HeaderError::ReservedOpcode),
+    }
+    let masked = b1 & 0x80 != 0;
+    if masked != expect_masked {
+        return Err(if expect_masked { HeaderError::Unmasked } else { HeaderError::Masked });
+    }
+    let (payload_len, mut pos) = match b1 & 0x7F {
+        126 => match buf.get(2..4) {
+            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10) {
+            Some(b) => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                let len = u64::from_be_bytes(a);
+                if len >> 63 != 0 {
+                    return Err(HeaderError::BadLength);
+                }
+                (len, 10)
+            }
+            None => return Ok(None),
+        },
+        n => (u64::from(n), 2),
+    };
+    let mask = if masked {
+        match buf.get(pos..pos + 4) {
+            Some(b) => {
+                pos += 4;
+                Some([b[0], b[1], b[2], b[3]])
+            }
+            None => return Ok(None),
+        }
+    } else {
+        None
+    };
+    Ok(Some(Header { fin, rsv, opcode, mask, payload_len, header_len: pos }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_text_frame_is_header_plus_payload() {
+        let f = Frame::text(b"hi");
+        assert_eq!(f.as_bytes().as_ref(), &[0x81, 2, b'h', b'i']);
+    }
+
+    #[test]
+    fn lengths_use_the_shortest_encoding() {
+        for len in [0usize, 125, 126, 65535, 65536, 1 << 20] {
+            let payload = vec![b'a'; len];
+            let f = Frame::new(OP_BINARY, &payload);
+            let h = parse_header(f.as_bytes(), false).unwrap().unwrap();
+            assert_eq!(h.payload_len as usize, len);
+            assert_eq!(h.header_len, header_len(len, false));
+            assert_eq!(f.len(), h.header_len + len);
+        }
+    }
+
+    #[test]
+    fn masked_round_trip() {
+        let key = [1, 2, 3, 4];
+        let mut out = BytesMut::new();
+        put_header(&mut out, true, OP_TEXT, 5, Some(key));
+        let mut payload = *b"hello";
+        apply_mask(&mut payload, key, 0);
+        out.extend_from_slice(&payload);
+        let h = parse_header(&out, true).unwrap().unwrap();
+        assert_eq!(h.mask, Some(key));
+        let mut body = out[h.header_len..].to_vec();
+        apply_mask(&mut body, key, 0);
+        assert_eq!(&body, b"hello");
+    }
+
+    #[test]
+    fn protocol_violations_are_refused() {
+        assert_eq!(parse_header(&[0x81, 0x00], true), Err(HeaderError::Unmasked));
+        assert_eq!(parse_header(&[0xC1, 0x80], true), Err(HeaderError::ReservedBits));
+        assert_eq!(parse_header(&[0x83, 0x80], true), Err(HeaderError::ReservedOpcode));
+        assert_eq!(parse_header(&[0x09, 0x80], true), Err(HeaderError::BadControl));
+        assert_eq!(parse_header(&[0x89, 0xFE], true), Err(HeaderError::BadControl));
+        assert_eq!(parse_header(&[0x81], true), Ok(None));
+    }
+
+    #[test]
+    fn close_reason_is_truncated_on_a_char_boundary() {
+        let f = Frame::close(1000, &"é".repeat(100));
+        assert!(f.len() <= 2 + 125);
+        let h = parse_header(f.as_bytes(), false).unwrap().unwrap();
+        let reason = &f.as_bytes()[h.header_len + 2..];
+        assert!(std::str::from_utf8(reason).is_ok());
+    }
+}

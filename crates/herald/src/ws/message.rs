@@ -1,0 +1,276 @@
+//! Turns raw inbound bytes into whole messages: reassembly, unmasking, validation.
+//!
+//! Every rule whose breach the contract answers with a close code is enforced here, once,
+//! for both the hub's connections and the conformance echo route: reserved bits and
+//! opcodes, control-frame rules, continuation order (1002), UTF-8 checked incrementally
+//! so a bad fragment fails fast (1007), and the message size cap checked from the header
+//! before any payload is buffered (1009).
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::frame::{self, apply_mask, parse_header, HeaderError};
+use crate::protocol::codes::CloseCode;
+
+/// A complete inbound message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Text(Bytes),
+    Binary(Bytes),
+    Ping(Bytes),
+    Pong(Bytes),
+    /// The peer's close code (None when the close frame had no payload).
+    Close(Option<u16>),
+}
+
+/// A breach of RFC 6455 or of our size limit, answered with `code` before the TCP close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Violation {
+    pub code: CloseCode,
+    pub why: &'static str,
+}
+
+impl Violation {
+    const fn protocol(why: &'static str) -> Violation {
+        Violation { code: CloseCode::Protocol, why }
+    }
+}
+
+impl From<HeaderError> for Violation {
+    fn from(e: HeaderError) -> Violation {
+        Violation::protocol(match e {
+            HeaderError::ReservedBits => "reserved bits set",
+            HeaderError::ReservedOpcode => "reserved opcode",
+            HeaderError::BadControl => "bad control frame",
+            HeaderError::Unmasked => "client frame not masked",
+            HeaderError::Masked => "server frame masked",
+            HeaderError::BadLength => "bad payload length",
+        })
+    }
+}
+
+struct Partial {
+    text: bool,
+    data: BytesMut,
+    utf8_checked: usize,
+}
+
+/// Reassembles messages for one connection. Holds only an unfinished fragmented message.
+pub struct MessageReader {
+    max_message: usize,
+    expect_masked: bool,
+    partial: Option<Partial>,
+}
+
+impl MessageReader {
+    /// `expect_masked`: true for the server role.
+    pub fn new(max_message: usize, expect_masked: bool) -> MessageReader {
+        MessageReader { max_message, expect_masked, partial: None }
+    }
+
+    /// Takes the next complete message out of `buf`, or `Ok(None)` when more bytes are needed.
+    pub fn next_message(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, Violation> {
+        loop {
+            let Some(h) = parse_header(buf, self.expect_masked)? else {
+                return Ok(None);
+            };
+            let is_control = h.opcode >= frame::OP_CLOSE;
+            let already = self.partial.as_ref().map_or(0, |p| p.data.len()) as u64;
+            if !is_control && already + h.payload_len > self.max_message as u64 {
+                return Err(Violation { code: CloseCode::TooBig, why: "message too big" });
+            }
+            // Fail ordering errors as soon as the header is known, before buffering payload.
+            match (h.opcode, self.partial.is_some()) {
+                (frame::OP_CONTINUATION, false) => {
+                    return Err(Violation::protocol("continuation without a message"))
+                }
+                (frame::OP_TEXT | frame::OP_BINARY, true) => {
+                    return Err(Violation::protocol("new message inside a fragmented one"))
+                }
+                _ => {}
+            }
+            let len = h.payload_len as usize; // bounded by max_message or 125 above
+            if buf.len() < h.header_len + len {
+                return Ok(None);
+            }
+            buf.advance(h.header_len);
+            let mut payload = buf.split_to(len);
+            if let Some(key) = h.mask {
+                apply_mask(&mut payload, key, 0);
+            }
+            match h.opcode {
+                frame::OP_PING => return Ok(Some(Message::Ping(payload.freeze()))),
+                frame::OP_PONG => return Ok(Some(Message::Pong(payload.freeze()))),
+                frame::OP_CLOSE => return parse_close(&payload).map(|c| Some(Message::Close(c))),
+                frame::OP_TEXT | frame::OP_BINARY if h.fin => {
+                    return complete(h.opcode == frame::OP_TEXT, payload).map(Some);
+                }
+                frame::OP_TEXT | frame::OP_BINARY => {
+                    let mut p = Partial { text: h.opcode == frame::OP_TEXT, data: payload, utf8_checked: 0 };
+                    check_utf8_prefix(&mut p)?;
+                    self.partial = Some(p);
+                }
+                _ => {
+                    // OP_CONTINUATION with a message in progress (ordering checked above).
+                    let Some(mut p) = self.partial.take() else {
+                        return Err(Violation::protocol("continuation without a message"));
+                    };
+                    p.data.extend_from_slice(&payload);
+                    check_utf8_prefix(&mut p)?;
+                    if h.fin {
+                        if p.text && p.utf8_checked != p.data.len() {
+                            return Err(invalid_utf8());
+                        }
+                        let msg = if p.text { Message::Text(p.data.freeze()) } else { Message::Binary(p.data.freeze()) };
+                        return Ok(Some(msg));
+                    }
+                    self.partial = Some(p);
+                }
+            }
+        }
+    }
+}
+
+const fn invalid_utf8() -> Violation {
+    Violation { code: CloseCode::InvalidPayload, why: "invalid utf-8" }
+}
+
+fn complete(text: bool, payload: BytesMut) -> Result<Message, Violation> {
+    if text {
+        simdutf8::basic::from_utf8(&payload).map_err(|_| invalid_utf8())?;
+        Ok(Message::Text(payload.freeze()))
+    } else {
+        Ok(Message::Binary(payload.freeze()))
+    }
+}
+
+/// Validates the not-yet-checked part of a fragmented text message; an incomplete
+/// trailing sequence is fine until the final fragment.
+fn check_utf8_prefix(p: &mut Partial) -> Result<(), Violation> {
+    if !p.text {
+        return Ok(());
+    }
+    let rest = p.data.get(p.utf8_checked..).unwrap_or_default();
+    match simdutf8::compat::from_utf8(rest) {
+        Ok(_) => p.utf8_checked = p.data.len(),
+        Err(e) if e.error_len().is_some() => return Err(invalid_utf8()),
+        Err(e) => p.utf8_checked += e.valid_up_to(),
+    }
+    Ok(())
+}
+
+/// A close code a peer may send (RFC 6455 §7.4, IANA registry).
+pub fn is_valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+fn parse_close(payload: &[u8]) -> Result<Option<u16>, Violation> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(Violation::protocol("close payload of one byte")),
+        [a, b, reason @ ..] => {
+            let code = u16::from_be_bytes([*a, *b]);
+            if !is_valid_close_code(code) {
+                return Err(Violation::protocol("invalid close code"));
+            }
+            simdutf8::basic::from_utf8(reason).map_err(|_| invalid_utf8())?;
+            Ok(Some(code))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::frame::{put_header, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_TEXT};
+
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [9, 8, 7, 6];
+        let mut out = BytesMut::new();
+        put_header(&mut out, fin, opcode, payload.len(), Some(key));
+        let mut p = payload.to_vec();
+        apply_mask(&mut p, key, 0);
+        out.extend_from_slice(&p);
+        out.to_vec()
+    }
+
+    fn read_all(bytes: &[u8]) -> Vec<Result<Message, Violation>> {
+        let mut r = MessageReader::new(1024, true);
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        loop {
+            match r.next_message(&mut buf) {
+                Ok(Some(m)) => out.push(Ok(m)),
+                Ok(None) => return out,
+                Err(v) => {
+                    out.push(Err(v));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reassembles_fragments_with_interleaved_ping() {
+        let mut bytes = client_frame(false, OP_TEXT, "hé".as_bytes());
+        bytes.extend(client_frame(true, OP_PING, b"p"));
+        bytes.extend(client_frame(true, OP_CONTINUATION, b"llo"));
+        let got = read_all(&bytes);
+        assert_eq!(got[0], Ok(Message::Ping(Bytes::from_static(b"p"))));
+        assert_eq!(got[1], Ok(Message::Text(Bytes::from("héllo"))));
+    }
+
+    #[test]
+    fn utf8_split_across_fragments_is_accepted() {
+        let e = "é".as_bytes();
+        let mut bytes = client_frame(false, OP_TEXT, &e[..1]);
+        bytes.extend(client_frame(true, OP_CONTINUATION, &e[1..]));
+        assert_eq!(read_all(&bytes), vec![Ok(Message::Text(Bytes::from("é")))]);
+    }
+
+    #[test]
+    fn invalid_utf8_fails_fast_with_1007() {
+        let bytes = client_frame(false, OP_TEXT, &[0xce, 0xba, 0xff]);
+        assert_eq!(read_all(&bytes)[0].clone().unwrap_err().code, CloseCode::InvalidPayload);
+        let truncated = client_frame(true, OP_TEXT, &[0xce]);
+        assert_eq!(read_all(&truncated)[0].clone().unwrap_err().code, CloseCode::InvalidPayload);
+    }
+
+    #[test]
+    fn oversize_message_is_refused_from_the_header() {
+        let mut r = MessageReader::new(10, true);
+        let mut out = BytesMut::new();
+        put_header(&mut out, true, OP_BINARY, 11, Some([0; 4]));
+        assert_eq!(r.next_message(&mut out).unwrap_err().code, CloseCode::TooBig);
+    }
+
+    #[test]
+    fn fragment_order_violations_are_protocol_errors() {
+        let c = read_all(&client_frame(true, OP_CONTINUATION, b"x"));
+        assert_eq!(c[0].clone().unwrap_err().code, CloseCode::Protocol);
+        let mut bytes = client_frame(false, OP_TEXT, b"a");
+        bytes.extend(client_frame(true, OP_TEXT, b"b"));
+        assert_eq!(read_all(&bytes)[0].clone().unwrap_err().code, CloseCode::Protocol);
+    }
+
+    #[test]
+    fn close_codes_are_validated() {
+        let ok = client_frame(true, OP_CLOSE, &1000u16.to_be_bytes());
+        assert_eq!(read_all(&ok), vec![Ok(Message::Close(Some(1000)))]);
+        for bad in [0u16, 999, 1005, 1006, 1016, 2999, 5000] {
+            let f = client_frame(true, OP_CLOSE, &bad.to_be_bytes());
+            assert_eq!(read_all(&f)[0].clone().unwrap_err().code, CloseCode::Protocol, "{bad}");
+        }
+        assert_eq!(read_all(&client_frame(true, OP_CLOSE, &[3]))[0].clone().unwrap_err().code, CloseCode::Protocol);
+    }
+
+    #[test]
+    fn partial_input_waits_for_more() {
+        let f = client_frame(true, OP_TEXT, b"hello");
+        let mut r = MessageReader::new(1024, true);
+        let mut buf = BytesMut::from(&f[..4]);
+        assert_eq!(r.next_message(&mut buf), Ok(None));
+        buf.extend_from_slice(&f[4..]);
+        assert_eq!(r.next_message(&mut buf), Ok(Some(Message::Text(Bytes::from("hello")))));
+        assert!(buf.is_empty());
+    }
+}
