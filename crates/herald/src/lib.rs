@@ -35,7 +35,7 @@ use crate::auth::api_key::ApiKeys;
 use crate::auth::jwt::Verifier;
 use crate::config::secrets::{self, API_KEY_FILE, HMAC_SECRET_FILE};
 use crate::config::{AuthMode, Config};
-use crate::http::{AppState, App};
+use crate::http::{App, AppState};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::codes::CloseCode;
@@ -58,7 +58,11 @@ pub struct Node {
 
 impl Node {
     /// Starts a node on `listener`. Secrets come from config or the data dir.
-    pub async fn start(listener: TcpListener, cfg: Config, opts: ServeOptions) -> anyhow::Result<Node> {
+    pub async fn start(
+        listener: TcpListener,
+        cfg: Config,
+        opts: ServeOptions,
+    ) -> anyhow::Result<Node> {
         http::tls::install_crypto_provider();
         let addr = listener.local_addr()?;
         let (hmac_secret, created_secret) = match &cfg.auth.hmac_secret {
@@ -66,7 +70,10 @@ impl Node {
             None => secrets::load_or_create(&cfg.data_dir, HMAC_SECRET_FILE)?,
         };
         let (api_key, created_key) = secrets::load_or_create(&cfg.data_dir, API_KEY_FILE)?;
-        for (created, name) in [(created_secret, HMAC_SECRET_FILE), (created_key, API_KEY_FILE)] {
+        for (created, name) in [
+            (created_secret, HMAC_SECRET_FILE),
+            (created_key, API_KEY_FILE),
+        ] {
             let verb = if created { "generated" } else { "using" };
             tracing::info!(path = %secrets::path(&cfg.data_dir, name).display(), "{verb} {name}");
         }
@@ -91,12 +98,25 @@ impl Node {
         let stop = CancellationToken::new();
         let router = http::router::router(app.clone());
         let sweeper = tokio::spawn(hub::sweeper::run(hub.clone(), stop.clone()));
-        let accept = tokio::spawn(http::server::accept_loop(listener, app.clone(), router, tls, stop.clone()));
+        let accept = tokio::spawn(http::server::accept_loop(
+            listener,
+            app.clone(),
+            router,
+            tls,
+            stop.clone(),
+        ));
         let done = tokio::spawn(async move {
             let _ = accept.await;
             let _ = sweeper.await;
         });
-        Ok(Node { addr, app, hmac_secret, api_key, stop, done })
+        Ok(Node {
+            addr,
+            app,
+            hmac_secret,
+            api_key,
+            stop,
+            done,
+        })
     }
 
     /// Graceful shutdown: refuse new work, close every client with 1001, wait for their
@@ -108,8 +128,14 @@ impl Node {
         app.hub.close_all(CloseCode::GoingAway);
         app.tracker.close();
         let limit = Duration::from_secs(app.cfg.shutdown_timeout_s);
-        if tokio::time::timeout(limit, app.tracker.wait()).await.is_err() {
-            tracing::warn!(remaining = app.tracker.len(), "shutdown timeout: leaving connections behind");
+        if tokio::time::timeout(limit, app.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = app.tracker.len(),
+                "shutdown timeout: leaving connections behind"
+            );
         }
         let _ = self.done.await;
     }

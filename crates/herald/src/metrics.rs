@@ -72,7 +72,9 @@ pub struct LatencyHistogram {
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
-        LatencyHistogram { buckets: std::array::from_fn(|_| AtomicU64::new(0)) }
+        LatencyHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
     }
 }
 
@@ -82,7 +84,11 @@ impl LatencyHistogram {
             return 0;
         }
         let log = 63 - us.leading_zeros() as usize; // floor(log2)
-        let frac = if log >= 3 { ((us >> (log - 3)) & 7) as usize } else { ((us << (3 - log)) & 7) as usize };
+        let frac = if log >= 3 {
+            ((us >> (log - 3)) & 7) as usize
+        } else {
+            ((us << (3 - log)) & 7) as usize
+        };
         (1 + log * 8 + frac).min(BUCKETS - 1)
     }
 
@@ -140,7 +146,9 @@ impl Metrics {
     }
 
     pub fn refusals(&self, why: Refusal) -> u64 {
-        self.refusals.get(why.index()).map_or(0, |c| c.load(Relaxed))
+        self.refusals
+            .get(why.index())
+            .map_or(0, |c| c.load(Relaxed))
     }
 }
 

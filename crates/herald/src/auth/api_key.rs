@@ -8,13 +8,17 @@ pub struct ApiKeys {
 
 impl ApiKeys {
     pub fn new(keys: impl IntoIterator<Item = String>) -> ApiKeys {
-        ApiKeys { keys: keys.into_iter().map(String::into_bytes).collect() }
+        ApiKeys {
+            keys: keys.into_iter().map(String::into_bytes).collect(),
+        }
     }
 
     pub fn accepts(&self, candidate: &str) -> bool {
         let c = candidate.as_bytes();
         // Check every key so the time taken does not reveal which one matched.
-        self.keys.iter().fold(false, |hit, k| hit | bool::from(k.as_slice().ct_eq(c)))
+        self.keys
+            .iter()
+            .fold(false, |hit, k| hit | bool::from(k.as_slice().ct_eq(c)))
     }
 }
 

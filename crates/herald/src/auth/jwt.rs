@@ -54,11 +54,21 @@ impl Verifier {
     pub fn new(cfg: &AuthConfig, secret: &str) -> Result<Verifier, KeyError> {
         let (key, alg) = match &cfg.public_key_file {
             Some(path) => public_key(path)?,
-            None => (DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256),
+            None => (
+                DecodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+            ),
         };
         let mut validation = Validation::new(alg);
         validation.leeway = cfg.leeway_s.min(30);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        if cfg.issuer.is_some() {
+            required.push("iss");
+        }
+        if cfg.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         validation.validate_exp = true;
         validation.validate_nbf = true;
         if let Some(iss) = &cfg.issuer {
@@ -73,16 +83,19 @@ impl Verifier {
 
     pub fn verify(&self, token: &str) -> Result<Identity, JwtError> {
         use jsonwebtoken::errors::ErrorKind;
-        let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => JwtError::Expired,
-            ErrorKind::InvalidSignature => JwtError::Invalid("bad signature".into()),
-            ErrorKind::InvalidAlgorithm => JwtError::Invalid("algorithm not accepted".into()),
-            ErrorKind::InvalidIssuer => JwtError::Invalid("wrong issuer".into()),
-            ErrorKind::InvalidAudience => JwtError::Invalid("wrong audience".into()),
-            ErrorKind::MissingRequiredClaim(c) => JwtError::Invalid(format!("missing claim `{c}`")),
-            ErrorKind::ImmatureSignature => JwtError::Invalid("not valid yet".into()),
-            _ => JwtError::Invalid("malformed token".into()),
-        })?;
+        let data =
+            decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => JwtError::Expired,
+                ErrorKind::InvalidSignature => JwtError::Invalid("bad signature".into()),
+                ErrorKind::InvalidAlgorithm => JwtError::Invalid("algorithm not accepted".into()),
+                ErrorKind::InvalidIssuer => JwtError::Invalid("wrong issuer".into()),
+                ErrorKind::InvalidAudience => JwtError::Invalid("wrong audience".into()),
+                ErrorKind::MissingRequiredClaim(c) => {
+                    JwtError::Invalid(format!("missing claim `{c}`"))
+                }
+                ErrorKind::ImmatureSignature => JwtError::Invalid("not valid yet".into()),
+                _ => JwtError::Invalid("malformed token".into()),
+            })?;
         let c = data.claims;
         if c.sub.is_empty() {
             return Err(JwtError::Invalid("empty `sub`".into()));
@@ -110,11 +123,18 @@ fn public_key(path: &Path) -> Result<(DecodingKey, Algorithm), KeyError> {
 
 /// Mints an HS256 token (`herald token`, tests).
 pub fn mint_hs256(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
-    encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
 }
 
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -125,7 +145,15 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn claims(exp: u64) -> Claims {
-        Claims { sub: "42".into(), exp, device: Some("tv".into()), groups: vec!["admins:7".into()], admin: false, iss: None, aud: None }
+        Claims {
+            sub: "42".into(),
+            exp,
+            device: Some("tv".into()),
+            groups: vec!["admins:7".into()],
+            admin: false,
+            iss: None,
+            aud: None,
+        }
     }
 
     #[test]
@@ -143,7 +171,8 @@ mod tests {
         let v = Verifier::new(&AuthConfig::default(), SECRET).unwrap();
         let old = mint_hs256(SECRET, &claims(now_unix() - 3600)).unwrap();
         assert!(matches!(v.verify(&old), Err(JwtError::Expired)));
-        let other = mint_hs256("another-secret-another-secret-xx", &claims(now_unix() + 60)).unwrap();
+        let other =
+            mint_hs256("another-secret-another-secret-xx", &claims(now_unix() + 60)).unwrap();
         assert!(matches!(v.verify(&other), Err(JwtError::Invalid(_))));
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let none = format!(
@@ -157,7 +186,11 @@ mod tests {
 
     #[test]
     fn issuer_and_audience_are_checked_when_configured() {
-        let cfg = AuthConfig { issuer: Some("me".into()), audience: Some("herald".into()), ..Default::default() };
+        let cfg = AuthConfig {
+            issuer: Some("me".into()),
+            audience: Some("herald".into()),
+            ..Default::default()
+        };
         let v = Verifier::new(&cfg, SECRET).unwrap();
         let mut c = claims(now_unix() + 60);
         assert!(v.verify(&mint_hs256(SECRET, &c).unwrap()).is_err());

@@ -20,6 +20,12 @@ pub struct Identity {
 
 impl Identity {
     pub fn anonymous(n: u64) -> Identity {
-        Identity { user: Arc::from(format!("anon-{n}")), device: None, groups: Vec::new(), admin: false, expires_at: None }
+        Identity {
+            user: Arc::from(format!("anon-{n}")),
+            device: None,
+            groups: Vec::new(),
+            admin: false,
+            expires_at: None,
+        }
     }
 }

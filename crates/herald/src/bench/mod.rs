@@ -1,10 +1,542 @@
-//! `herald bench`: the load generator (being written).
+//! `herald bench`: the load generator — N WebSocket clients, one publisher fanning out to
+//! all of them at a fixed rate, then deliveries/s, latency percentiles and memory.
+//!
+//! A load generator that costs more per message than the server measures itself, not the
+//! server: on a small machine the two share the cores. So the clients use no WebSocket
+//! library: a plain `TcpStream`, the upgrade written by hand, and herald's own codec in the
+//! client role ([`MessageReader`](crate::ws::message::MessageReader) with
+//! `expect_masked = false`, masked frames built with
+//! [`put_header`](crate::ws::frame::put_header) and
+//! [`apply_mask`](crate::ws::frame::apply_mask)). A client reads whatever the kernel has
+//! (up to 8 KiB) per wake-up, decodes frames in place, finds the send stamp with a byte
+//! search (no JSON parsing), and records into its own histogram: nothing is shared on the
+//! hot path but one relaxed counter bumped once per read.
+//!
+//! Latency is end to end: the publisher stamps `data` with the time since an `Instant`
+//! shared with the clients just before `POST /api/publish`, so it includes the HTTP request,
+//! the fan-out, the socket and the client's wake-up. Histograms keep two significant
+//! digits (1 % resolution), which keeps them at ~20 KiB each for thousands of clients.
+//!
+//! Everything is bounded: connects (64 at a time, 5 s each, 120 s for the phase), the
+//! publications (`rate × duration`), the wait for stragglers (2 s) and the teardown.
+//! The open-files limit is not raised here (no `libc`): run `ulimit -n 65536` first.
 
+mod client;
+mod publisher;
+mod stamp;
+mod sys;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
 use clap::Args;
+use hdrhistogram::Histogram;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::secrets::{self, API_KEY_FILE, HMAC_SECRET_FILE};
+use crate::config::{Config, LimitsConfig};
+use crate::{Node, ServeOptions};
+use client::{ClientStats, End, Target};
+
+/// Connects in progress at once.
+const CONNECT_CONCURRENCY: usize = 64;
+/// One connect: TCP, upgrade and the `connected` frame.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The whole connect phase.
+const CONNECT_PHASE_LIMIT: Duration = Duration::from_secs(120);
+/// Let the server settle before the "after" RSS reading.
+const SETTLE: Duration = Duration::from_millis(500);
+/// How long to wait for deliveries still in flight after the last publication.
+const STRAGGLERS: Duration = Duration::from_secs(2);
+/// How long clients get to hand back their stats.
+const TEARDOWN: Duration = Duration::from_secs(5);
+/// File descriptors kept free for the runtime, the publisher's pool and the like.
+const FD_MARGIN: u64 = 50;
+/// Latency histogram range, µs (larger values are clamped).
+const MAX_LATENCY_US: u64 = 60_000_000;
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Server base URL (plain http); clients connect to ws://<host:port>/ws.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Data directory with the server's `api_key` and `hmac_secret`.
+    #[arg(long, default_value = "./herald-data")]
+    pub data_dir: PathBuf,
+    /// WebSocket clients to connect (each is its own user, bench-<i>).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub clients: u32,
+    /// Publications per second (each to everyone).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rate: u32,
+    /// Seconds to publish for.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration: u64,
+    /// Size of each publication's `data` string, in bytes (at least the stamp).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=512 * 1024))]
+    pub payload: u32,
+    /// Start an in-process node (temporary data dir) instead of using --url.
+    #[arg(long)]
+    pub spawn_server: bool,
+    /// PID of an external server, to read its RSS before and after the clients connect.
+    #[arg(long, conflicts_with = "spawn_server")]
+    pub server_pid: Option<u32>,
+}
 
-pub async fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+/// Where the server is and what it takes to talk to it.
+struct Server {
+    base_url: String,
+    authority: String,
+    api_key: String,
+    hmac_secret: String,
+    spawned: Option<(Node, PathBuf)>,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let clients = args.clients as usize;
+    check_open_files(args.clients, args.spawn_server)?;
+    let server = if args.spawn_server {
+        spawn_server(clients).await?
+    } else {
+        external_server(&args)?
+    };
+    let result = bench(&args, &server).await;
+    if let Some((node, dir)) = server.spawned {
+        node.shutdown().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let report = result?;
+    print!("{}", report.render(&args, &server.base_url));
+    Ok(())
+}
+
+fn check_open_files(clients: u32, spawn_server: bool) -> anyhow::Result<()> {
+    let Some(soft) = sys::open_files_soft_limit() else {
+        return Ok(());
+    };
+    // In-process, each connection costs two descriptors: ours and the server's.
+    let per_client = if spawn_server { 2 } else { 1 };
+    let needed = u64::from(clients) * per_client + FD_MARGIN;
+    if needed > soft {
+        anyhow::bail!(
+            "--clients {clients} needs about {needed} open files but the soft limit is {soft}: \
+             run `ulimit -n 65536` in this shell first (or lower --clients)"
+        );
+    }
+    Ok(())
+}
+
+async fn spawn_server(clients: usize) -> anyhow::Result<Server> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("herald-bench-{}-{stamp}", std::process::id()));
+    let defaults = LimitsConfig::default();
+    let cfg = Config {
+        data_dir: dir.clone(),
+        limits: LimitsConfig {
+            connections_per_ip: defaults.connections_per_ip.max(clients + 10),
+            ..defaults
+        },
+        ..Config::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot bind 127.0.0.1:0")?;
+    let node = Node::start(listener, cfg, ServeOptions::default())
+        .await
+        .context("cannot start the in-process node")?;
+    let authority = node.addr.to_string();
+    Ok(Server {
+        base_url: format!("http://{authority}"),
+        authority,
+        api_key: node.api_key.clone(),
+        hmac_secret: node.hmac_secret.clone(),
+        spawned: Some((node, dir)),
+    })
+}
+
+fn external_server(args: &BenchArgs) -> anyhow::Result<Server> {
+    let base_url = args.url.trim_end_matches('/').to_owned();
+    let authority = match base_url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => {
+            rest.split('/').next().unwrap_or_default().to_owned()
+        }
+        Some((scheme, _)) => {
+            anyhow::bail!("--url: the bench speaks plain http/ws only, not {scheme}")
+        }
+        None => anyhow::bail!("--url must look like http://host:port"),
+    };
+    if authority.is_empty() {
+        anyhow::bail!("--url has no host");
+    }
+    let read = |name: &str| {
+        secrets::read(&args.data_dir, name).with_context(|| {
+            format!(
+                "cannot read {}",
+                secrets::path(&args.data_dir, name).display()
+            )
+        })
+    };
+    Ok(Server {
+        base_url,
+        authority,
+        api_key: read(API_KEY_FILE)?,
+        hmac_secret: read(HMAC_SECRET_FILE)?,
+        spawned: None,
+    })
+}
+
+async fn resolve(authority: &str) -> anyhow::Result<SocketAddr> {
+    // No port (`host`, `[::1]`): http's 80.
+    let with_port = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:80")
+    } else {
+        authority.to_owned()
+    };
+    let mut addrs = tokio::net::lookup_host(with_port.as_str())
+        .await
+        .with_context(|| format!("cannot resolve {with_port}"))?;
+    addrs
+        .next()
+        .with_context(|| format!("{with_port} resolves to no address"))
+}
+
+/// What a run measured.
+struct Report {
+    requested: usize,
+    connected: usize,
+    connect_errors: HashMap<String, u64>,
+    connect_time: Duration,
+    publisher: publisher::Outcome,
+    received: u64,
+    other_text: u64,
+    pings: u64,
+    ends: HashMap<End, u64>,
+    unreported: usize,
+    latency_us: Histogram<u64>,
+    /// First publication → last delivery.
+    delivery_window: Option<Duration>,
+    /// RSS (KiB) before and after the clients connected, and whose.
+    rss: Option<(u64, u64, &'static str)>,
+    server_stats: Option<serde_json::Value>,
+}
+
+async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
+    let clients = args.clients as usize;
+    let target = Arc::new(Target {
+        addr: resolve(&server.authority).await?,
+        host: server.authority.clone(),
+        hmac_secret: server.hmac_secret.clone(),
+    });
+    let http = reqwest::Client::builder()
+        .build()
+        .context("cannot build the HTTP client")?;
+    let template = Arc::new(
+        Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 2).context("histogram bounds")?,
+    );
+    let base = Instant::now();
+    let received_total = Arc::new(AtomicU64::new(0));
+    let stop = CancellationToken::new();
+
+    let rss_pid = match (args.spawn_server, args.server_pid) {
+        (true, _) => Some((None, "this process: in-process server + clients")),
+        (false, Some(pid)) => Some((Some(pid), "server process")),
+        (false, None) => None,
+    };
+    let rss_before = rss_pid.and_then(|(pid, _)| sys::rss_kib(pid));
+
+    // Connect, at most CONNECT_CONCURRENCY at a time; each client reports once, then reads.
+    eprintln!(
+        "connecting {clients} clients to ws://{}/ws …",
+        server.authority
+    );
+    let started = Instant::now();
+    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Result<(), String>>();
+    let mut tasks: JoinSet<Option<ClientStats>> = JoinSet::new();
+    for i in 0..clients {
+        let (gate, tx, target) = (gate.clone(), tx.clone(), target.clone());
+        let (template, received_total, stop) =
+            (template.clone(), received_total.clone(), stop.clone());
+        tasks.spawn(async move {
+            let attempt = {
+                let _permit = gate.acquire().await.ok()?;
+                tokio::time::timeout(CONNECT_TIMEOUT, client::connect(&target, i)).await
+            };
+            let conn = match attempt {
+                // Too late: the phase is over and this client is not counted.
+                Ok(Ok(_)) if gate.is_closed() => return None,
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(e));
+                    return None;
+                }
+                Err(_) => {
+                    let _ = tx.send(Err("timeout".into()));
+                    return None;
+                }
+            };
+            let _ = tx.send(Ok(()));
+            drop((tx, gate));
+            Some(conn.run(base, template, received_total, stop).await)
+        });
+    }
+    drop(tx);
+    let (mut connected, mut connect_errors) = (0usize, HashMap::<String, u64>::new());
+    let phase_end = tokio::time::Instant::now() + CONNECT_PHASE_LIMIT;
+    for _ in 0..clients {
+        match tokio::time::timeout_at(phase_end, rx.recv()).await {
+            Ok(Some(Ok(()))) => connected += 1,
+            Ok(Some(Err(e))) => *connect_errors.entry(e).or_default() += 1,
+            Ok(None) => break,
+            Err(_) => {
+                *connect_errors
+                    .entry("connect phase over (120 s)".into())
+                    .or_default() += 1;
+                break;
+            }
+        }
+    }
+    gate.close();
+    let connect_time = started.elapsed();
+    eprintln!(
+        "{connected}/{clients} connected in {:.2} s",
+        connect_time.as_secs_f64()
+    );
+
+    tokio::time::sleep(SETTLE).await;
+    let rss = match (rss_pid, rss_before) {
+        (Some((pid, whose)), Some(before)) => sys::rss_kib(pid).map(|after| (before, after, whose)),
+        _ => None,
+    };
+
+    let mut outcome = publisher::Outcome::default();
+    let mut pub_start_ns = 0u64;
+    if connected > 0 {
+        let plan = publisher::Plan {
+            url: format!("{}/api/publish", server.base_url),
+            api_key: server.api_key.clone(),
+            rate: args.rate,
+            duration: Duration::from_secs(args.duration),
+            payload: args.payload as usize,
+        };
+        eprintln!(
+            "publishing to all at {}/s for {} s …",
+            args.rate, args.duration
+        );
+        pub_start_ns = base.elapsed().as_nanos() as u64;
+        outcome = publisher::run(&http, &plan, base).await;
+        // Stragglers: until every queued delivery has arrived, at most STRAGGLERS.
+        let give_up = Instant::now() + STRAGGLERS;
+        while received_total.load(Relaxed) < outcome.queued && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    stop.cancel();
+
+    let mut latency_us = Histogram::new_from(&template);
+    let (mut received, mut other_text, mut pings, mut last_ns) = (0u64, 0u64, 0u64, 0u64);
+    let mut ends = HashMap::<End, u64>::new();
+    let mut reported = 0usize;
+    let _ = tokio::time::timeout(TEARDOWN, async {
+        while let Some(joined) = tasks.join_next().await {
+            let Ok(Some(s)) = joined else { continue };
+            reported += 1;
+            received += s.received;
+            other_text += s.other_text;
+            pings += s.pings;
+            last_ns = last_ns.max(s.last_delivery_ns);
+            if let Some(h) = &s.latency_us {
+                // Same bounds as the template: cannot fail, but never panic over it.
+                let _ = latency_us.add(h);
+            }
+            if s.end != End::Stopped {
+                *ends.entry(s.end).or_default() += 1;
+            }
+        }
+    })
+    .await;
+    tasks.abort_all();
+
+    let server_stats = fetch_stats(&http, server).await;
+    let delivery_window = (received > 0 && last_ns > pub_start_ns)
+        .then(|| Duration::from_nanos(last_ns - pub_start_ns));
+    Ok(Report {
+        requested: clients,
+        connected,
+        connect_errors,
+        connect_time,
+        publisher: outcome,
+        received,
+        other_text,
+        pings,
+        ends,
+        unreported: connected.saturating_sub(reported),
+        latency_us,
+        delivery_window,
+        rss,
+        server_stats,
+    })
+}
+
+/// `/api/stats`, best effort: the server's own count of drops and slow consumers.
+async fn fetch_stats(http: &reqwest::Client, server: &Server) -> Option<serde_json::Value> {
+    let res = http
+        .get(format!("{}/api/stats", server.base_url))
+        .bearer_auth(&server.api_key)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    res.json().await.ok()
+}
+
+impl Report {
+    fn render(&self, args: &BenchArgs, url: &str) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let p = &self.publisher;
+        let where_ = if args.spawn_server {
+            "in-process node"
+        } else {
+            "external"
+        };
+        let _ = writeln!(o, "herald bench — fan-out to all");
+        let _ = writeln!(o, "  server          {url} ({where_})");
+        let _ = writeln!(
+            o,
+            "  clients         {} connected of {} in {:.2} s",
+            self.connected,
+            self.requested,
+            self.connect_time.as_secs_f64()
+        );
+        let mut errors: Vec<_> = self.connect_errors.iter().collect();
+        errors.sort_by(|a, b| b.1.cmp(a.1));
+        for (e, n) in errors.iter().take(5) {
+            let _ = writeln!(o, "    failed        {n} × {e}");
+        }
+        let _ =
+            writeln!(
+            o,
+            "  publications    {} sent ({} ok, {} failed) at {}/s for {} s, in {:.2} s; data {} B",
+            p.sent,
+            p.ok,
+            p.failed,
+            args.rate,
+            args.duration,
+            p.elapsed.as_secs_f64(),
+            stamp::encode_data(0, args.payload as usize).len().max(args.payload as usize)
+        );
+        if let Some(e) = &p.first_error {
+            let _ = writeln!(o, "    first error   {e}");
+        }
+        if p.cap_waits > 0 || p.skipped > 0 {
+            let _ = writeln!(o, "    pacing        {} ticks waited for a free request slot, {} skipped at the deadline", p.cap_waits, p.skipped);
+        }
+        let _ = writeln!(
+            o,
+            "  expected        {} deliveries (sum of `queued`)",
+            p.queued
+        );
+        let pct = if p.queued > 0 {
+            100.0 * self.received as f64 / p.queued as f64
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            o,
+            "  received        {} deliveries ({pct:.2} % of expected)",
+            self.received
+        );
+        match self.delivery_window {
+            Some(w) => {
+                let _ = writeln!(
+                    o,
+                    "  throughput      {:.0} deliveries/s (over {:.2} s, first publication → last delivery)",
+                    self.received as f64 / w.as_secs_f64(),
+                    w.as_secs_f64()
+                );
+            }
+            None => {
+                let _ = writeln!(o, "  throughput      n/a (nothing received)");
+            }
+        }
+        let h = &self.latency_us;
+        if h.is_empty() {
+            let _ = writeln!(o, "  latency         n/a");
+        } else {
+            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            let _ = writeln!(
+                o,
+                "  latency (ms)    p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}  (publish request → client read)",
+                ms(0.50),
+                ms(0.95),
+                ms(0.99),
+                h.max() as f64 / 1000.0
+            );
+        }
+        if self.other_text > 0 || self.pings > 0 {
+            let _ = writeln!(
+                o,
+                "  other frames    {} unstamped text, {} pings answered",
+                self.other_text, self.pings
+            );
+        }
+        let mut ends: Vec<_> = self.ends.iter().collect();
+        ends.sort_by(|a, b| b.1.cmp(a.1));
+        for (end, n) in ends.iter().take(5) {
+            let _ = writeln!(o, "  ended early     {n} × {end:?}");
+        }
+        if self.unreported > 0 {
+            let _ = writeln!(
+                o,
+                "  unreported      {} clients did not hand back stats in time",
+                self.unreported
+            );
+        }
+        if let Some(s) = &self.server_stats {
+            let _ = writeln!(
+                o,
+                "  server stats    deliveries {}, dropped {}, slow-consumer disconnects {}, fan-out latency p99 {} ms",
+                s["deliveries"], s["dropped"], s["slow_consumer_disconnects"], s["latency_ms"]["p99"]
+            );
+        }
+        match self.rss {
+            Some((before, after, whose)) => {
+                let per = if self.connected > 0 {
+                    after.saturating_sub(before) as f64 / self.connected as f64
+                } else {
+                    0.0
+                };
+                let _ = writeln!(
+                    o,
+                    "  memory          RSS {:.1} MiB → {:.1} MiB with {} idle connections: {per:.1} KiB per connection ({whose})",
+                    before as f64 / 1024.0,
+                    after as f64 / 1024.0,
+                    self.connected
+                );
+                if args.spawn_server {
+                    let _ = writeln!(o, "                  (in-process: includes the bench clients' own sockets and buffers, so it overstates the server)");
+                }
+            }
+            None if !args.spawn_server => {
+                let _ = writeln!(
+                    o,
+                    "  memory          n/a (give --server-pid to read the server's RSS)"
+                );
+            }
+            None => {}
+        }
+        o
+    }
 }

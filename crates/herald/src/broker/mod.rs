@@ -10,14 +10,28 @@ use crate::ws::frame::Frame;
 
 pub trait Broker: Send + Sync {
     /// Delivers a publication to every node's subscribers; returns the local count.
-    fn publish(&self, hub: &Hub, target: &Target, exclude: &Exclude, frame: &Frame, accepted: Instant) -> usize;
+    fn publish(
+        &self,
+        hub: &Hub,
+        target: &Target,
+        exclude: &Exclude,
+        frame: &Frame,
+        accepted: Instant,
+    ) -> usize;
 }
 
 /// One process: publishing is delivering locally.
 pub struct MemoryBroker;
 
 impl Broker for MemoryBroker {
-    fn publish(&self, hub: &Hub, target: &Target, exclude: &Exclude, frame: &Frame, accepted: Instant) -> usize {
+    fn publish(
+        &self,
+        hub: &Hub,
+        target: &Target,
+        exclude: &Exclude,
+        frame: &Frame,
+        accepted: Instant,
+    ) -> usize {
         hub.deliver(target, exclude, frame, accepted)
     }
 }

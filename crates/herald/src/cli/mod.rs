@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "herald", version, about = "Self-hosted real-time broadcast server")]
+#[command(
+    name = "herald",
+    version,
+    about = "Self-hosted real-time broadcast server"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -71,10 +75,17 @@ pub struct ServeArgs {
 
 impl ConfigArgs {
     /// Loads file + environment + the given flag overrides.
-    pub fn load(&self, mut flags: crate::config::load::Overrides) -> anyhow::Result<crate::config::Config> {
+    pub fn load(
+        &self,
+        mut flags: crate::config::load::Overrides,
+    ) -> anyhow::Result<crate::config::Config> {
         if let Some(d) = &self.data_dir {
             flags.data_dir = Some(d.display().to_string());
         }
-        Ok(crate::config::load::load(self.config.as_deref(), std::env::vars(), &flags)?)
+        Ok(crate::config::load::load(
+            self.config.as_deref(),
+            std::env::vars(),
+            &flags,
+        )?)
     }
 }

@@ -37,11 +37,21 @@ pub struct PublishArgs {
 
 pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
     let cfg = args.config.load(Overrides::default())?;
-    let key = secrets::read(&cfg.data_dir, API_KEY_FILE)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", secrets::path(&cfg.data_dir, API_KEY_FILE).display()))?;
+    let key = secrets::read(&cfg.data_dir, API_KEY_FILE).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read {}: {e}",
+            secrets::path(&cfg.data_dir, API_KEY_FILE).display()
+        )
+    })?;
     let data: Value = serde_json::from_str(&args.data).unwrap_or(Value::String(args.data.clone()));
     let mut body = json!({ "data": data });
-    for (k, v) in [("channel", args.channel), ("user", args.user), ("group", args.group), ("exclude_user", args.exclude_user), ("exclude_conn", args.exclude_conn)] {
+    for (k, v) in [
+        ("channel", args.channel),
+        ("user", args.user),
+        ("group", args.group),
+        ("exclude_user", args.exclude_user),
+        ("exclude_conn", args.exclude_conn),
+    ] {
         if let Some(v) = v {
             body[k] = Value::String(v);
         }
@@ -49,9 +59,20 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
     if args.all {
         body["all"] = Value::Bool(true);
     }
-    let scheme = if cfg.tls.cert_file.is_some() { "https" } else { "http" };
-    let base = args.url.unwrap_or_else(|| format!("{scheme}://{}", cfg.listen));
-    let res = reqwest::Client::new().post(format!("{}/api/publish", base.trim_end_matches('/'))).bearer_auth(key).json(&body).send().await?;
+    let scheme = if cfg.tls.cert_file.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let base = args
+        .url
+        .unwrap_or_else(|| format!("{scheme}://{}", cfg.listen));
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/publish", base.trim_end_matches('/')))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await?;
     let status = res.status();
     let text = res.text().await?;
     println!("{text}");

@@ -16,8 +16,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let cfg = args.config.load(flags)?;
     init_logging(&cfg);
-    let listener = TcpListener::bind(cfg.listen_addr()).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-    let node = Node::start(listener, cfg, ServeOptions { conformance_echo: args.conformance_echo }).await?;
+    let listener = TcpListener::bind(cfg.listen_addr())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let node = Node::start(
+        listener,
+        cfg,
+        ServeOptions {
+            conformance_echo: args.conformance_echo,
+        },
+    )
+    .await?;
     // Printed on stdout so scripts and tests can find the bound port.
     println!("herald listening on {}://{}", node.scheme(), node.addr);
     tracing::info!(addr = %node.addr, node = %node.app.hub.node, "listening");
@@ -51,8 +60,11 @@ async fn wait_for_signal() {
 }
 
 pub fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match cfg.log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Pretty => builder.try_init(),

@@ -42,7 +42,9 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("`{s}`: expected a number and a unit, like 1h"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number and a unit, like 1h"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,
@@ -71,7 +73,9 @@ fn secret(cfg: &Config) -> anyhow::Result<String> {
 pub fn run(args: TokenArgs) -> anyhow::Result<()> {
     let cfg = args.config.load(Overrides::default())?;
     if cfg.auth.public_key_file.is_some() {
-        anyhow::bail!("this server verifies RS256/ES256 tokens; mint them with your identity provider");
+        anyhow::bail!(
+            "this server verifies RS256/ES256 tokens; mint them with your identity provider"
+        );
     }
     let claims = Claims {
         sub: args.sub,
@@ -88,7 +92,11 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
 
 pub fn check(args: CheckTokenArgs) -> anyhow::Result<()> {
     let cfg = args.config.load(Overrides::default())?;
-    let secret = if cfg.auth.public_key_file.is_some() { String::new() } else { secret(&cfg)? };
+    let secret = if cfg.auth.public_key_file.is_some() {
+        String::new()
+    } else {
+        secret(&cfg)?
+    };
     let id = Verifier::new(&cfg.auth, &secret)?.verify(&args.token)?;
     println!(
         "valid: sub={} device={} groups={:?} admin={} exp={}",

@@ -10,7 +10,10 @@ use super::Config;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     File { path: String, message: String },
     #[error("{0}")]
@@ -31,25 +34,46 @@ pub struct Overrides {
 /// Parses and checks one file on its own: what `check-config` reports. TOML syntax and
 /// type errors carry line, column and the offending key.
 pub fn check_file(path: &Path) -> Result<Config, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
-    let cfg: Config = toml::from_str(&text).map_err(|e| LoadError::File { path: path.display().to_string(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let cfg: Config = toml::from_str(&text).map_err(|e| LoadError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
     cfg.validate()?;
     Ok(cfg)
 }
 
 /// The full stack: file (if any), environment, flags; then validation.
-pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>, flags: &Overrides) -> Result<Config, LoadError> {
+pub fn load(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    flags: &Overrides,
+) -> Result<Config, LoadError> {
     let mut table = match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|source| LoadError::Read { path: p.display().to_string(), source })?;
+            let text = std::fs::read_to_string(p).map_err(|source| LoadError::Read {
+                path: p.display().to_string(),
+                source,
+            })?;
             // Parse into the typed config first, for line:column errors on the file itself.
-            toml::from_str::<Config>(&text).map_err(|e| LoadError::File { path: p.display().to_string(), message: e.to_string() })?;
-            toml::from_str::<Table>(&text).map_err(|e| LoadError::File { path: p.display().to_string(), message: e.to_string() })?
+            toml::from_str::<Config>(&text).map_err(|e| LoadError::File {
+                path: p.display().to_string(),
+                message: e.to_string(),
+            })?;
+            toml::from_str::<Table>(&text).map_err(|e| LoadError::File {
+                path: p.display().to_string(),
+                message: e.to_string(),
+            })?
         }
         None => Table::new(),
     };
     for (name, raw) in env {
-        let Some(rest) = name.strip_prefix("HERALD_") else { continue };
+        let Some(rest) = name.strip_prefix("HERALD_") else {
+            continue;
+        };
         if rest == "LOG" {
             set(&mut table, &["log", "level"], Value::String(raw));
             continue;
@@ -82,7 +106,9 @@ pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>
 /// `["a","b"]`), otherwise as a plain string.
 fn env_value(raw: &str) -> Value {
     match toml::from_str::<Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| Value::String(raw.to_owned())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| Value::String(raw.to_owned())),
         Err(_) => Value::String(raw.to_owned()),
     }
 }
@@ -94,7 +120,9 @@ fn set(table: &mut Table, keys: &[&str], value: Value) {
             table.insert((*last).to_owned(), value);
         }
         [first, rest @ ..] => {
-            let entry = table.entry((*first).to_owned()).or_insert_with(|| Value::Table(Table::new()));
+            let entry = table
+                .entry((*first).to_owned())
+                .or_insert_with(|| Value::Table(Table::new()));
             if !entry.is_table() {
                 *entry = Value::Table(Table::new());
             }
@@ -119,7 +147,11 @@ mod tests {
         pub struct TempPath(pub std::path::PathBuf);
         impl TempPath {
             pub fn with(text: &str) -> TempPath {
-                let p = std::env::temp_dir().join(format!("herald-cfg-{}-{}.toml", std::process::id(), rand::random::<u64>()));
+                let p = std::env::temp_dir().join(format!(
+                    "herald-cfg-{}-{}.toml",
+                    std::process::id(),
+                    rand::random::<u64>()
+                ));
                 std::fs::write(&p, text).unwrap();
                 TempPath(p)
             }
@@ -137,17 +169,26 @@ mod tests {
         let env = vec![
             ("HERALD_LISTEN".to_owned(), "127.0.0.1:2".to_owned()),
             ("HERALD_AUTH__MODE".to_owned(), "none".to_owned()),
-            ("HERALD_ALLOWED_ORIGINS".to_owned(), "https://a.example, https://b.example".to_owned()),
+            (
+                "HERALD_ALLOWED_ORIGINS".to_owned(),
+                "https://a.example, https://b.example".to_owned(),
+            ),
             ("HERALD_WS__IDLE_TIMEOUT_S".to_owned(), "40".to_owned()),
             ("OTHER".to_owned(), "x".to_owned()),
         ];
-        let flags = Overrides { listen: Some("127.0.0.1:3".into()), ..Default::default() };
+        let flags = Overrides {
+            listen: Some("127.0.0.1:3".into()),
+            ..Default::default()
+        };
         let cfg = load(Some(&f.0), env, &flags).unwrap();
         assert_eq!(cfg.listen, "127.0.0.1:3");
         assert_eq!(cfg.auth.mode, AuthMode::None);
         assert_eq!(cfg.ws.heartbeat_s, 5);
         assert_eq!(cfg.ws.idle_timeout_s, 40);
-        assert_eq!(cfg.allowed_origins, vec!["https://a.example", "https://b.example"]);
+        assert_eq!(
+            cfg.allowed_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
     }
 
     #[test]
@@ -159,10 +200,15 @@ mod tests {
         let e = check_file(&f.0).unwrap_err().to_string();
         assert!(e.contains("unknown field `heartbeat`"), "{e}");
         let env = vec![("HERALD_WS__QUEUE_MESSAGES".to_owned(), "many".to_owned())];
-        let e = load(None, env, &Overrides::default()).unwrap_err().to_string();
+        let e = load(None, env, &Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("ws.queue_messages:"), "{e}");
         let f = write("[auth]\nleeway_s = 60\n[ws]\nheartbeat_s = 0\n");
         let e = check_file(&f.0).unwrap_err().to_string();
-        assert!(e.contains("auth.leeway_s") && e.contains("ws.heartbeat_s"), "{e}");
+        assert!(
+            e.contains("auth.leeway_s") && e.contains("ws.heartbeat_s"),
+            "{e}"
+        );
     }
 }

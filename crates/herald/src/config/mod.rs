@@ -73,7 +73,14 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { mode: AuthMode::Jwt, hmac_secret: None, public_key_file: None, issuer: None, audience: None, leeway_s: 5 }
+        AuthConfig {
+            mode: AuthMode::Jwt,
+            hmac_secret: None,
+            public_key_file: None,
+            issuer: None,
+            audience: None,
+            leeway_s: 5,
+        }
     }
 }
 
@@ -125,7 +132,12 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { connections_per_user: 100, connections_per_ip: 1000, http_body_bytes: 1024 * 1024, handshake_timeout_s: 10 }
+        LimitsConfig {
+            connections_per_user: 100,
+            connections_per_ip: 1000,
+            http_body_bytes: 1024 * 1024,
+            handshake_timeout_s: 10,
+        }
     }
 }
 
@@ -144,7 +156,9 @@ pub struct BrokerConfig {
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        BrokerConfig { url: "memory://".into() }
+        BrokerConfig {
+            url: "memory://".into(),
+        }
     }
 }
 
@@ -171,7 +185,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Pretty, level: "info".into() }
+        LogConfig {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
     }
 }
 
@@ -186,7 +203,12 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     }
     Ok(match List::deserialize(d)? {
         List::Many(v) => v,
-        List::One(s) => s.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        List::One(s) => s
+            .split([',', ' '])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
     })
 }
 
@@ -200,10 +222,16 @@ impl Config {
     pub fn validate(&self) -> Result<(), Invalid> {
         let mut errs = Vec::new();
         if self.listen.parse::<SocketAddr>().is_err() {
-            errs.push(format!("listen: expected an address like 127.0.0.1:8080, got `{}`", self.listen));
+            errs.push(format!(
+                "listen: expected an address like 127.0.0.1:8080, got `{}`",
+                self.listen
+            ));
         }
         if self.auth.leeway_s > 30 {
-            errs.push(format!("auth.leeway_s: at most 30 seconds, got {}", self.auth.leeway_s));
+            errs.push(format!(
+                "auth.leeway_s: at most 30 seconds, got {}",
+                self.auth.leeway_s
+            ));
         }
         if let Some(s) = &self.auth.hmac_secret {
             if s.len() < 32 {
@@ -212,7 +240,10 @@ impl Config {
         }
         if let Some(p) = &self.auth.public_key_file {
             if !p.is_file() {
-                errs.push(format!("auth.public_key_file: no such file `{}`", p.display()));
+                errs.push(format!(
+                    "auth.public_key_file: no such file `{}`",
+                    p.display()
+                ));
             }
         }
         for k in &self.api.keys {
@@ -223,7 +254,9 @@ impl Config {
         }
         for o in &self.allowed_origins {
             if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
-                errs.push(format!("allowed_origins: `{o}` must be \"*\" or start with http:// or https://"));
+                errs.push(format!(
+                    "allowed_origins: `{o}` must be \"*\" or start with http:// or https://"
+                ));
             }
         }
         let ws = &self.ws;
@@ -231,7 +264,10 @@ impl Config {
             errs.push("ws.heartbeat_s: must be at least 1".into());
         }
         if ws.idle_timeout_s <= ws.heartbeat_s {
-            errs.push(format!("ws.idle_timeout_s: must be greater than ws.heartbeat_s ({})", ws.heartbeat_s));
+            errs.push(format!(
+                "ws.idle_timeout_s: must be greater than ws.heartbeat_s ({})",
+                ws.heartbeat_s
+            ));
         }
         for (key, v) in [
             ("ws.max_message_bytes", ws.max_message_bytes),
@@ -240,10 +276,16 @@ impl Config {
             ("ws.rate_per_s", ws.rate_per_s as usize),
             ("ws.rate_burst", ws.rate_burst as usize),
             ("ws.max_subscriptions", ws.max_subscriptions),
-            ("limits.connections_per_user", self.limits.connections_per_user),
+            (
+                "limits.connections_per_user",
+                self.limits.connections_per_user,
+            ),
             ("limits.connections_per_ip", self.limits.connections_per_ip),
             ("limits.http_body_bytes", self.limits.http_body_bytes),
-            ("limits.handshake_timeout_s", self.limits.handshake_timeout_s as usize),
+            (
+                "limits.handshake_timeout_s",
+                self.limits.handshake_timeout_s as usize,
+            ),
         ] {
             if v == 0 {
                 errs.push(format!("{key}: must be at least 1"));
@@ -266,11 +308,20 @@ impl Config {
                 self.broker.url
             ));
         }
-        if !(self.store.url.is_empty() || self.store.url.starts_with("sqlite://") || self.store.url.starts_with("postgres://")) {
-            errs.push(format!("store.url: expected sqlite://… or postgres://…, got `{}`", self.store.url));
+        if !(self.store.url.is_empty()
+            || self.store.url.starts_with("sqlite://")
+            || self.store.url.starts_with("postgres://"))
+        {
+            errs.push(format!(
+                "store.url: expected sqlite://… or postgres://…, got `{}`",
+                self.store.url
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            errs.push(format!("log.level: `{}` is not a log filter (try info or herald=debug)", self.log.level));
+            errs.push(format!(
+                "log.level: `{}` is not a log filter (try info or herald=debug)",
+                self.log.level
+            ));
         }
         if errs.is_empty() {
             Ok(())
@@ -280,7 +331,9 @@ impl Config {
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
-        self.listen.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+        self.listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
     }
 
     /// A short node name: the configured one, or the host name.

@@ -37,7 +37,9 @@ pub fn load_or_create(data_dir: &Path, name: &str) -> std::io::Result<(String, b
 
 /// Reads an existing secret (for the CLI helpers), without creating one.
 pub fn read(data_dir: &Path, name: &str) -> std::io::Result<String> {
-    Ok(std::fs::read_to_string(data_dir.join(name))?.trim().to_owned())
+    Ok(std::fs::read_to_string(data_dir.join(name))?
+        .trim()
+        .to_owned())
 }
 
 pub fn path(data_dir: &Path, name: &str) -> PathBuf {

@@ -117,15 +117,26 @@ pub async fn drive<R, W, H>(
 
     // Closed from our side: the peer gets a moment to answer with its own close.
     if !peer_closed {
-        let _ = tokio::time::timeout(CLOSE_GRACE, drain_until_close(&mut reader, &mut buf, &mut messages)).await;
+        let _ = tokio::time::timeout(
+            CLOSE_GRACE,
+            drain_until_close(&mut reader, &mut buf, &mut messages),
+        )
+        .await;
     }
     outbox.close(None, true);
-    if tokio::time::timeout(CLOSE_GRACE * 2, &mut writer_task).await.is_err() {
+    if tokio::time::timeout(CLOSE_GRACE * 2, &mut writer_task)
+        .await
+        .is_err()
+    {
         writer_task.abort();
     }
 }
 
-async fn drain_until_close<R: WsRead>(reader: &mut R, buf: &mut BytesMut, messages: &mut MessageReader) {
+async fn drain_until_close<R: WsRead>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    messages: &mut MessageReader,
+) {
     loop {
         loop {
             match messages.next_message(buf) {

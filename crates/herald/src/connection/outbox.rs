@@ -64,7 +64,13 @@ pub enum Batch {
 
 impl Outbox {
     pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
-        Outbox { state: Mutex::new(State::default()), wake: Notify::new(), closed: CancellationToken::new(), max_messages, max_bytes }
+        Outbox {
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            closed: CancellationToken::new(),
+            max_messages,
+            max_bytes,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -145,7 +151,8 @@ impl Outbox {
             let notified = self.wake.notified();
             {
                 let mut s = self.lock();
-                let has_work = !s.control.is_empty() || !s.frames.is_empty() || (s.closing && !s.close_taken);
+                let has_work =
+                    !s.control.is_empty() || !s.frames.is_empty() || (s.closing && !s.close_taken);
                 if has_work {
                     control.extend(s.control.drain(..));
                     data.extend(s.frames.drain(..));
@@ -154,7 +161,10 @@ impl Outbox {
                         s.close_taken = true;
                         if let Some(close) = s.close.take() {
                             control.clear();
-                            data.push(Queued { frame: close, accepted: Instant::now() });
+                            data.push(Queued {
+                                frame: close,
+                                accepted: Instant::now(),
+                            });
                         }
                         return Batch::Finish;
                     }

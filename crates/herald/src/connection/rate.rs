@@ -12,7 +12,12 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn new(rate_per_s: u32, burst: u32) -> TokenBucket {
-        TokenBucket { rate: f64::from(rate_per_s), burst: f64::from(burst), tokens: f64::from(burst), last: Instant::now() }
+        TokenBucket {
+            rate: f64::from(rate_per_s),
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            last: Instant::now(),
+        }
     }
 
     /// Takes a token if one is available at `now`.
@@ -44,7 +49,9 @@ pub struct InboundLimiter {
 pub enum Verdict {
     Allow,
     /// Refused; `notify` says whether to send an `error` frame (at most one a second).
-    Refuse { notify: bool },
+    Refuse {
+        notify: bool,
+    },
     /// Refused persistently for longer than allowed: close with 1008.
     Close,
 }
@@ -63,7 +70,9 @@ impl InboundLimiter {
     }
 
     pub fn check(&mut self, now: Instant) -> Verdict {
-        let calm = self.last_refusal.is_none_or(|t| now.saturating_duration_since(t) >= CALM);
+        let calm = self
+            .last_refusal
+            .is_none_or(|t| now.saturating_duration_since(t) >= CALM);
         if calm {
             self.limited_since = None;
         }
@@ -75,7 +84,9 @@ impl InboundLimiter {
         if now.saturating_duration_since(since) >= self.close_after {
             return Verdict::Close;
         }
-        let notify = self.last_error.is_none_or(|t| now.saturating_duration_since(t) >= CALM);
+        let notify = self
+            .last_error
+            .is_none_or(|t| now.saturating_duration_since(t) >= CALM);
         if notify {
             self.last_error = Some(now);
         }
@@ -102,7 +113,10 @@ mod tests {
         let mut l = InboundLimiter::new(1, 1, Duration::from_secs(10));
         assert_eq!(l.check(t0), Verdict::Allow);
         assert_eq!(l.check(t0), Verdict::Refuse { notify: true });
-        assert_eq!(l.check(t0 + Duration::from_millis(10)), Verdict::Refuse { notify: false });
+        assert_eq!(
+            l.check(t0 + Duration::from_millis(10)),
+            Verdict::Refuse { notify: false }
+        );
         let mut t = t0;
         let mut closed_at = None;
         for _ in 0..200 {
@@ -113,7 +127,9 @@ mod tests {
             }
         }
         let closed_at = closed_at.expect("a flood must be closed");
-        assert!(closed_at - t0 >= Duration::from_secs(10) && closed_at - t0 < Duration::from_secs(11));
+        assert!(
+            closed_at - t0 >= Duration::from_secs(10) && closed_at - t0 < Duration::from_secs(11)
+        );
     }
 
     #[test]
@@ -124,7 +140,10 @@ mod tests {
         assert!(matches!(l.check(t0), Verdict::Refuse { .. }));
         // 1.5 s of calm, then a short burst: the streak starts over.
         assert_eq!(l.check(t0 + Duration::from_millis(1500)), Verdict::Allow);
-        assert!(matches!(l.check(t0 + Duration::from_millis(2500)), Verdict::Allow | Verdict::Refuse { .. }));
+        assert!(matches!(
+            l.check(t0 + Duration::from_millis(2500)),
+            Verdict::Allow | Verdict::Refuse { .. }
+        ));
         assert_ne!(l.check(t0 + Duration::from_millis(2600)), Verdict::Close);
     }
 }

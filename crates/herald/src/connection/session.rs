@@ -36,7 +36,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(hub: Arc<Hub>, conn: Arc<ConnHandle>, verifier: Option<Arc<Verifier>>, limits: &SessionLimits) -> Session {
+    pub fn new(
+        hub: Arc<Hub>,
+        conn: Arc<ConnHandle>,
+        verifier: Option<Arc<Verifier>>,
+        limits: &SessionLimits,
+    ) -> Session {
         Session {
             hub,
             conn,
@@ -77,35 +82,59 @@ impl Session {
     fn handle(&mut self, msg: ClientMessage) {
         match msg {
             ClientMessage::Ping => self.reply(server::pong_frame()),
-            ClientMessage::Subscribe { channel, since, reference } => {
+            ClientMessage::Subscribe {
+                channel,
+                since,
+                reference,
+            } => {
                 if let Err(why) = validate_channel(&channel) {
                     return self.error(ErrorCode::BadRequest, &why, reference.as_ref());
                 }
                 if let Some((ns, _)) = channel.split_once(':') {
-                    return self.error(ErrorCode::NotFound, &format!("namespace `{ns}` is not configured"), reference.as_ref());
+                    return self.error(
+                        ErrorCode::NotFound,
+                        &format!("namespace `{ns}` is not configured"),
+                        reference.as_ref(),
+                    );
                 }
                 let count = self.conn.channels.lock().map(|c| c.len()).unwrap_or(0);
                 if count >= self.max_subscriptions {
-                    return self.error(ErrorCode::RateLimited, "too many subscriptions on this connection", reference.as_ref());
+                    return self.error(
+                        ErrorCode::RateLimited,
+                        "too many subscriptions on this connection",
+                        reference.as_ref(),
+                    );
                 }
                 let name: Arc<str> = Arc::from(channel);
                 self.hub.registry.subscribe(&self.conn, &name);
                 // No history in the default namespace yet: a `since` cannot be honoured.
                 let recovered = false;
                 let _ = since;
-                self.reply(server::subscribed_frame(&name, 0, "", recovered, reference.as_ref()));
+                self.reply(server::subscribed_frame(
+                    &name,
+                    0,
+                    "",
+                    recovered,
+                    reference.as_ref(),
+                ));
             }
             ClientMessage::Unsubscribe { channel, reference } => {
                 self.hub.registry.unsubscribe(&self.conn, &channel);
                 self.reply(server::unsubscribed_frame(&channel, reference.as_ref()));
             }
-            ClientMessage::Publish { channel, reference, .. } => {
+            ClientMessage::Publish {
+                channel, reference, ..
+            } => {
                 let msg = format!("clients may not publish to `{channel}`");
                 self.error(ErrorCode::Forbidden, &msg, reference.as_ref());
             }
             ClientMessage::Refresh { token } => self.refresh(&token),
             ClientMessage::AcknowledgeBroadcast { broadcast_id } => {
-                self.error(ErrorCode::NotFound, &format!("no announcement `{broadcast_id}`"), None);
+                self.error(
+                    ErrorCode::NotFound,
+                    &format!("no announcement `{broadcast_id}`"),
+                    None,
+                );
             }
             // Announcements are not stored by this build, so there is never an active one.
             ClientMessage::GetActiveBroadcast => {}
@@ -114,13 +143,23 @@ impl Session {
 
     fn refresh(&mut self, token: &str) {
         let Some(verifier) = &self.verifier else {
-            return self.error(ErrorCode::BadRequest, "authentication is disabled on this server", None);
+            return self.error(
+                ErrorCode::BadRequest,
+                "authentication is disabled on this server",
+                None,
+            );
         };
         match verifier.verify(token) {
             Ok(id) if id.user == self.conn.identity.user => {
-                self.conn.expires_at.store(id.expires_at.unwrap_or(0), Relaxed);
+                self.conn
+                    .expires_at
+                    .store(id.expires_at.unwrap_or(0), Relaxed);
             }
-            Ok(_) => self.error(ErrorCode::Forbidden, "a refreshed token must be for the same user", None),
+            Ok(_) => self.error(
+                ErrorCode::Forbidden,
+                "a refreshed token must be for the same user",
+                None,
+            ),
             Err(e) => self.error(ErrorCode::Unauthorized, &e.to_string(), None),
         }
     }
@@ -147,7 +186,11 @@ impl Handler for Session {
         if let Err(flow) = self.admit() {
             return flow;
         }
-        self.error(ErrorCode::BadRequest, "binary frames are not accepted; send JSON text", None);
+        self.error(
+            ErrorCode::BadRequest,
+            "binary frames are not accepted; send JSON text",
+            None,
+        );
         Flow::Continue
     }
 }
@@ -157,7 +200,10 @@ pub fn validate_channel(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 256 {
         return Err("channel name must be 1 to 256 bytes".into());
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.:@-".contains(*c))) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_.:@-".contains(*c)))
+    {
         return Err(format!("channel name may not contain {c:?}"));
     }
     Ok(())

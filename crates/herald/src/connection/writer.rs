@@ -27,7 +27,10 @@ where
     let mut data: Vec<Queued> = Vec::new();
     loop {
         let batch = outbox.next_batch(&mut control, &mut data).await;
-        let bytes = control.iter().map(Frame::as_bytes).chain(data.iter().map(|q| q.frame.as_bytes()));
+        let bytes = control
+            .iter()
+            .map(Frame::as_bytes)
+            .chain(data.iter().map(|q| q.frame.as_bytes()));
         let result = if batch == Batch::Finish {
             match tokio::time::timeout(FINISH_TIMEOUT, write_all(&mut w, bytes)).await {
                 Ok(r) => r,
@@ -99,11 +102,15 @@ mod tests {
     async fn partial_writes_resume_mid_frame() {
         // A duplex pipe with a tiny buffer forces many partial vectored writes.
         let (mut a, mut b) = tokio::io::duplex(7);
-        let frames: Vec<Bytes> = (0..50).map(|i| Bytes::from(format!("frame-{i};"))).collect();
+        let frames: Vec<Bytes> = (0..50)
+            .map(|i| Bytes::from(format!("frame-{i};")))
+            .collect();
         let expected: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
-            tokio::io::AsyncReadExt::read_to_end(&mut b, &mut got).await.map(|_| got)
+            tokio::io::AsyncReadExt::read_to_end(&mut b, &mut got)
+                .await
+                .map(|_| got)
         });
         write_all(&mut a, frames.iter()).await.unwrap();
         drop(a);

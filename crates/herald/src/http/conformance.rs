@@ -25,7 +25,10 @@ struct Echo;
 impl Echo {
     fn send(outbox: &Outbox, frame: Frame) -> Flow {
         match outbox.try_push(frame, std::time::Instant::now()) {
-            Push::Full => Flow::Close(crate::protocol::codes::CloseCode::SlowConsumer, "slow consumer"),
+            Push::Full => Flow::Close(
+                crate::protocol::codes::CloseCode::SlowConsumer,
+                "slow consumer",
+            ),
             Push::Queued | Push::Closed => Flow::Continue,
         }
     }
@@ -51,9 +54,13 @@ pub async fn echo(State(app): State<App>, mut req: Request) -> Response {
     };
     let metrics = app.metrics.clone();
     app.tracker.spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else { return };
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
         let outbox = Arc::new(Outbox::new(100_000, 256 * 1024 * 1024));
-        let limits = Limits { max_message: ECHO_MAX_MESSAGE };
+        let limits = Limits {
+            max_message: ECHO_MAX_MESSAGE,
+        };
         drive_upgraded(upgraded, outbox, &mut Echo, limits, metrics).await;
     });
     switching_protocols(&key)

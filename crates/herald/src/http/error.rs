@@ -16,7 +16,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError { code, message: message.into(), status: None }
+        ApiError {
+            code,
+            message: message.into(),
+            status: None,
+        }
     }
 
     /// A status outside the code table (426 Upgrade Required, 503 draining).
@@ -29,12 +33,18 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status.unwrap_or(self.code.http_status());
-        let mut res = (status, Json(json!({"error": self.code.as_str(), "message": self.message}))).into_response();
+        let mut res = (
+            status,
+            Json(json!({"error": self.code.as_str(), "message": self.message})),
+        )
+            .into_response();
         if status == StatusCode::UPGRADE_REQUIRED {
-            res.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("13"));
+            res.headers_mut()
+                .insert("sec-websocket-version", HeaderValue::from_static("13"));
         }
         if status == StatusCode::UNAUTHORIZED {
-            res.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            res.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
         }
         res
     }

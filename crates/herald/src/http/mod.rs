@@ -16,8 +16,8 @@ use std::sync::Arc;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::api_key::ApiKeys;
-use crate::broker::Broker;
 use crate::auth::jwt::Verifier;
+use crate::broker::Broker;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;

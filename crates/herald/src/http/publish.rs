@@ -43,22 +43,39 @@ pub fn authorize(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
-    let key = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim));
+    let key = bearer.or_else(|| {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    });
     let Some(key) = key else {
         app.metrics.refuse(Refusal::BadApiKey);
-        return Err(ApiError::new(ErrorCode::Unauthorized, "missing API key or admin token"));
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "missing API key or admin token",
+        ));
     };
     if app.api_keys.accepts(key) {
         return Ok(Caller::ApiKey);
     }
     match app.api_verifier.verify(key) {
         Ok(id) if id.admin => Ok(Caller::Admin(id.user.to_string())),
-        Ok(_) => Err(ApiError::new(ErrorCode::Forbidden, "this token is not an admin token")),
+        Ok(_) => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this token is not an admin token",
+        )),
         Err(_) => {
             app.metrics.refuse(Refusal::BadApiKey);
-            Err(ApiError::new(ErrorCode::Unauthorized, "invalid API key or token"))
+            Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "invalid API key or token",
+            ))
         }
     }
 }
@@ -67,17 +84,28 @@ pub fn authorize(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError> {
 pub fn body_error(app: &App, e: BytesRejection) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         app.metrics.refuse(Refusal::BodyTooLarge);
-        ApiError::new(ErrorCode::TooLarge, format!("request body is larger than {} bytes", app.cfg.limits.http_body_bytes))
+        ApiError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "request body is larger than {} bytes",
+                app.cfg.limits.http_body_bytes
+            ),
+        )
     } else {
         ApiError::new(ErrorCode::BadRequest, e.body_text())
     }
 }
 
-pub async fn publish(State(app): State<App>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn publish(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers)?;
     let body = body.map_err(|e| body_error(&app, e))?;
     let accepted = Instant::now();
-    let req: PublishBody = serde_json::from_slice(&body).map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")))?;
+    let req: PublishBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")))?;
     let target = match (req.channel, req.user, req.group, req.all) {
         (Some(c), None, None, None | Some(false)) => {
             validate_channel(&c).map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;
@@ -87,7 +115,10 @@ pub async fn publish(State(app): State<App>, headers: HeaderMap, body: Result<By
         (None, None, Some(g), None | Some(false)) => Target::Group(g),
         (None, None, None, Some(true)) => Target::All,
         _ => {
-            return Err(ApiError::new(ErrorCode::BadRequest, "give exactly one target: `channel`, `user`, `group` or `all: true`"));
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "give exactly one target: `channel`, `user`, `group` or `all: true`",
+            ));
         }
     };
     let channel = match &target {
@@ -95,7 +126,12 @@ pub async fn publish(State(app): State<App>, headers: HeaderMap, body: Result<By
         _ => None,
     };
     let frame = pub_frame(channel, &req.data);
-    let exclude = Exclude { user: req.exclude_user, conn: req.exclude_conn };
-    let queued = app.broker.publish(&app.hub, &target, &exclude, &frame, accepted);
+    let exclude = Exclude {
+        user: req.exclude_user,
+        conn: req.exclude_conn,
+    };
+    let queued = app
+        .broker
+        .publish(&app.hub, &target, &exclude, &frame, accepted);
     Ok(Json(json!({ "queued": queued })))
 }

@@ -16,5 +16,7 @@ pub fn router(app: App) -> Router {
     if app.conformance_echo {
         r = r.route("/conformance/echo", get(conformance::echo));
     }
-    r.fallback(error::not_found).layer(DefaultBodyLimit::max(app.cfg.limits.http_body_bytes)).with_state(app)
+    r.fallback(error::not_found)
+        .layer(DefaultBodyLimit::max(app.cfg.limits.http_body_bytes))
+        .with_state(app)
 }

@@ -21,7 +21,13 @@ use tower::ServiceExt;
 use super::App;
 use crate::metrics::Refusal;
 
-pub async fn accept_loop(listener: TcpListener, app: App, router: Router, tls: Option<TlsAcceptor>, stop: CancellationToken) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    app: App,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) {
     let handshake_timeout = Duration::from_secs(app.cfg.limits.handshake_timeout_s);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -41,22 +47,50 @@ pub async fn accept_loop(listener: TcpListener, app: App, router: Router, tls: O
         let tracker = app.tracker.clone();
         tracker.spawn(async move {
             match tls {
-                None => serve_http(TokioIo::new(tcp), peer, app, router, handshake_timeout, stop).await,
-                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => serve_http(TokioIo::new(stream), peer, app, router, handshake_timeout, stop).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                    Err(_) => {
-                        app.metrics.refuse(Refusal::HandshakeTimeout);
-                        tracing::debug!(%peer, "TLS handshake timed out");
+                None => {
+                    serve_http(
+                        TokioIo::new(tcp),
+                        peer,
+                        app,
+                        router,
+                        handshake_timeout,
+                        stop,
+                    )
+                    .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            serve_http(
+                                TokioIo::new(stream),
+                                peer,
+                                app,
+                                router,
+                                handshake_timeout,
+                                stop,
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => {
+                            app.metrics.refuse(Refusal::HandshakeTimeout);
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
                     }
-                },
+                }
             }
         });
     }
 }
 
-async fn serve_http<I>(io: TokioIo<I>, peer: SocketAddr, app: App, router: Router, head_timeout: Duration, stop: CancellationToken)
-where
+async fn serve_http<I>(
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    app: App,
+    router: Router,
+    head_timeout: Duration,
+    stop: CancellationToken,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {

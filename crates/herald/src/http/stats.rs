@@ -36,7 +36,13 @@ pub async fn healthz() -> Json<Value> {
 
 pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Value>) {
     if app.draining.load(Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining", "broker": "ok", "store": "ok"})));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining", "broker": "ok", "store": "ok"})),
+        );
     }
-    (StatusCode::OK, Json(json!({"status": "ready", "broker": "ok", "store": "ok"})))
+    (
+        StatusCode::OK,
+        Json(json!({"status": "ready", "broker": "ok", "store": "ok"})),
+    )
 }

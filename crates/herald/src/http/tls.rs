@@ -13,9 +13,13 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> anyhow::Result<Arc<Se
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow::anyhow!("tls.cert_file {}: {e}", cert_file.display()))?;
     if certs.is_empty() {
-        anyhow::bail!("tls.cert_file {}: no certificate found", cert_file.display());
+        anyhow::bail!(
+            "tls.cert_file {}: no certificate found",
+            cert_file.display()
+        );
     }
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| anyhow::anyhow!("tls.key_file {}: {e}", key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| anyhow::anyhow!("tls.key_file {}: {e}", key_file.display()))?;
     let mut cfg = ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)

@@ -31,14 +31,19 @@ use crate::ws::handshake::{self, HandshakeError};
 
 static ANON: AtomicU64 = AtomicU64::new(1);
 
-pub async fn upgrade(State(app): State<App>, ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request) -> Response {
+pub async fn upgrade(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+) -> Response {
     let accept = match check(&app, &req, peer) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
     let (accept_key, identity, admission) = accept;
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
-        return ApiError::new(ErrorCode::BadRequest, "this connection cannot be upgraded").into_response();
+        return ApiError::new(ErrorCode::BadRequest, "this connection cannot be upgraded")
+            .into_response();
     };
     let task_app = app.clone();
     app.tracker.spawn(async move {
@@ -64,7 +69,13 @@ pub fn switching_protocols(accept_key: &str) -> Response {
 
 /// Runs `handler` over an upgraded socket: the raw TCP fast path when the socket is
 /// plain TCP, a buffered split otherwise (TLS).
-pub async fn drive_upgraded<H: Handler>(upgraded: Upgraded, outbox: Arc<Outbox>, handler: &mut H, limits: Limits, metrics: Arc<Metrics>) {
+pub async fn drive_upgraded<H: Handler>(
+    upgraded: Upgraded,
+    outbox: Arc<Outbox>,
+    handler: &mut H,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+) {
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let (r, w) = parts.io.into_inner().into_split();
@@ -73,7 +84,16 @@ pub async fn drive_upgraded<H: Handler>(upgraded: Upgraded, outbox: Arc<Outbox>,
         }
         Err(upgraded) => {
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-            drive(Buffered(r), w, BytesMut::new(), outbox, handler, limits, metrics).await;
+            drive(
+                Buffered(r),
+                w,
+                BytesMut::new(),
+                outbox,
+                handler,
+                limits,
+                metrics,
+            )
+            .await;
         }
     }
 }
@@ -85,14 +105,20 @@ fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiErro
     let accept = handshake::accept_key(req.method(), headers).map_err(|e| {
         app.metrics.refuse(Refusal::BadHandshake);
         match e {
-            HandshakeError::Version => ApiError::new(ErrorCode::BadRequest, e.to_string()).with_status(StatusCode::UPGRADE_REQUIRED),
+            HandshakeError::Version => ApiError::new(ErrorCode::BadRequest, e.to_string())
+                .with_status(StatusCode::UPGRADE_REQUIRED),
             HandshakeError::Malformed(_) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
         }
     })?;
     if app.draining.load(Relaxed) {
-        return Err(ApiError::new(ErrorCode::Unavailable, "server is shutting down"));
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "server is shutting down",
+        ));
     }
-    let origin = headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("invalid"));
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("invalid"));
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if !origin_allowed(origin, host, &app.cfg.allowed_origins, app.tls) {
         app.metrics.refuse(Refusal::BadOrigin);
@@ -111,19 +137,36 @@ fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiErro
             })?
         }
     };
-    let admission = app.hub.registry.admit(&identity.user, peer.ip()).map_err(|why| {
-        app.metrics.refuse(why);
-        let what = if why == Refusal::UserCap { "this user" } else { "this address" };
-        ApiError::new(ErrorCode::RateLimited, format!("too many connections for {what}"))
-    })?;
+    let admission = app
+        .hub
+        .registry
+        .admit(&identity.user, peer.ip())
+        .map_err(|why| {
+            app.metrics.refuse(why);
+            let what = if why == Refusal::UserCap {
+                "this user"
+            } else {
+                "this address"
+            };
+            ApiError::new(
+                ErrorCode::RateLimited,
+                format!("too many connections for {what}"),
+            )
+        })?;
     Ok((accept, identity, admission))
 }
 
 /// The token from `Authorization: Bearer`, the `herald_token` cookie, or `?token=`.
 /// (The Origin check has already passed, so a cookie here comes from an allowed origin.)
 fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(t) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
             return Some(t.trim().to_owned());
         }
     }
@@ -136,7 +179,10 @@ fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
         }
     }
     let query = query?;
-    query.split('&').find_map(|kv| kv.strip_prefix("token=")).map(percent_decode)
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(percent_decode)
 }
 
 fn percent_decode(s: &str) -> String {
@@ -170,7 +216,12 @@ async fn run(app: App, upgraded: Upgraded, identity: Identity, admission: Admiss
     let ws = &app.cfg.ws;
     let outbox = Arc::new(Outbox::new(ws.queue_messages, ws.queue_bytes));
     // `connected` is queued before registration, so it is always the first frame.
-    let hello = frame_of(&Connected::new(&conn_id, &identity.user, &hub.node, ws.heartbeat_s));
+    let hello = frame_of(&Connected::new(
+        &conn_id,
+        &identity.user,
+        &hub.node,
+        ws.heartbeat_s,
+    ));
     outbox.try_push(hello, std::time::Instant::now());
     let handle = Arc::new(ConnHandle {
         id,
@@ -190,10 +241,19 @@ async fn run(app: App, upgraded: Upgraded, identity: Identity, admission: Admiss
         max_subscriptions: ws.max_subscriptions,
     };
     let mut session = Session::new(hub.clone(), handle, app.verifier.clone(), &limits);
-    let read_limits = Limits { max_message: ws.max_message_bytes };
+    let read_limits = Limits {
+        max_message: ws.max_message_bytes,
+    };
     async move {
         tracing::debug!("connected");
-        drive_upgraded(upgraded, outbox, &mut session, read_limits, app.metrics.clone()).await;
+        drive_upgraded(
+            upgraded,
+            outbox,
+            &mut session,
+            read_limits,
+            app.metrics.clone(),
+        )
+        .await;
         drop(registration);
         tracing::debug!("disconnected");
     }
@@ -208,10 +268,19 @@ mod tests {
     #[test]
     fn token_sources() {
         let mut h = HeaderMap::new();
-        assert_eq!(token_from(&h, Some("a=1&token=abc%2Edef")), Some("abc.def".into()));
-        h.insert(header::COOKIE, HeaderValue::from_static("x=1; herald_token=cookie"));
+        assert_eq!(
+            token_from(&h, Some("a=1&token=abc%2Edef")),
+            Some("abc.def".into())
+        );
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("x=1; herald_token=cookie"),
+        );
         assert_eq!(token_from(&h, None), Some("cookie".into()));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer hdr"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer hdr"),
+        );
         assert_eq!(token_from(&h, Some("token=q")), Some("hdr".into()));
         assert_eq!(token_from(&HeaderMap::new(), Some("tokens=x")), None);
     }

@@ -29,7 +29,8 @@ pub struct Exclude {
 
 impl Exclude {
     fn excludes(&self, c: &ConnHandle) -> bool {
-        self.user.as_deref().is_some_and(|u| u == &*c.identity.user) || self.conn.as_deref().is_some_and(|id| id == &*c.conn_id)
+        self.user.as_deref().is_some_and(|u| u == &*c.identity.user)
+            || self.conn.as_deref().is_some_and(|id| id == &*c.conn_id)
     }
 }
 
@@ -37,7 +38,13 @@ impl Hub {
     /// Queues `frame` to every local connection `target` names, except `exclude`.
     /// Returns how many connections it was queued to. Connections whose queue is full
     /// are closed with 4000 (slow consumer) and counted.
-    pub fn deliver(&self, target: &Target, exclude: &Exclude, frame: &Frame, accepted: Instant) -> usize {
+    pub fn deliver(
+        &self,
+        target: &Target,
+        exclude: &Exclude,
+        frame: &Frame,
+        accepted: Instant,
+    ) -> usize {
         let mut queued = 0usize;
         let mut slow: Vec<Arc<ConnHandle>> = Vec::new();
         let mut visit = |c: &Arc<ConnHandle>| {
@@ -67,7 +74,13 @@ impl Hub {
     /// Closes a connection whose queue overflowed: queued data is dropped, 4000 is sent.
     pub fn close_slow_consumer(&self, c: &ConnHandle) {
         let dropped = c.outbox.depth() as u64;
-        if c.outbox.close(Some(Frame::close(CloseCode::SlowConsumer.code(), CloseCode::SlowConsumer.reason())), true) {
+        if c.outbox.close(
+            Some(Frame::close(
+                CloseCode::SlowConsumer.code(),
+                CloseCode::SlowConsumer.reason(),
+            )),
+            true,
+        ) {
             self.metrics.dropped.fetch_add(dropped + 1, Relaxed);
             self.metrics.slow_consumer_disconnects.fetch_add(1, Relaxed);
             self.metrics.refuse(Refusal::SlowConsumer);

@@ -33,7 +33,10 @@ pub struct Hub {
 impl Hub {
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Hub {
         Hub {
-            registry: Arc::new(Registry::new(cfg.limits.connections_per_user, cfg.limits.connections_per_ip)),
+            registry: Arc::new(Registry::new(
+                cfg.limits.connections_per_user,
+                cfg.limits.connections_per_ip,
+            )),
             metrics,
             node: cfg.node(),
             node_tag: format!("{:06x}", rand::random::<u32>() & 0xFF_FFFF),

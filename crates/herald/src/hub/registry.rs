@@ -55,7 +55,9 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 impl Index {
     fn new() -> Index {
-        Index { shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect() }
+        Index {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+        }
     }
 
     fn shard(&self, key: &str) -> &RwLock<HashMap<Arc<str>, ConnMap>> {
@@ -64,7 +66,10 @@ impl Index {
     }
 
     pub fn insert(&self, key: &Arc<str>, conn: &Arc<ConnHandle>) {
-        write(self.shard(key)).entry(key.clone()).or_default().insert(conn.id, conn.clone());
+        write(self.shard(key))
+            .entry(key.clone())
+            .or_default()
+            .insert(conn.id, conn.clone());
     }
 
     pub fn remove(&self, key: &str, id: u64) {
@@ -118,7 +123,11 @@ pub struct Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let mut c = self.registry.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self
+            .registry
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         decrement(&mut c.per_user, &self.user);
         decrement(&mut c.per_ip, &self.ip);
     }
@@ -181,16 +190,28 @@ impl Registry {
         }
         *c.per_user.entry(user.clone()).or_default() += 1;
         *c.per_ip.entry(ip).or_default() += 1;
-        Ok(Admission { registry: self.clone(), user: user.clone(), ip })
+        Ok(Admission {
+            registry: self.clone(),
+            user: user.clone(),
+            ip,
+        })
     }
 
-    pub fn register(self: &Arc<Self>, admission: Admission, handle: Arc<ConnHandle>) -> Registration {
+    pub fn register(
+        self: &Arc<Self>,
+        admission: Admission,
+        handle: Arc<ConnHandle>,
+    ) -> Registration {
         write(&self.conns[shard_of(&handle.id)]).insert(handle.id, handle.clone());
         self.users.insert(&handle.identity.user, &handle);
         for g in &handle.identity.groups {
             self.groups.insert(g, &handle);
         }
-        Registration { registry: self.clone(), handle, _admission: admission }
+        Registration {
+            registry: self.clone(),
+            handle,
+            _admission: admission,
+        }
     }
 
     /// Adds `conn` to `channel`; false if it was already subscribed.
@@ -233,7 +254,12 @@ impl Registry {
 
     /// Connections admitted but possibly not yet registered (for leak checks).
     pub fn admitted(&self) -> usize {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).per_ip.values().sum()
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .per_ip
+            .values()
+            .sum()
     }
 }
 
@@ -272,9 +298,26 @@ mod tests {
         let reg = r.register(a1, handle(1, "u"));
         assert!(r.subscribe(&reg.handle, &Arc::from("news")));
         assert!(!r.subscribe(&reg.handle, &Arc::from("news")));
-        assert_eq!((r.connections(), r.users(), r.channels.count("news"), r.groups.count("g")), (1, 1, 1, 1));
+        assert_eq!(
+            (
+                r.connections(),
+                r.users(),
+                r.channels.count("news"),
+                r.groups.count("g")
+            ),
+            (1, 1, 1, 1)
+        );
         drop(reg);
         drop((a2, a3));
-        assert_eq!((r.connections(), r.users(), r.channels.keys(), r.groups.keys(), r.admitted()), (0, 0, 0, 0, 0));
+        assert_eq!(
+            (
+                r.connections(),
+                r.users(),
+                r.channels.keys(),
+                r.groups.keys(),
+                r.admitted()
+            ),
+            (0, 0, 0, 0, 0)
+        );
     }
 }

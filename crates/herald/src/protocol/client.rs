@@ -71,7 +71,9 @@ pub fn decode(text: &[u8]) -> Result<Inbound, DecodeError> {
             let reference = loose.as_ref().and_then(|v| v.get("ref")).cloned();
             let message = match loose {
                 None => format!("not valid JSON: {e}"),
-                Some(Value::Object(o)) if !o.contains_key("type") => "missing field `type`".to_owned(),
+                Some(Value::Object(o)) if !o.contains_key("type") => {
+                    "missing field `type`".to_owned()
+                }
                 Some(Value::Object(_)) => format!("invalid message: {e}"),
                 Some(_) => "a message must be a JSON object with a `type`".to_owned(),
             };
@@ -88,17 +90,28 @@ mod tests {
     #[test]
     fn decodes_every_client_type() {
         assert_eq!(decode(b"ping"), Ok(Inbound::TextPing));
-        assert_eq!(decode(br#"{"type":"ping"}"#), Ok(Inbound::Message(ClientMessage::Ping)));
-        let sub = decode(br#"{"type":"subscribe","channel":"news","since":{"offset":3,"epoch":"e"},"ref":7}"#);
+        assert_eq!(
+            decode(br#"{"type":"ping"}"#),
+            Ok(Inbound::Message(ClientMessage::Ping))
+        );
+        let sub = decode(
+            br#"{"type":"subscribe","channel":"news","since":{"offset":3,"epoch":"e"},"ref":7}"#,
+        );
         assert_eq!(
             sub,
             Ok(Inbound::Message(ClientMessage::Subscribe {
                 channel: "news".into(),
-                since: Some(Since { offset: 3, epoch: "e".into() }),
+                since: Some(Since {
+                    offset: 3,
+                    epoch: "e".into()
+                }),
                 reference: Some(json!(7)),
             }))
         );
-        assert!(matches!(decode(br#"{"type":"get_active_broadcast"}"#), Ok(Inbound::Message(ClientMessage::GetActiveBroadcast))));
+        assert!(matches!(
+            decode(br#"{"type":"get_active_broadcast"}"#),
+            Ok(Inbound::Message(ClientMessage::GetActiveBroadcast))
+        ));
     }
 
     #[test]
@@ -106,8 +119,14 @@ mod tests {
         let e = decode(br#"{"type":"launch_rockets","ref":"r1"}"#).unwrap_err();
         assert!(e.message.contains("launch_rockets"), "{}", e.message);
         assert_eq!(e.reference, Some(json!("r1")));
-        assert!(decode(b"{not json").unwrap_err().message.starts_with("not valid JSON"));
-        assert_eq!(decode(br#"{"channel":"x"}"#).unwrap_err().message, "missing field `type`");
+        assert!(decode(b"{not json")
+            .unwrap_err()
+            .message
+            .starts_with("not valid JSON"));
+        assert_eq!(
+            decode(br#"{"channel":"x"}"#).unwrap_err().message,
+            "missing field `type`"
+        );
         let wrong = decode(br#"{"type":"subscribe","channel":5}"#).unwrap_err();
         assert!(wrong.message.contains("invalid type"), "{}", wrong.message);
         assert!(decode(b"[1,2]").is_err());

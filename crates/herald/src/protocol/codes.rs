@@ -104,7 +104,10 @@ mod tests {
     #[test]
     fn error_codes_match_the_contract() {
         assert_eq!(ErrorCode::RateLimited.as_str(), "rate_limited");
-        assert_eq!(ErrorCode::RateLimited.http_status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            ErrorCode::RateLimited.http_status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
         assert_eq!(CloseCode::SlowConsumer.code(), 4000);
         assert_eq!(CloseCode::TokenExpired.code(), 4002);
     }

@@ -43,7 +43,11 @@ struct Pub<'a> {
 
 /// The `pub` frame for a publication: built once, shared by every recipient.
 pub fn pub_frame(channel: Option<&str>, data: &RawValue) -> Frame {
-    frame_of(&Pub { kind: "pub", channel, data })
+    frame_of(&Pub {
+        kind: "pub",
+        channel,
+        data,
+    })
 }
 
 pub fn error_frame(code: ErrorCode, message: &str, reference: Option<&Value>) -> Frame {
@@ -56,7 +60,12 @@ pub fn error_frame(code: ErrorCode, message: &str, reference: Option<&Value>) ->
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a Value>,
     }
-    frame_of(&Error { kind: "error", code: code.as_str(), message, reference })
+    frame_of(&Error {
+        kind: "error",
+        code: code.as_str(),
+        message,
+        reference,
+    })
 }
 
 pub fn pong_frame() -> Frame {
@@ -67,7 +76,13 @@ pub fn text_pong_frame() -> Frame {
     Frame::text(b"pong")
 }
 
-pub fn subscribed_frame(channel: &str, offset: u64, epoch: &str, recovered: bool, reference: Option<&Value>) -> Frame {
+pub fn subscribed_frame(
+    channel: &str,
+    offset: u64,
+    epoch: &str,
+    recovered: bool,
+    reference: Option<&Value>,
+) -> Frame {
     #[derive(Serialize)]
     struct Subscribed<'a> {
         #[serde(rename = "type")]
@@ -79,7 +94,14 @@ pub fn subscribed_frame(channel: &str, offset: u64, epoch: &str, recovered: bool
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a Value>,
     }
-    frame_of(&Subscribed { kind: "subscribed", channel, offset, epoch, recovered, reference })
+    frame_of(&Subscribed {
+        kind: "subscribed",
+        channel,
+        offset,
+        epoch,
+        recovered,
+        reference,
+    })
 }
 
 pub fn unsubscribed_frame(channel: &str, reference: Option<&Value>) -> Frame {
@@ -91,7 +113,11 @@ pub fn unsubscribed_frame(channel: &str, reference: Option<&Value>) -> Frame {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a Value>,
     }
-    frame_of(&Unsubscribed { kind: "unsubscribed", channel, reference })
+    frame_of(&Unsubscribed {
+        kind: "unsubscribed",
+        channel,
+        reference,
+    })
 }
 
 /// Serializes a server message into a text frame. Our own types always serialize;
@@ -99,7 +125,9 @@ pub fn unsubscribed_frame(channel: &str, reference: Option<&Value>) -> Frame {
 pub fn frame_of<T: Serialize>(msg: &T) -> Frame {
     match serde_json::to_vec(msg) {
         Ok(json) => Frame::text(&json),
-        Err(_) => Frame::text(br#"{"type":"error","code":"internal","message":"could not encode a reply"}"#),
+        Err(_) => Frame::text(
+            br#"{"type":"error","code":"internal","message":"could not encode a reply"}"#,
+        ),
     }
 }
 
@@ -115,13 +143,22 @@ mod tests {
     #[test]
     fn pub_keeps_data_verbatim() {
         let raw = RawValue::from_string(r#"{"n": 1}"#.to_owned()).unwrap();
-        assert_eq!(payload(&pub_frame(Some("news"), &raw)), r#"{"type":"pub","channel":"news","data":{"n": 1}}"#);
-        assert_eq!(payload(&pub_frame(None, &raw)), r#"{"type":"pub","data":{"n": 1}}"#);
+        assert_eq!(
+            payload(&pub_frame(Some("news"), &raw)),
+            r#"{"type":"pub","channel":"news","data":{"n": 1}}"#
+        );
+        assert_eq!(
+            payload(&pub_frame(None, &raw)),
+            r#"{"type":"pub","data":{"n": 1}}"#
+        );
     }
 
     #[test]
     fn error_carries_ref() {
         let f = error_frame(ErrorCode::BadRequest, "nope", Some(&Value::from(3)));
-        assert_eq!(payload(&f), r#"{"type":"error","code":"bad_request","message":"nope","ref":3}"#);
+        assert_eq!(
+            payload(&f),
+            r#"{"type":"error","code":"bad_request","message":"nope","ref":3}"#
+        );
     }
 }

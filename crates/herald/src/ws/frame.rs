@@ -149,7 +149,11 @@ pub fn parse_header(buf: &[u8], expect_masked: bool) -> Result<Option<Header>, H
     }
     let masked = b1 & 0x80 != 0;
     if masked != expect_masked {
-        return Err(if expect_masked { HeaderError::Unmasked } else { HeaderError::Masked });
+        return Err(if expect_masked {
+            HeaderError::Unmasked
+        } else {
+            HeaderError::Masked
+        });
     }
     let (payload_len, mut pos) = match b1 & 0x7F {
         126 => match buf.get(2..4) {
@@ -181,7 +185,14 @@ pub fn parse_header(buf: &[u8], expect_masked: bool) -> Result<Option<Header>, H
     } else {
         None
     };
-    Ok(Some(Header { fin, rsv, opcode, mask, payload_len, header_len: pos }))
+    Ok(Some(Header {
+        fin,
+        rsv,
+        opcode,
+        mask,
+        payload_len,
+        header_len: pos,
+    }))
 }
 
 #[cfg(test)]
@@ -223,11 +234,26 @@ mod tests {
 
     #[test]
     fn protocol_violations_are_refused() {
-        assert_eq!(parse_header(&[0x81, 0x00], true), Err(HeaderError::Unmasked));
-        assert_eq!(parse_header(&[0xC1, 0x80], true), Err(HeaderError::ReservedBits));
-        assert_eq!(parse_header(&[0x83, 0x80], true), Err(HeaderError::ReservedOpcode));
-        assert_eq!(parse_header(&[0x09, 0x80], true), Err(HeaderError::BadControl));
-        assert_eq!(parse_header(&[0x89, 0xFE], true), Err(HeaderError::BadControl));
+        assert_eq!(
+            parse_header(&[0x81, 0x00], true),
+            Err(HeaderError::Unmasked)
+        );
+        assert_eq!(
+            parse_header(&[0xC1, 0x80], true),
+            Err(HeaderError::ReservedBits)
+        );
+        assert_eq!(
+            parse_header(&[0x83, 0x80], true),
+            Err(HeaderError::ReservedOpcode)
+        );
+        assert_eq!(
+            parse_header(&[0x09, 0x80], true),
+            Err(HeaderError::BadControl)
+        );
+        assert_eq!(
+            parse_header(&[0x89, 0xFE], true),
+            Err(HeaderError::BadControl)
+        );
         assert_eq!(parse_header(&[0x81], true), Ok(None));
     }
 

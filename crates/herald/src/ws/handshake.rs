@@ -21,7 +21,9 @@ pub enum HandshakeError {
 /// Validates an upgrade request head and returns the `Sec-WebSocket-Accept` value.
 pub fn accept_key(method: &Method, headers: &HeaderMap) -> Result<String, HandshakeError> {
     if method != Method::GET {
-        return Err(HandshakeError::Malformed("a WebSocket upgrade must be a GET"));
+        return Err(HandshakeError::Malformed(
+            "a WebSocket upgrade must be a GET",
+        ));
     }
     if !header_has_token(headers, header::UPGRADE, "websocket") {
         return Err(HandshakeError::Malformed("missing `Upgrade: websocket`"));
@@ -41,7 +43,11 @@ pub fn accept_key(method: &Method, headers: &HeaderMap) -> Result<String, Handsh
         .trim_ascii();
     match base64::engine::general_purpose::STANDARD.decode(key) {
         Ok(raw) if raw.len() == 16 => {}
-        _ => return Err(HandshakeError::Malformed("Sec-WebSocket-Key must be 16 bytes, base64")),
+        _ => {
+            return Err(HandshakeError::Malformed(
+                "Sec-WebSocket-Key must be 16 bytes, base64",
+            ))
+        }
     }
     Ok(derive_accept(key))
 }
@@ -76,7 +82,10 @@ mod tests {
 
     #[test]
     fn rfc_example_key() {
-        assert_eq!(derive_accept(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            derive_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -88,12 +97,21 @@ mod tests {
             ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
         ];
         assert!(accept_key(&Method::GET, &headers(&good)).is_ok());
-        assert!(matches!(accept_key(&Method::POST, &headers(&good)), Err(HandshakeError::Malformed(_))));
+        assert!(matches!(
+            accept_key(&Method::POST, &headers(&good)),
+            Err(HandshakeError::Malformed(_))
+        ));
         let mut v8 = good;
         v8[2] = ("sec-websocket-version", "8");
-        assert_eq!(accept_key(&Method::GET, &headers(&v8)), Err(HandshakeError::Version));
+        assert_eq!(
+            accept_key(&Method::GET, &headers(&v8)),
+            Err(HandshakeError::Version)
+        );
         let mut short_key = good;
         short_key[3] = ("sec-websocket-key", "c2hvcnQ=");
-        assert!(matches!(accept_key(&Method::GET, &headers(&short_key)), Err(HandshakeError::Malformed(_))));
+        assert!(matches!(
+            accept_key(&Method::GET, &headers(&short_key)),
+            Err(HandshakeError::Malformed(_))
+        ));
     }
 }

@@ -31,7 +31,10 @@ pub struct Violation {
 
 impl Violation {
     const fn protocol(why: &'static str) -> Violation {
-        Violation { code: CloseCode::Protocol, why }
+        Violation {
+            code: CloseCode::Protocol,
+            why,
+        }
     }
 }
 
@@ -64,7 +67,11 @@ pub struct MessageReader {
 impl MessageReader {
     /// `expect_masked`: true for the server role.
     pub fn new(max_message: usize, expect_masked: bool) -> MessageReader {
-        MessageReader { max_message, expect_masked, partial: None }
+        MessageReader {
+            max_message,
+            expect_masked,
+            partial: None,
+        }
     }
 
     /// Takes the next complete message out of `buf`, or `Ok(None)` when more bytes are needed.
@@ -76,7 +83,10 @@ impl MessageReader {
             let is_control = h.opcode >= frame::OP_CLOSE;
             let already = self.partial.as_ref().map_or(0, |p| p.data.len()) as u64;
             if !is_control && already + h.payload_len > self.max_message as u64 {
-                return Err(Violation { code: CloseCode::TooBig, why: "message too big" });
+                return Err(Violation {
+                    code: CloseCode::TooBig,
+                    why: "message too big",
+                });
             }
             // Fail ordering errors as soon as the header is known, before buffering payload.
             match (h.opcode, self.partial.is_some()) {
@@ -105,7 +115,11 @@ impl MessageReader {
                     return complete(h.opcode == frame::OP_TEXT, payload).map(Some);
                 }
                 frame::OP_TEXT | frame::OP_BINARY => {
-                    let mut p = Partial { text: h.opcode == frame::OP_TEXT, data: payload, utf8_checked: 0 };
+                    let mut p = Partial {
+                        text: h.opcode == frame::OP_TEXT,
+                        data: payload,
+                        utf8_checked: 0,
+                    };
                     check_utf8_prefix(&mut p)?;
                     self.partial = Some(p);
                 }
@@ -120,7 +134,11 @@ impl MessageReader {
                         if p.text && p.utf8_checked != p.data.len() {
                             return Err(invalid_utf8());
                         }
-                        let msg = if p.text { Message::Text(p.data.freeze()) } else { Message::Binary(p.data.freeze()) };
+                        let msg = if p.text {
+                            Message::Text(p.data.freeze())
+                        } else {
+                            Message::Binary(p.data.freeze())
+                        };
                         return Ok(Some(msg));
                     }
                     self.partial = Some(p);
@@ -131,7 +149,10 @@ impl MessageReader {
 }
 
 const fn invalid_utf8() -> Violation {
-    Violation { code: CloseCode::InvalidPayload, why: "invalid utf-8" }
+    Violation {
+        code: CloseCode::InvalidPayload,
+        why: "invalid utf-8",
+    }
 }
 
 fn complete(text: bool, payload: BytesMut) -> Result<Message, Violation> {
@@ -230,9 +251,15 @@ mod tests {
     #[test]
     fn invalid_utf8_fails_fast_with_1007() {
         let bytes = client_frame(false, OP_TEXT, &[0xce, 0xba, 0xff]);
-        assert_eq!(read_all(&bytes)[0].clone().unwrap_err().code, CloseCode::InvalidPayload);
+        assert_eq!(
+            read_all(&bytes)[0].clone().unwrap_err().code,
+            CloseCode::InvalidPayload
+        );
         let truncated = client_frame(true, OP_TEXT, &[0xce]);
-        assert_eq!(read_all(&truncated)[0].clone().unwrap_err().code, CloseCode::InvalidPayload);
+        assert_eq!(
+            read_all(&truncated)[0].clone().unwrap_err().code,
+            CloseCode::InvalidPayload
+        );
     }
 
     #[test]
@@ -240,7 +267,10 @@ mod tests {
         let mut r = MessageReader::new(10, true);
         let mut out = BytesMut::new();
         put_header(&mut out, true, OP_BINARY, 11, Some([0; 4]));
-        assert_eq!(r.next_message(&mut out).unwrap_err().code, CloseCode::TooBig);
+        assert_eq!(
+            r.next_message(&mut out).unwrap_err().code,
+            CloseCode::TooBig
+        );
     }
 
     #[test]
@@ -249,7 +279,10 @@ mod tests {
         assert_eq!(c[0].clone().unwrap_err().code, CloseCode::Protocol);
         let mut bytes = client_frame(false, OP_TEXT, b"a");
         bytes.extend(client_frame(true, OP_TEXT, b"b"));
-        assert_eq!(read_all(&bytes)[0].clone().unwrap_err().code, CloseCode::Protocol);
+        assert_eq!(
+            read_all(&bytes)[0].clone().unwrap_err().code,
+            CloseCode::Protocol
+        );
     }
 
     #[test]
@@ -258,9 +291,19 @@ mod tests {
         assert_eq!(read_all(&ok), vec![Ok(Message::Close(Some(1000)))]);
         for bad in [0u16, 999, 1005, 1006, 1016, 2999, 5000] {
             let f = client_frame(true, OP_CLOSE, &bad.to_be_bytes());
-            assert_eq!(read_all(&f)[0].clone().unwrap_err().code, CloseCode::Protocol, "{bad}");
+            assert_eq!(
+                read_all(&f)[0].clone().unwrap_err().code,
+                CloseCode::Protocol,
+                "{bad}"
+            );
         }
-        assert_eq!(read_all(&client_frame(true, OP_CLOSE, &[3]))[0].clone().unwrap_err().code, CloseCode::Protocol);
+        assert_eq!(
+            read_all(&client_frame(true, OP_CLOSE, &[3]))[0]
+                .clone()
+                .unwrap_err()
+                .code,
+            CloseCode::Protocol
+        );
     }
 
     #[test]
@@ -270,7 +313,10 @@ mod tests {
         let mut buf = BytesMut::from(&f[..4]);
         assert_eq!(r.next_message(&mut buf), Ok(None));
         buf.extend_from_slice(&f[4..]);
-        assert_eq!(r.next_message(&mut buf), Ok(Some(Message::Text(Bytes::from("hello")))));
+        assert_eq!(
+            r.next_message(&mut buf),
+            Ok(Some(Message::Text(Bytes::from("hello"))))
+        );
         assert!(buf.is_empty());
     }
 }

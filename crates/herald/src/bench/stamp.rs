@@ -1,0 +1,91 @@
+//! The send timestamp carried in each publication's `data`.
+//!
+//! The publisher sends `data = "t=<nanos>;xxxx…"` (a JSON string padded to `--payload`
+//! bytes), where `<nanos>` is measured from an `Instant` shared by the publisher and every
+//! client of this process. The server copies `data` verbatim into
+//! `{"type":"pub","data":"t=…;…"}`, so a client finds the stamp with one short search and
+//! a decimal parse — no JSON decoding on the hot path.
+
+/// The marker that precedes the stamp inside a `pub` frame.
+const MARKER: &[u8] = b"\"data\":\"t=";
+
+/// Most digits a `u64` can have.
+const MAX_DIGITS: usize = 20;
+
+/// The `data` string (without its JSON quotes) for a publication sent at `stamp_ns`,
+/// padded with `x` to `size` bytes (never shorter than the stamp itself).
+pub fn encode_data(stamp_ns: u64, size: usize) -> String {
+    let mut s = format!("t={stamp_ns};");
+    if s.len() < size {
+        s.extend(std::iter::repeat_n('x', size - s.len()));
+    }
+    s
+}
+
+/// The JSON body of `POST /api/publish` for a fan-out to everyone.
+pub fn publish_body(stamp_ns: u64, size: usize) -> String {
+    // `encode_data` yields only ASCII digits, `t=;` and `x`: nothing to escape.
+    format!(r#"{{"all":true,"data":"{}"}}"#, encode_data(stamp_ns, size))
+}
+
+/// The stamp of a received text frame, or `None` if it is not one of ours (the
+/// `connected` frame, an error, anything malformed).
+pub fn parse_stamp(text: &[u8]) -> Option<u64> {
+    let start = find(text, MARKER)? + MARKER.len();
+    let rest = text.get(start..)?;
+    let end = rest.iter().take(MAX_DIGITS + 1).position(|&b| b == b';')?;
+    if end == 0 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in &rest[..end] {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(n)
+}
+
+/// Position of `needle` in `hay` (both short: the marker sits ~14 bytes in).
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_round_trips_through_a_pub_frame() {
+        for (stamp, size) in [
+            (0u64, 100usize),
+            (123_456_789, 100),
+            (u64::MAX, 10),
+            (42, 4096),
+        ] {
+            let data = encode_data(stamp, size);
+            assert_eq!(data.len(), size.max(format!("t={stamp};").len()));
+            // What the server sends for an `all` publication: `data` verbatim.
+            let frame = format!(r#"{{"type":"pub","data":"{data}"}}"#);
+            assert_eq!(parse_stamp(frame.as_bytes()), Some(stamp));
+            let body: serde_json::Value = serde_json::from_str(&publish_body(stamp, size)).unwrap();
+            assert_eq!(body["data"], serde_json::Value::String(data));
+            assert_eq!(body["all"], serde_json::Value::Bool(true));
+        }
+    }
+
+    #[test]
+    fn other_frames_have_no_stamp() {
+        let connected = br#"{"type":"connected","conn_id":"c1","user_id":"bench-1","node":"n","heartbeat_s":25,"message":"Connected to broadcast live updates"}"#;
+        assert_eq!(parse_stamp(connected), None);
+        assert_eq!(parse_stamp(br#"{"type":"pub","data":"t=;x"}"#), None);
+        assert_eq!(parse_stamp(br#"{"type":"pub","data":"t=12a;x"}"#), None);
+        assert_eq!(parse_stamp(br#"{"type":"pub","data":"t=123"}"#), None);
+        assert_eq!(
+            parse_stamp(br#"{"type":"pub","data":"t=99999999999999999999;"}"#),
+            None
+        );
+        assert_eq!(parse_stamp(b""), None);
+    }
+}

@@ -1,0 +1,153 @@
+//! Fan-out targets: all, user (every device), group, channel; exclusions.
+
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn seed000_every_client_gets_every_message_in_order() {
+    // Seed 000 handed each update to ONE client, round-robin. Every client must get all.
+    let s = TestServer::start().await;
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        clients.push(s.connect(&format!("u{i}")).await.0);
+    }
+    for n in 0..100 {
+        let (status, body) = s.publish(json!({"all": true, "data": {"n": n}})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["queued"], 4);
+    }
+    for ws in &mut clients {
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            let m = next_json(ws).await;
+            assert_eq!(m["type"], "pub");
+            got.push(m["data"]["n"].as_i64().unwrap());
+        }
+        assert_eq!(got, (0..100).collect::<Vec<_>>());
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn user_target_reaches_every_device_of_that_user_only() {
+    let s = TestServer::start().await;
+    let (mut phone, _) = s
+        .connect_token(&s.token_with("42", |c| c.device = Some("phone".into())))
+        .await;
+    let (mut tv, _) = s
+        .connect_token(&s.token_with("42", |c| c.device = Some("tv".into())))
+        .await;
+    let (mut other, _) = s.connect("420").await;
+    let (_, body) = s.publish(json!({"user": "42", "data": "for 42"})).await;
+    assert_eq!(body["queued"], 2);
+    assert_eq!(next_json(&mut phone).await["data"], "for 42");
+    assert_eq!(next_json(&mut tv).await["data"], "for 42");
+    // The other user gets the next broadcast first: nothing addressed to 42 leaked.
+    s.publish(json!({"all": true, "data": "everyone"})).await;
+    assert_eq!(next_json(&mut other).await["data"], "everyone");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn group_target_reaches_members_only() {
+    let s = TestServer::start().await;
+    let (mut admin, _) = s
+        .connect_token(&s.token_with("a", |c| c.groups = vec!["admins:7".into()]))
+        .await;
+    let (mut user, _) = s.connect("b").await;
+    let (_, body) = s
+        .publish(json!({"group": "admins:7", "data": {"alert": 1}}))
+        .await;
+    assert_eq!(body["queued"], 1);
+    assert_eq!(next_json(&mut admin).await["data"]["alert"], 1);
+    s.publish(json!({"all": true, "data": "all"})).await;
+    assert_eq!(next_json(&mut user).await["data"], "all");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn exclude_conn_and_exclude_user() {
+    let s = TestServer::start().await;
+    let (mut a, hello_a) = s
+        .connect_token(&s.token_with("7", |c| c.device = Some("a".into())))
+        .await;
+    let (mut b, _) = s
+        .connect_token(&s.token_with("7", |c| c.device = Some("b".into())))
+        .await;
+    let (mut c, _) = s.connect("8").await;
+    let conn_a = hello_a["conn_id"].as_str().unwrap().to_owned();
+
+    // Device A's update reaches B (and everyone else), not A.
+    let (_, body) = s
+        .publish(json!({"user": "7", "data": "sync", "exclude_conn": conn_a}))
+        .await;
+    assert_eq!(body["queued"], 1);
+    assert_eq!(next_json(&mut b).await["data"], "sync");
+
+    let (_, body) = s
+        .publish(json!({"all": true, "data": "not 7", "exclude_user": "7"}))
+        .await;
+    assert_eq!(body["queued"], 1);
+    assert_eq!(next_json(&mut c).await["data"], "not 7");
+
+    s.publish(json!({"all": true, "data": "marker"})).await;
+    assert_eq!(
+        next_json(&mut a).await["data"],
+        "marker",
+        "A saw nothing before the marker"
+    );
+    assert_eq!(next_json(&mut b).await["data"], "marker");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn channel_subscribers_get_channel_publications() {
+    let s = TestServer::start().await;
+    let (mut sub, _) = s.connect("1").await;
+    let (mut not_sub, _) = s.connect("2").await;
+    send_text(&mut sub, r#"{"type":"subscribe","channel":"news","ref":1}"#).await;
+    let ack = next_json(&mut sub).await;
+    assert_eq!(
+        (
+            ack["type"].as_str(),
+            ack["channel"].as_str(),
+            ack["ref"].as_i64()
+        ),
+        (Some("subscribed"), Some("news"), Some(1))
+    );
+    let (_, body) = s
+        .publish(json!({"channel": "news", "data": {"headline": "hi"}}))
+        .await;
+    assert_eq!(body["queued"], 1);
+    let m = next_json(&mut sub).await;
+    assert_eq!(
+        (m["channel"].as_str(), m["data"]["headline"].as_str()),
+        (Some("news"), Some("hi"))
+    );
+    send_text(&mut sub, r#"{"type":"unsubscribe","channel":"news"}"#).await;
+    assert_eq!(next_json(&mut sub).await["type"], "unsubscribed");
+    let (_, body) = s.publish(json!({"channel": "news", "data": 2})).await;
+    assert_eq!(body["queued"], 0);
+    s.publish(json!({"all": true, "data": "marker"})).await;
+    assert_eq!(next_json(&mut not_sub).await["data"], "marker");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn publish_body_is_validated() {
+    let s = TestServer::start().await;
+    for bad in [
+        json!({"data": 1}),
+        json!({"all": true, "user": "x", "data": 1}),
+        json!({"channel": "bad name", "data": 1}),
+        json!({"all": true}),
+        json!({"all": true, "data": 1, "surprise": true}),
+    ] {
+        let (status, body) = s.publish(bad.clone()).await;
+        assert_eq!(status, 400, "{bad} → {body}");
+        assert_eq!(body["error"], "bad_request");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    s.shutdown().await;
+}

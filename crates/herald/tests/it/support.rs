@@ -1,0 +1,329 @@
+//! A real herald node on an ephemeral port, real WebSocket clients, a real HTTP client.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use herald::auth::jwt::{mint_hs256, now_unix, Claims};
+use herald::config::Config;
+use herald::{Node, ServeOptions};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub node: Option<Node>,
+    pub addr: std::net::SocketAddr,
+    pub secret: String,
+    pub api_key: String,
+    /// Removed when the server is dropped.
+    pub _dir: TempDir,
+    pub http: reqwest::Client,
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "herald-it-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Defaults for tests: everything as shipped, in a temp data dir.
+pub fn test_config(dir: &TempDir) -> Config {
+    Config {
+        data_dir: dir.0.clone(),
+        listen: "127.0.0.1:0".into(),
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = TempDir::new();
+        let mut cfg = test_config(&dir);
+        f(&mut cfg);
+        Self::start_cfg(cfg, dir).await
+    }
+
+    pub async fn start_cfg(cfg: Config, dir: TempDir) -> TestServer {
+        cfg.validate().expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = Node::start(listener, cfg, ServeOptions::default())
+            .await
+            .unwrap();
+        TestServer {
+            addr: node.addr,
+            secret: node.hmac_secret.clone(),
+            api_key: node.api_key.clone(),
+            node: Some(node),
+            _dir: dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn node(&self) -> &Node {
+        self.node.as_ref().expect("node running")
+    }
+
+    pub fn token(&self, sub: &str) -> String {
+        self.token_with(sub, |_| {})
+    }
+
+    pub fn token_with(&self, sub: &str, f: impl FnOnce(&mut Claims)) -> String {
+        let mut c = Claims {
+            sub: sub.into(),
+            exp: now_unix() + 3600,
+            device: None,
+            groups: vec![],
+            admin: false,
+            iss: None,
+            aud: None,
+        };
+        f(&mut c);
+        mint_hs256(&self.secret, &c).unwrap()
+    }
+
+    pub fn ws_url(&self, token: &str) -> String {
+        format!("ws://{}/ws?token={token}", self.addr)
+    }
+
+    /// Connects and consumes the `connected` frame; returns the client and that frame.
+    pub async fn connect(&self, sub: &str) -> (Ws, Value) {
+        self.connect_token(&self.token(sub)).await
+    }
+
+    pub async fn connect_token(&self, token: &str) -> (Ws, Value) {
+        let (mut ws, _) = tokio_tungstenite::connect_async(self.ws_url(token))
+            .await
+            .expect("upgrade accepted");
+        let hello = next_json(&mut ws).await;
+        assert_eq!(hello["type"], "connected", "{hello}");
+        (ws, hello)
+    }
+
+    /// Tries an upgrade with extra headers; returns the HTTP status and body on refusal.
+    pub async fn try_upgrade(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Ws, (u16, Value)> {
+        let mut req = url.into_client_request().unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                let status = res.status().as_u16();
+                let body = res
+                    .body()
+                    .as_ref()
+                    .map(|b| serde_json::from_slice(b).unwrap_or(Value::Null))
+                    .unwrap_or(Value::Null);
+                Err((status, body))
+            }
+            Err(e) => panic!("unexpected upgrade error: {e}"),
+        }
+    }
+
+    pub async fn publish(&self, body: Value) -> (u16, Value) {
+        self.post_json("/api/publish", &self.api_key.clone(), body)
+            .await
+    }
+
+    pub async fn post_json(&self, path: &str, key: &str, body: Value) -> (u16, Value) {
+        let res = self
+            .http
+            .post(format!("http://{}{path}", self.addr))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let res = self
+            .http
+            .get(format!("http://{}{path}", self.addr))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.get_json("/api/stats").await.1
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(n) = self.node.take() {
+            n.shutdown().await;
+        }
+    }
+}
+
+/// The next text frame as JSON (pings are answered by tungstenite while reading).
+pub async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("stream open")
+            .expect("frame ok");
+        match msg {
+            Message::Text(t) => {
+                return serde_json::from_str(&t).unwrap_or(Value::String(t.to_string()))
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server closes; returns the close code.
+pub async fn close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+}
+
+/// Polls `f` until it is true or the deadline passes.
+pub async fn eventually<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>>(
+    what: &str,
+    mut f: F,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A raw TCP client that upgrades by hand, for frames tungstenite will not send.
+pub struct Raw {
+    pub tcp: TcpStream,
+}
+
+impl Raw {
+    pub async fn upgrade(addr: std::net::SocketAddr, path: &str) -> Raw {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            tcp.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        Raw { tcp }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.tcp.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads frames until a close frame; returns its code (None on EOF without one).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        let mut buf = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            // Walk complete server frames in buf.
+            let mut pos = 0;
+            while buf.len() >= pos + 2 {
+                let op = buf[pos] & 0x0F;
+                let (len, hl) = match buf[pos + 1] & 0x7F {
+                    126 if buf.len() >= pos + 4 => {
+                        (u16::from_be_bytes([buf[pos + 2], buf[pos + 3]]) as usize, 4)
+                    }
+                    127 if buf.len() >= pos + 10 => (
+                        u64::from_be_bytes(buf[pos + 2..pos + 10].try_into().unwrap()) as usize,
+                        10,
+                    ),
+                    126 | 127 => break,
+                    n => (n as usize, 2),
+                };
+                if buf.len() < pos + hl + len {
+                    break;
+                }
+                if op == 0x8 {
+                    let p = &buf[pos + hl..pos + hl + len];
+                    return (p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]]));
+                }
+                pos += hl + len;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk))
+                .await
+                .expect("close in time")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// A masked client frame.
+pub fn masked(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    let key = [0x11, 0x22, 0x33, 0x44];
+    herald::ws::frame::put_header(&mut out, fin, opcode, payload.len(), Some(key));
+    let mut p = payload.to_vec();
+    herald::ws::frame::apply_mask(&mut p, key, 0);
+    out.extend_from_slice(&p);
+    out.to_vec()
+}
