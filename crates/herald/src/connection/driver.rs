@@ -105,7 +105,8 @@ pub async fn drive<R, W, H>(
                         CloseCode::TooBig => Refusal::TooLarge,
                         _ => Refusal::ProtocolError,
                     });
-                    outbox.close(Some(Frame::close(v.code.code(), v.why)), true);
+                    // Replies to the messages before the violation still go out first.
+                    outbox.close(Some(Frame::close(v.code.code(), v.why)), false);
                     break 'read;
                 }
             }

@@ -33,7 +33,7 @@ pub enum Push {
 
 /// How many pending control frames we keep; a peer that pings faster than it reads
 /// gets pongs for the most recent pings only (RFC 6455 §5.5.3 allows that).
-const MAX_CONTROL: usize = 8;
+const MAX_CONTROL: usize = 64;
 
 #[derive(Default)]
 struct State {
