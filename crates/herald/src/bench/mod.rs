@@ -119,19 +119,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn check_open_files(clients: u32, spawn_server: bool) -> anyhow::Result<()> {
-    let Some(soft) = sys::open_files_soft_limit() else {
+    let Some((soft, hard)) = sys::open_files_limits() else {
         return Ok(());
     };
     // In-process, each connection costs two descriptors: ours and the server's.
     let per_client = if spawn_server { 2 } else { 1 };
     let needed = u64::from(clients) * per_client + FD_MARGIN;
-    if needed > soft {
+    if needed <= soft {
+        return Ok(());
+    }
+    if needed > hard {
         anyhow::bail!(
-            "--clients {clients} needs about {needed} open files but the soft limit is {soft}: \
-             run `ulimit -n 65536` in this shell first (or lower --clients)"
+            "--clients {clients} needs about {needed} open files but the hard limit is {hard} \
+             (soft {soft}): lower --clients, or raise the hard limit (as root: `ulimit -n 65536`)"
         );
     }
-    Ok(())
+    anyhow::bail!(
+        "--clients {clients} needs about {needed} open files but the soft limit is {soft}: \
+         run `ulimit -n {}` in this shell first (or lower --clients)",
+        hard.min(65536).max(needed)
+    )
 }
 
 async fn spawn_server(clients: usize) -> anyhow::Result<Server> {

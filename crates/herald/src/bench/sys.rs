@@ -1,22 +1,22 @@
-//! The little the bench needs from `/proc` (Linux): the open-files soft limit and a
+//! The little the bench needs from `/proc` (Linux): the open-files limits and a
 //! process's resident set size. Elsewhere these read as `None` and the checks are skipped.
 
-/// The soft `Max open files` limit of this process.
-pub fn open_files_soft_limit() -> Option<u64> {
+/// The (soft, hard) `Max open files` limits of this process.
+pub fn open_files_limits() -> Option<(u64, u64)> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     parse_open_files(&limits)
 }
 
-fn parse_open_files(limits: &str) -> Option<u64> {
+fn parse_open_files(limits: &str) -> Option<(u64, u64)> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line
+    let mut fields = line
         .trim_start_matches("Max open files")
         .split_whitespace()
-        .next()?;
-    if soft == "unlimited" {
-        return Some(u64::MAX);
-    }
-    soft.parse().ok()
+        .map(|v| match v {
+            "unlimited" => Some(u64::MAX),
+            n => n.parse().ok(),
+        });
+    Some((fields.next()??, fields.next()??))
 }
 
 /// `VmRSS` in KiB of `pid` (`None`: this process).
@@ -46,7 +46,7 @@ mod tests {
     fn parses_proc_lines() {
         let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
                       Max open files            1024                 524288               files\n";
-        assert_eq!(parse_open_files(limits), Some(1024));
+        assert_eq!(parse_open_files(limits), Some((1024, 524288)));
         assert_eq!(
             parse_vm_rss("Name:\therald\nVmRSS:\t   12345 kB\n"),
             Some(12345)

@@ -24,7 +24,7 @@ pub async fn run(hub: Arc<Hub>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         seconds += 1;
-        let send_ping = seconds % hub.heartbeat_s.max(1) == 0;
+        let send_ping = seconds.is_multiple_of(hub.heartbeat_s.max(1));
         sweep(&hub, send_ping.then_some(&ping));
     }
 }
