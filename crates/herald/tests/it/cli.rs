@@ -73,3 +73,99 @@ fn token_mints_what_check_token_accepts() {
     assert!(!ok);
     assert!(err.contains("invalid token"), "{err}");
 }
+
+#[tokio::test]
+async fn publish_command_reaches_clients_with_the_data_dir_key() {
+    let s = crate::support::TestServer::start().await;
+    let (mut ws, _) = s.connect("1").await;
+    let dir = s.node().app.cfg.data_dir.to_str().unwrap().to_owned();
+    let url = format!("http://{}", s.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        herald(&[
+            "publish",
+            "--data-dir",
+            &dir,
+            "--url",
+            &url,
+            "--all",
+            r#"{"from":"cli"}"#,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(out.0, "{}{}", out.1, out.2);
+    assert!(out.1.contains(r#""queued":1"#), "{}", out.1);
+    assert_eq!(
+        crate::support::next_json(&mut ws).await["data"]["from"],
+        "cli"
+    );
+    s.shutdown().await;
+}
+
+#[test]
+fn json_logs_are_json_and_never_contain_tokens() {
+    let dir = TempDir::new();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--data-dir",
+        ])
+        .arg(&dir.0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line.trim().rsplit("://").next().unwrap().to_owned();
+    let secret = herald::config::secrets::read(&dir.0, "hmac_secret").unwrap();
+    let token = herald::auth::jwt::mint_hs256(
+        &secret,
+        &herald::auth::jwt::Claims {
+            sub: "77".into(),
+            exp: herald::auth::jwt::now_unix() + 60,
+            device: None,
+            groups: vec![],
+            admin: false,
+            iss: None,
+            aud: None,
+        },
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
+            .await
+            .unwrap();
+        crate::support::next_json(&mut ws).await;
+        use futures_util::SinkExt;
+        ws.close(None).await.unwrap();
+        let _ = crate::support::close_code(&mut ws).await;
+    });
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(!logs.is_empty());
+    for l in logs.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string());
+    }
+    assert!(
+        logs.contains("\"user_id\":\"77\""),
+        "connection logs carry the user id: {logs}"
+    );
+    assert!(!logs.contains(&token), "tokens are never logged");
+    assert!(!logs.contains(&secret), "secrets are never logged");
+}
