@@ -5,6 +5,7 @@ mod support;
 mod bad_input;
 mod cli;
 mod fanout;
+mod jwt_keys;
 mod lifecycle;
 mod limits;
 mod refusals;
