@@ -62,6 +62,10 @@ pub struct MessageReader {
     max_message: usize,
     expect_masked: bool,
     partial: Option<Partial>,
+    /// Of the current, still incomplete text frame: payload bytes already unmasked in
+    /// place, and how many of those are known to be valid UTF-8 (fail fast, RFC 6455 §8.1).
+    frame_unmasked: usize,
+    frame_checked: usize,
 }
 
 impl MessageReader {
@@ -71,6 +75,8 @@ impl MessageReader {
             max_message,
             expect_masked,
             partial: None,
+            frame_unmasked: 0,
+            frame_checked: 0,
         }
     }
 
@@ -100,12 +106,15 @@ impl MessageReader {
             }
             let len = h.payload_len as usize; // bounded by max_message or 125 above
             if buf.len() < h.header_len + len {
+                self.check_incomplete_text(&h, buf)?;
                 return Ok(None);
             }
             buf.advance(h.header_len);
             let mut payload = buf.split_to(len);
+            let done = std::mem::take(&mut self.frame_unmasked);
+            self.frame_checked = 0;
             if let Some(key) = h.mask {
-                apply_mask(&mut payload, key, 0);
+                apply_mask(payload.get_mut(done..).unwrap_or_default(), key, done);
             }
             match h.opcode {
                 frame::OP_PING => return Ok(Some(Message::Ping(payload.freeze()))),
@@ -145,6 +154,45 @@ impl MessageReader {
                 }
             }
         }
+    }
+}
+
+impl MessageReader {
+    /// Validates what has arrived of an incomplete text frame, so invalid UTF-8 fails
+    /// before the rest of a large frame is even received. Skipped when the previous
+    /// fragment ended mid-character (that case is checked when the frame completes).
+    fn check_incomplete_text(
+        &mut self,
+        h: &frame::Header,
+        buf: &mut BytesMut,
+    ) -> Result<(), Violation> {
+        let text = match (h.opcode, &self.partial) {
+            (frame::OP_TEXT, None) => true,
+            (frame::OP_CONTINUATION, Some(p)) => p.text && p.utf8_checked == p.data.len(),
+            _ => false,
+        };
+        if !text {
+            return Ok(());
+        }
+        let arrived = buf.len().saturating_sub(h.header_len);
+        let Some(payload) = buf.get_mut(h.header_len..h.header_len + arrived) else {
+            return Ok(());
+        };
+        if let Some(key) = h.mask {
+            apply_mask(
+                payload.get_mut(self.frame_unmasked..).unwrap_or_default(),
+                key,
+                self.frame_unmasked,
+            );
+        }
+        self.frame_unmasked = arrived;
+        let fresh = payload.get(self.frame_checked..).unwrap_or_default();
+        match simdutf8::compat::from_utf8(fresh) {
+            Ok(_) => self.frame_checked = arrived,
+            Err(e) if e.error_len().is_some() => return Err(invalid_utf8()),
+            Err(e) => self.frame_checked += e.valid_up_to(),
+        }
+        Ok(())
     }
 }
 
@@ -304,6 +352,39 @@ mod tests {
                 .code,
             CloseCode::Protocol
         );
+    }
+
+    #[test]
+    fn invalid_utf8_in_an_incomplete_frame_fails_before_the_rest_arrives() {
+        let f = client_frame(
+            true,
+            OP_TEXT,
+            b"hello \xff world, and much more text to come",
+        );
+        let mut r = MessageReader::new(1024, true);
+        let mut buf = BytesMut::from(&f[..14]); // header (6) + "hello \xff" + 1
+        assert_eq!(
+            r.next_message(&mut buf).unwrap_err().code,
+            CloseCode::InvalidPayload
+        );
+    }
+
+    #[test]
+    fn a_frame_arriving_in_chunks_is_unmasked_exactly_once() {
+        let text = "héllo wörld — ünïcode split across reads";
+        let f = client_frame(true, OP_TEXT, text.as_bytes());
+        for step in 1..8 {
+            let mut r = MessageReader::new(1024, true);
+            let mut buf = BytesMut::new();
+            let mut got = None;
+            for chunk in f.chunks(step) {
+                buf.extend_from_slice(chunk);
+                if let Some(m) = r.next_message(&mut buf).unwrap() {
+                    got = Some(m);
+                }
+            }
+            assert_eq!(got, Some(Message::Text(Bytes::from(text))), "step {step}");
+        }
     }
 
     #[test]
