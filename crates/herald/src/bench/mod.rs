@@ -115,6 +115,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let report = result?;
     print!("{}", report.render(&args, &server.base_url));
+    if report.connected == 0 {
+        anyhow::bail!("no client could connect");
+    }
     Ok(())
 }
 
@@ -236,6 +239,8 @@ struct Report {
     /// RSS (KiB) before and after the clients connected, and whose.
     rss: Option<(u64, u64, &'static str)>,
     server_stats: Option<serde_json::Value>,
+    /// CPU seconds used during the publishing phase: (this process, server, wall).
+    cpu: Option<(f64, Option<f64>, f64)>,
 }
 
 async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
@@ -329,6 +334,7 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
 
     let mut outcome = publisher::Outcome::default();
     let mut pub_start_ns = 0u64;
+    let mut cpu = None;
     if connected > 0 {
         let plan = publisher::Plan {
             url: format!("{}/api/publish", server.base_url),
@@ -341,8 +347,21 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
             "publishing to all at {}/s for {} s …",
             args.rate, args.duration
         );
+        let server_pid = args.server_pid.filter(|_| !args.spawn_server);
+        let cpu_before = (
+            sys::cpu_seconds(None),
+            server_pid.and_then(|p| sys::cpu_seconds(Some(p))),
+        );
         pub_start_ns = base.elapsed().as_nanos() as u64;
         outcome = publisher::run(&http, &plan, base).await;
+        let wall =
+            Duration::from_nanos(base.elapsed().as_nanos() as u64 - pub_start_ns).as_secs_f64();
+        let ours = cpu_before.0.zip(sys::cpu_seconds(None)).map(|(a, b)| b - a);
+        let theirs = cpu_before
+            .1
+            .zip(server_pid.and_then(|p| sys::cpu_seconds(Some(p))))
+            .map(|(a, b)| b - a);
+        cpu = ours.map(|o| (o, theirs, wall));
         // Stragglers: until every queued delivery has arrived, at most STRAGGLERS.
         let give_up = Instant::now() + STRAGGLERS;
         while received_total.load(Relaxed) < outcome.queued && Instant::now() < give_up {
@@ -393,6 +412,7 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
         delivery_window,
         rss,
         server_stats,
+        cpu,
     })
 }
 
@@ -517,6 +537,36 @@ impl Report {
                 "  server stats    deliveries {}, dropped {}, slow-consumer disconnects {}, fan-out latency p99 {} ms",
                 s["deliveries"], s["dropped"], s["slow_consumer_disconnects"], s["latency_ms"]["p99"]
             );
+        }
+        if let Some((ours, theirs, wall)) = self.cpu {
+            let share = |s: f64| 100.0 * s / wall;
+            let us_per = |s: f64| {
+                if self.received > 0 {
+                    1e6 * s / self.received as f64
+                } else {
+                    0.0
+                }
+            };
+            match theirs {
+                Some(t) => {
+                    let _ = writeln!(
+                        o,
+                        "  cpu (publish)   server {t:.2} s ({:.0} % of a core, {:.2} µs/delivery); bench {ours:.2} s ({:.0} %, {:.2} µs/delivery) over {wall:.2} s",
+                        share(t),
+                        us_per(t),
+                        share(ours),
+                        us_per(ours)
+                    );
+                }
+                None => {
+                    let whose = if args.spawn_server {
+                        "server + bench, one process"
+                    } else {
+                        "bench only"
+                    };
+                    let _ = writeln!(o, "  cpu (publish)   {ours:.2} s ({:.0} % of a core, {:.2} µs/delivery) over {wall:.2} s ({whose})", share(ours), us_per(ours));
+                }
+            }
         }
         match self.rss {
             Some((before, after, whose)) => {

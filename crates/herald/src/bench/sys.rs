@@ -38,6 +38,25 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
         .ok()
 }
 
+/// User + system CPU time in seconds of `pid` (`None`: this process), all threads.
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    parse_cpu_seconds(&std::fs::read_to_string(path).ok()?)
+}
+
+/// `utime` and `stime` are fields 14 and 15, in USER_HZ ticks (100/s in the Linux ABI);
+/// the command name (field 2) may hold spaces, so count from its closing parenthesis.
+fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +71,8 @@ mod tests {
             Some(12345)
         );
         assert_eq!(parse_vm_rss("Name:\therald\n"), None);
+        let stat =
+            "4242 (her ald) S 1 4242 4242 0 -1 4194560 900 0 0 0 150 25 0 0 20 0 3 0 100 0 0";
+        assert_eq!(parse_cpu_seconds(stat), Some(1.75));
     }
 }

@@ -16,6 +16,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let cfg = args.config.load(flags)?;
     init_logging(&cfg);
+    // Signal handlers go in before the address is printed: whoever reads that line may
+    // send SIGTERM at once, and it must mean "drain", not "die".
+    let signal = shutdown_signal()?;
     let listener = TcpListener::bind(cfg.listen_addr())
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
@@ -30,32 +33,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Printed on stdout so scripts and tests can find the bound port.
     println!("herald listening on {}://{}", node.scheme(), node.addr);
     tracing::info!(addr = %node.addr, node = %node.app.hub.node, "listening");
-    wait_for_signal().await;
+    signal.await;
     tracing::info!("shutting down: closing clients with 1001");
     node.shutdown().await;
     tracing::info!("bye");
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or SIGINT; the handlers are registered when this returns.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 

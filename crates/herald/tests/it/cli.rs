@@ -105,48 +105,19 @@ async fn publish_command_reaches_clients_with_the_data_dir_key() {
 #[test]
 fn json_logs_are_json_and_never_contain_tokens() {
     let dir = TempDir::new();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--log-level",
-            "debug",
-            "--data-dir",
-        ])
-        .arg(&dir.0)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::BufRead;
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr = line.trim().rsplit("://").next().unwrap().to_owned();
-    let secret = herald::config::secrets::read(&dir.0, "hmac_secret").unwrap();
-    let token = herald::auth::jwt::mint_hs256(
-        &secret,
-        &herald::auth::jwt::Claims {
-            sub: "77".into(),
-            exp: herald::auth::jwt::now_unix() + 60,
-            device: None,
-            groups: vec![],
-            admin: false,
-            iss: None,
-            aud: None,
-        },
-    )
-    .unwrap();
+    let extra = ["--log-format", "json", "--log-level", "debug"];
+    let crate::support::Served {
+        child,
+        addr,
+        secret,
+    } = crate::support::serve_binary(&dir, &extra, std::process::Stdio::piped());
+    let token = crate::support::mint(&secret, "77");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
             .await
             .unwrap();
         crate::support::next_json(&mut ws).await;
-        use futures_util::SinkExt;
         ws.close(None).await.unwrap();
         let _ = crate::support::close_code(&mut ws).await;
     });

@@ -1,6 +1,5 @@
 //! Lifecycle: no leaks across rapid connect/close, graceful shutdown with 1001.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -79,36 +78,12 @@ async fn in_process_shutdown_closes_clients_with_1001() {
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits() {
     let dir = TempDir::new();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir.0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        lines.find_map(|l| l.ok().filter(|l| l.contains("listening on")))
-    })
-    .await
-    .unwrap()
-    .expect("the server prints its address");
-    let addr = line.rsplit("://").next().unwrap().trim().to_owned();
-    let secret = herald::config::secrets::read(&dir.0, "hmac_secret").unwrap();
-    let token = herald::auth::jwt::mint_hs256(
-        &secret,
-        &herald::auth::jwt::Claims {
-            sub: "1".into(),
-            exp: herald::auth::jwt::now_unix() + 60,
-            device: None,
-            groups: vec![],
-            admin: false,
-            iss: None,
-            aud: None,
-        },
-    )
-    .unwrap();
+    let Served {
+        mut child,
+        addr,
+        secret,
+    } = serve_binary(&dir, &[], Stdio::null());
+    let token = mint(&secret, "1");
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
         .await
         .unwrap();

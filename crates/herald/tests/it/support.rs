@@ -327,3 +327,49 @@ pub fn masked(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&p);
     out.to_vec()
 }
+
+/// `herald serve` as a child process on a free port with its own data dir.
+pub struct Served {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub secret: String,
+}
+
+/// Starts the real binary and waits for the address it prints on stdout.
+pub fn serve_binary(dir: &TempDir, extra: &[&str], stderr: std::process::Stdio) -> Served {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir.0)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .find_map(|l| l.ok().filter(|l| l.contains("listening on")))
+        .expect("the server prints its address");
+    let addr = line.rsplit("://").next().unwrap().trim().to_owned();
+    let secret = herald::config::secrets::read(&dir.0, "hmac_secret").unwrap();
+    Served {
+        child,
+        addr,
+        secret,
+    }
+}
+
+/// A valid token for `sub`, signed with `secret`.
+pub fn mint(secret: &str, sub: &str) -> String {
+    let claims = herald::auth::jwt::Claims {
+        sub: sub.into(),
+        exp: now_unix() + 60,
+        device: None,
+        groups: vec![],
+        admin: false,
+        iss: None,
+        aud: None,
+    };
+    mint_hs256(secret, &claims).unwrap()
+}
