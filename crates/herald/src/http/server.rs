@@ -45,7 +45,11 @@ pub async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let (app, router, tls, stop) = (app.clone(), router.clone(), tls.clone(), stop.clone());
         let tracker = app.tracker.clone();
-        tracker.spawn(async move {
+        // Boxed: the task cell is then a pointer-sized shell. A finished task's cell can
+        // outlive it while a stale waker still points at it (hyper's registrations on
+        // the socket we take over), and an unboxed cell holds the whole ~5 KiB HTTP
+        // state machine for as long as the WebSocket lives.
+        tracker.spawn(Box::pin(async move {
             match tls {
                 None => {
                     serve_http(
@@ -79,7 +83,7 @@ pub async fn accept_loop(
                     }
                 }
             }
-        });
+        }));
     }
 }
 

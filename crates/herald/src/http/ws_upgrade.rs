@@ -79,7 +79,10 @@ pub async fn drive_upgraded<H: Handler>(
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let (r, w) = parts.io.into_inner().into_split();
+            // Copy what hyper read ahead, then let go of its buffer: `read_buf` is a slice
+            // of hyper's 8 KiB read buffer and would otherwise live as long as the socket.
             let buf = BytesMut::from(&parts.read_buf[..]);
+            drop(parts.read_buf);
             drive(r, w, buf, outbox, handler, limits, metrics).await;
         }
         Err(upgraded) => {

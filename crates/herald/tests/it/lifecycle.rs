@@ -159,3 +159,21 @@ async fn stats_and_health_have_the_documented_shape() {
     assert_eq!(res.status().as_u16(), 401);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_upgraded_connection_is_one_task_not_two() {
+    // After the 101 the HTTP connection task must end (it held hyper's buffers); the
+    // WebSocket connection then lives in exactly one tracked task (plus its writer).
+    let s = TestServer::start().await;
+    let tracker = s.node().app.tracker.clone();
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        clients.push(s.connect(&format!("u{i}")).await.0);
+    }
+    eventually("one tracked task per connection", || async {
+        tracker.len() == 20
+    })
+    .await;
+    drop(clients);
+    s.shutdown().await;
+}
