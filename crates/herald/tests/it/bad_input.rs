@@ -116,3 +116,41 @@ async fn client_close_is_echoed() {
     .await;
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn subscriptions_per_connection_are_capped() {
+    let s = TestServer::start_with(|c| c.ws.max_subscriptions = 2).await;
+    let (mut ws, _) = s.connect("1").await;
+    for ch in ["a", "b"] {
+        send_text(
+            &mut ws,
+            &format!(r#"{{"type":"subscribe","channel":"{ch}"}}"#),
+        )
+        .await;
+        assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    }
+    expect_error(
+        &mut ws,
+        r#"{"type":"subscribe","channel":"c","ref":3}"#,
+        "rate_limited",
+    )
+    .await;
+    // Unsubscribing frees a slot.
+    send_text(&mut ws, r#"{"type":"unsubscribe","channel":"a"}"#).await;
+    assert_eq!(next_json(&mut ws).await["type"], "unsubscribed");
+    send_text(&mut ws, r#"{"type":"subscribe","channel":"c"}"#).await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    expect_error(
+        &mut ws,
+        &format!(r#"{{"type":"subscribe","channel":"{}"}}"#, "x".repeat(257)),
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        &mut ws,
+        r#"{"type":"subscribe","channel":"sync:1"}"#,
+        "not_found",
+    )
+    .await;
+    s.shutdown().await;
+}
