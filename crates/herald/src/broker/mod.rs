@@ -3,35 +3,19 @@
 //! hub. On one node (`memory://`) that is a direct call; the Redis engine of the
 //! scale-out issue implements the same trait.
 
-use std::time::Instant;
-
-use crate::hub::{Exclude, Hub, Target};
-use crate::ws::frame::Frame;
+use crate::hub::namespace::Denied;
+use crate::hub::{Delivered, Hub, Publication};
 
 pub trait Broker: Send + Sync {
-    /// Delivers a publication to every node's subscribers; returns the local count.
-    fn publish(
-        &self,
-        hub: &Hub,
-        target: &Target,
-        exclude: &Exclude,
-        frame: &Frame,
-        accepted: Instant,
-    ) -> usize;
+    /// Delivers a publication to every node's subscribers; returns what it reached here.
+    fn publish(&self, hub: &Hub, publication: &Publication) -> Result<Delivered, Denied>;
 }
 
 /// One process: publishing is delivering locally.
 pub struct MemoryBroker;
 
 impl Broker for MemoryBroker {
-    fn publish(
-        &self,
-        hub: &Hub,
-        target: &Target,
-        exclude: &Exclude,
-        frame: &Frame,
-        accepted: Instant,
-    ) -> usize {
-        hub.deliver(target, exclude, frame, accepted)
+    fn publish(&self, hub: &Hub, publication: &Publication) -> Result<Delivered, Denied> {
+        hub.publish(publication)
     }
 }

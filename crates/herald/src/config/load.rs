@@ -42,6 +42,7 @@ pub fn check_file(path: &Path) -> Result<Config, LoadError> {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
+    let cfg = cfg.with_builtin_namespaces();
     cfg.validate()?;
     Ok(cfg)
 }
@@ -98,6 +99,7 @@ pub fn load(
     }
     let cfg: Config = serde_path_to_error::deserialize(Value::Table(table))
         .map_err(|e| LoadError::Layered(format!("{}: {}", e.path(), e.inner())))?;
+    let cfg = cfg.with_builtin_namespaces();
     cfg.validate()?;
     Ok(cfg)
 }

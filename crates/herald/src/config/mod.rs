@@ -9,8 +9,15 @@ pub mod load;
 pub mod secrets;
 pub mod template;
 
+pub mod namespaces;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+pub use namespaces::{
+    NamespaceConfig, PresenceConfig, PublishRule, SlowConsumerPolicy, SubscribeRule,
+};
 
 use serde::{Deserialize, Deserializer};
 
@@ -31,6 +38,10 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    /// Channel namespaces by name; `default` holds channels without a `ns:` prefix.
+    /// `default` and `sync` always exist (built in unless overridden).
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+    pub presence: PresenceConfig,
 }
 
 impl Default for Config {
@@ -49,6 +60,8 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             store: StoreConfig::default(),
             log: LogConfig::default(),
+            namespaces: namespaces::builtin(),
+            presence: PresenceConfig::default(),
         }
     }
 }
@@ -317,6 +330,7 @@ impl Config {
                 self.store.url
             ));
         }
+        namespaces::validate(&self.namespaces, &mut errs);
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             errs.push(format!(
                 "log.level: `{}` is not a log filter (try info or herald=debug)",
@@ -328,6 +342,14 @@ impl Config {
         } else {
             Err(Invalid(errs))
         }
+    }
+
+    /// Adds the built-in namespaces a file or the environment did not define.
+    pub fn with_builtin_namespaces(mut self) -> Config {
+        for (name, ns) in namespaces::builtin() {
+            self.namespaces.entry(name).or_insert(ns);
+        }
+        self
     }
 
     pub fn listen_addr(&self) -> SocketAddr {

@@ -75,6 +75,41 @@ url = "memory://"
 # Empty = sqlite://<data_dir>/herald.db; or postgres://user@host/db.
 url = ""
 
+[presence]
+# A user is online while any connection is up, and offline only after this long
+# without one (also when leaving a channel with presence), so reloads do not flap.
+grace_ms = 2000
+
+# Channel namespaces. A channel is `namespace:rest`, or just `rest` in `default`.
+#   subscribe      "any" (any connection) | "owner" (rest is the user's id, or the id
+#                  followed by "." and more: sync:42, sync:42.tv) | "admin" (admin tokens)
+#   publish        who may publish from a client: "none" | "owner" | "any"
+#                  (the HTTP API may always publish)
+#   history_size   publications kept per channel for recovery with `since` (0 = none)
+#   history_ttl_s  how long they stay recoverable
+#   presence       track subscribers; send `presence` join/leave frames
+#   slow_consumer  "disconnect" (close 4000, client recovers) | "drop_oldest" (latest wins)
+# `default` and `sync` are built in; redefine them here to change them, and add more
+# with [namespaces.NAME].
+[namespaces.default]
+subscribe = "any"
+publish = "none"
+history_size = 100
+history_ttl_s = 300
+presence = false
+slow_consumer = "disconnect"
+
+# Cross-device sync (seed 002): each user's devices on sync:<user id>. Clients publish
+# watchlist_update, progress_update and device_command events, validated and relayed
+# to the user's other devices.
+[namespaces.sync]
+subscribe = "owner"
+publish = "owner"
+history_size = 100
+history_ttl_s = 300
+presence = true
+slow_consumer = "disconnect"
+
 [log]
 # "pretty" or "json" (also --log-format).
 format = "pretty"

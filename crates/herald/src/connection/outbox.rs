@@ -37,6 +37,8 @@ const MAX_CONTROL: usize = 64;
 
 #[derive(Default)]
 struct State {
+    /// Data that jumps the queue (targeted `device_command`): written before `frames`.
+    priority: VecDeque<Queued>,
     frames: VecDeque<Queued>,
     bytes: usize,
     control: VecDeque<Frame>,
@@ -85,7 +87,9 @@ impl Outbox {
         if s.closing {
             return Push::Closed;
         }
-        if s.frames.len() >= self.max_messages || s.bytes + frame.len() > self.max_bytes {
+        if s.frames.len() + s.priority.len() >= self.max_messages
+            || s.bytes + frame.len() > self.max_bytes
+        {
             return Push::Full;
         }
         s.bytes += frame.len();
@@ -93,6 +97,53 @@ impl Outbox {
         drop(s);
         self.wake.notify_one();
         Push::Queued
+    }
+
+    /// Queues a data frame ahead of everything already queued (the priority lane). It
+    /// counts against the same limits as any data frame.
+    pub fn try_push_priority(&self, frame: Frame, accepted: Instant) -> Push {
+        let mut s = self.lock();
+        if s.closing {
+            return Push::Closed;
+        }
+        if s.frames.len() + s.priority.len() >= self.max_messages
+            || s.bytes + frame.len() > self.max_bytes
+        {
+            return Push::Full;
+        }
+        s.bytes += frame.len();
+        s.priority.push_back(Queued { frame, accepted });
+        drop(s);
+        self.wake.notify_one();
+        Push::Queued
+    }
+
+    /// The `drop_oldest` policy: makes room by discarding the oldest queued data frames,
+    /// then queues `frame`. Returns how many frames were dropped (the new one counts if
+    /// it alone is larger than the byte limit).
+    pub fn push_drop_oldest(&self, frame: Frame, accepted: Instant) -> usize {
+        let mut s = self.lock();
+        if s.closing {
+            return 0;
+        }
+        if frame.len() > self.max_bytes {
+            return 1;
+        }
+        let mut dropped = 0;
+        while s.frames.len() + s.priority.len() >= self.max_messages
+            || s.bytes + frame.len() > self.max_bytes
+        {
+            let Some(old) = s.frames.pop_front().or_else(|| s.priority.pop_front()) else {
+                break;
+            };
+            s.bytes -= old.frame.len();
+            dropped += 1;
+        }
+        s.bytes += frame.len();
+        s.frames.push_back(Queued { frame, accepted });
+        drop(s);
+        self.wake.notify_one();
+        dropped
     }
 
     /// Queues a control frame (pong, ping) ahead of data.
@@ -122,6 +173,7 @@ impl Outbox {
         s.close = close;
         if discard {
             s.frames.clear();
+            s.priority.clear();
             s.bytes = 0;
         }
         drop(s);
@@ -141,7 +193,8 @@ impl Outbox {
 
     /// Number of data frames waiting.
     pub fn depth(&self) -> usize {
-        self.lock().frames.len()
+        let s = self.lock();
+        s.frames.len() + s.priority.len()
     }
 
     /// Waits until there is something to write and moves all of it into `control` and
@@ -151,10 +204,13 @@ impl Outbox {
             let notified = self.wake.notified();
             {
                 let mut s = self.lock();
-                let has_work =
-                    !s.control.is_empty() || !s.frames.is_empty() || (s.closing && !s.close_taken);
+                let has_work = !s.control.is_empty()
+                    || !s.priority.is_empty()
+                    || !s.frames.is_empty()
+                    || (s.closing && !s.close_taken);
                 if has_work {
                     control.extend(s.control.drain(..));
+                    data.extend(s.priority.drain(..));
                     data.extend(s.frames.drain(..));
                     s.bytes = 0;
                     if s.closing {
@@ -192,6 +248,29 @@ mod tests {
         assert_eq!(o.try_push(Frame::text(b"c"), now), Push::Full);
         let o = Outbox::new(100, 10);
         assert_eq!(o.try_push(Frame::text(b"0123456789"), now), Push::Full);
+    }
+
+    #[tokio::test]
+    async fn priority_jumps_the_queue_and_drop_oldest_keeps_the_newest() {
+        let o = Outbox::new(3, 1000);
+        let now = Instant::now();
+        o.try_push(Frame::text(b"1"), now);
+        o.try_push(Frame::text(b"2"), now);
+        assert_eq!(o.try_push_priority(Frame::text(b"cmd"), now), Push::Queued);
+        assert_eq!(
+            o.try_push_priority(Frame::text(b"x"), now),
+            Push::Full,
+            "same limits"
+        );
+        assert_eq!(o.push_drop_oldest(Frame::text(b"3"), now), 1);
+        assert_eq!(o.push_drop_oldest(Frame::text(b"4"), now), 1);
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        o.next_batch(&mut c, &mut d).await;
+        let got: Vec<_> = d.iter().map(|q| q.frame.clone()).collect();
+        assert_eq!(
+            got,
+            vec![Frame::text(b"cmd"), Frame::text(b"3"), Frame::text(b"4")]
+        );
     }
 
     #[test]

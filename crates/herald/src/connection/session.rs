@@ -13,11 +13,15 @@ use super::driver::{Flow, Handler};
 use super::outbox::{Outbox, Push};
 use super::rate::{InboundLimiter, Verdict};
 use crate::auth::jwt::Verifier;
-use crate::hub::{ConnHandle, Hub};
+use crate::config::namespaces::SYNC;
+use crate::hub::channels::Lane;
+use crate::hub::namespace::Denied;
+use crate::hub::{ConnHandle, Exclude, Hub, Publication, Target};
 use crate::metrics::Refusal;
-use crate::protocol::client::{self, ClientMessage, Inbound};
+use crate::protocol::client::{self, ClientMessage, Inbound, Since};
 use crate::protocol::codes::{CloseCode, ErrorCode};
 use crate::protocol::server;
+use crate::protocol::sync::{self, SyncEvent};
 use crate::ws::frame::Frame;
 
 pub struct SessionLimits {
@@ -86,48 +90,18 @@ impl Session {
                 channel,
                 since,
                 reference,
-            } => {
-                if let Err(why) = validate_channel(&channel) {
-                    return self.error(ErrorCode::BadRequest, &why, reference.as_ref());
-                }
-                if let Some((ns, _)) = channel.split_once(':') {
-                    return self.error(
-                        ErrorCode::NotFound,
-                        &format!("namespace `{ns}` is not configured"),
-                        reference.as_ref(),
-                    );
-                }
-                let count = self.conn.channels.lock().map(|c| c.len()).unwrap_or(0);
-                if count >= self.max_subscriptions {
-                    return self.error(
-                        ErrorCode::RateLimited,
-                        "too many subscriptions on this connection",
-                        reference.as_ref(),
-                    );
-                }
-                let name: Arc<str> = Arc::from(channel);
-                self.hub.registry.subscribe(&self.conn, &name);
-                // No history in the default namespace yet: a `since` cannot be honoured.
-                let recovered = false;
-                let _ = since;
-                self.reply(server::subscribed_frame(
-                    &name,
-                    0,
-                    "",
-                    recovered,
-                    reference.as_ref(),
-                ));
-            }
+            } => self.subscribe(channel, since.as_ref(), reference.as_ref()),
             ClientMessage::Unsubscribe { channel, reference } => {
-                self.hub.registry.unsubscribe(&self.conn, &channel);
+                if self.hub.registry.untrack_subscription(&self.conn, &channel) {
+                    self.hub.registry.channels.unsubscribe(&self.conn, &channel);
+                }
                 self.reply(server::unsubscribed_frame(&channel, reference.as_ref()));
             }
             ClientMessage::Publish {
-                channel, reference, ..
-            } => {
-                let msg = format!("clients may not publish to `{channel}`");
-                self.error(ErrorCode::Forbidden, &msg, reference.as_ref());
-            }
+                channel,
+                data,
+                reference,
+            } => self.publish(channel, &data, reference.as_ref()),
             ClientMessage::Refresh { token } => self.refresh(&token),
             ClientMessage::AcknowledgeBroadcast { broadcast_id } => {
                 self.error(
@@ -138,6 +112,102 @@ impl Session {
             }
             // Announcements are not stored by this build, so there is never an active one.
             ClientMessage::GetActiveBroadcast => {}
+        }
+    }
+
+    fn subscribe(&mut self, channel: String, since: Option<&Since>, reference: Option<&Value>) {
+        if let Err(why) = validate_channel(&channel) {
+            return self.error(ErrorCode::BadRequest, &why, reference);
+        }
+        let ns = match self.hub.namespaces.resolve(&channel) {
+            Ok(ns) => ns,
+            Err(denied) => return self.denied(denied, reference),
+        };
+        if let Err(denied) = ns.may_subscribe(&self.conn.identity) {
+            return self.denied(denied, reference);
+        }
+        let count = self.conn.channels.lock().map(|c| c.len()).unwrap_or(0);
+        if count >= self.max_subscriptions {
+            return self.error(
+                ErrorCode::RateLimited,
+                "too many subscriptions on this connection",
+                reference,
+            );
+        }
+        let config = ns.config.clone();
+        let name: Arc<str> = Arc::from(channel);
+        self.hub.registry.track_subscription(&self.conn, &name);
+        let out = self
+            .hub
+            .registry
+            .channels
+            .subscribe(&self.conn, &name, &config, since, reference);
+        if out.slow {
+            self.hub.close_slow_consumer(&self.conn);
+        }
+    }
+
+    /// A client publication: namespace rules, `sync` validation, then the same fan-out
+    /// as the HTTP API, never echoed to the publishing connection.
+    fn publish(&mut self, channel: String, data: &Value, reference: Option<&Value>) {
+        if let Err(why) = validate_channel(&channel) {
+            return self.error(ErrorCode::BadRequest, &why, reference);
+        }
+        let ns = match self.hub.namespaces.resolve(&channel) {
+            Ok(ns) => ns,
+            Err(denied) => return self.denied(denied, reference),
+        };
+        if let Err(denied) = ns.may_publish(&self.conn.identity) {
+            return self.denied(denied, reference);
+        }
+        let event = if ns.namespace == SYNC {
+            match sync::validate(data) {
+                Ok(e) => Some(e),
+                Err(why) => return self.error(ErrorCode::BadRequest, &why, reference),
+            }
+        } else {
+            None
+        };
+        let raw = match serde_json::value::to_raw_value(data) {
+            Ok(raw) => raw,
+            Err(_) => {
+                return self.error(
+                    ErrorCode::BadRequest,
+                    "data is not serializable JSON",
+                    reference,
+                )
+            }
+        };
+        let publication = Publication {
+            target: Target::Channel(channel),
+            exclude: Exclude {
+                user: None,
+                conn: Some(self.conn.conn_id.to_string()),
+            },
+            data: raw,
+            accepted: Instant::now(),
+        };
+        let lane = match event.as_ref().and_then(SyncEvent::target_device) {
+            Some(device) => Lane::Device(device),
+            None => Lane::Normal,
+        };
+        match self.hub.publish_on_lane(&publication, lane) {
+            Ok(d) => self.reply(server::ack_frame(
+                reference,
+                d.position.map(|(offset, _)| offset),
+            )),
+            Err(denied) => self.denied(denied, reference),
+        }
+    }
+
+    fn denied(&self, denied: Denied, reference: Option<&Value>) {
+        match denied {
+            Denied::UnknownNamespace(ns) => self.error(
+                ErrorCode::NotFound,
+                &format!("namespace `{ns}` is not configured"),
+                reference,
+            ),
+            Denied::Forbidden(why) => self.error(ErrorCode::Forbidden, why, reference),
         }
     }
 

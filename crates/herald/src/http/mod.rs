@@ -3,6 +3,7 @@
 
 pub mod conformance;
 pub mod error;
+pub mod presence;
 pub mod publish;
 pub mod router;
 pub mod server;

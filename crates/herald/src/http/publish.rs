@@ -15,10 +15,10 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::App;
 use crate::connection::session::validate_channel;
-use crate::hub::{Exclude, Target};
+use crate::hub::namespace::Denied;
+use crate::hub::{Exclude, Publication, Target};
 use crate::metrics::Refusal;
 use crate::protocol::codes::ErrorCode;
-use crate::protocol::server::pub_frame;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,17 +121,31 @@ pub async fn publish(
             ));
         }
     };
-    let channel = match &target {
-        Target::Channel(c) => Some(c.as_str()),
-        _ => None,
+    let publication = Publication {
+        target,
+        exclude: Exclude {
+            user: req.exclude_user,
+            conn: req.exclude_conn,
+        },
+        data: req.data,
+        accepted,
     };
-    let frame = pub_frame(channel, &req.data);
-    let exclude = Exclude {
-        user: req.exclude_user,
-        conn: req.exclude_conn,
-    };
-    let queued = app
-        .broker
-        .publish(&app.hub, &target, &exclude, &frame, accepted);
-    Ok(Json(json!({ "queued": queued })))
+    let delivered = app.broker.publish(&app.hub, &publication).map_err(denied)?;
+    let mut body = json!({ "queued": delivered.queued });
+    if let Some((offset, epoch)) = delivered.position {
+        body["offset"] = json!(offset);
+        body["epoch"] = json!(&*epoch);
+    }
+    Ok(Json(body))
+}
+
+/// A publication the namespace rules refuse.
+pub fn denied(d: Denied) -> ApiError {
+    match d {
+        Denied::UnknownNamespace(ns) => ApiError::new(
+            ErrorCode::NotFound,
+            format!("namespace `{ns}` is not configured"),
+        ),
+        Denied::Forbidden(why) => ApiError::new(ErrorCode::Forbidden, why),
+    }
 }

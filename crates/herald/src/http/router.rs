@@ -4,13 +4,15 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::{conformance, error, publish, stats, ws_upgrade, App};
+use super::{conformance, error, presence, publish, stats, ws_upgrade, App};
 
 pub fn router(app: App) -> Router {
     let mut r = Router::new()
         .route("/ws", get(ws_upgrade::upgrade))
         .route("/api/publish", post(publish::publish))
         .route("/api/stats", get(stats::stats))
+        .route("/api/presence/users/{id}", get(presence::user))
+        .route("/api/channels/{name}/presence", get(presence::channel))
         .route("/healthz", get(stats::healthz))
         .route("/readyz", get(stats::readyz));
     if app.conformance_echo {

@@ -4,11 +4,16 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde_json::value::RawValue;
+
+use super::channels::{Lane, Published};
+use super::namespace::Denied;
 use super::registry::ConnHandle;
 use super::Hub;
 use crate::connection::outbox::Push;
 use crate::metrics::Refusal;
 use crate::protocol::codes::CloseCode;
+use crate::protocol::server::pub_frame;
 use crate::ws::frame::Frame;
 
 /// Who a publication is for (DESIGN §4).
@@ -28,17 +33,76 @@ pub struct Exclude {
 }
 
 impl Exclude {
-    fn excludes(&self, c: &ConnHandle) -> bool {
+    pub fn excludes(&self, c: &ConnHandle) -> bool {
         self.user.as_deref().is_some_and(|u| u == &*c.identity.user)
             || self.conn.as_deref().is_some_and(|id| id == &*c.conn_id)
     }
 }
 
+/// A publication as accepted from the HTTP API or a client.
+#[derive(Debug)]
+pub struct Publication {
+    pub target: Target,
+    pub exclude: Exclude,
+    /// The publisher's payload, verbatim.
+    pub data: Box<RawValue>,
+    pub accepted: Instant,
+}
+
+/// What a publication reached on this node.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// Local connections it was queued to.
+    pub queued: usize,
+    /// Its offset and epoch, on a channel with history.
+    pub position: Option<(u64, Arc<str>)>,
+}
+
 impl Hub {
-    /// Queues `frame` to every local connection `target` names, except `exclude`.
-    /// Returns how many connections it was queued to. Connections whose queue is full
-    /// are closed with 4000 (slow consumer) and counted.
-    pub fn deliver(
+    /// Delivers a publication to every local connection its target names.
+    pub fn publish(&self, p: &Publication) -> Result<Delivered, Denied> {
+        self.publish_on_lane(p, Lane::Normal)
+    }
+
+    /// As [`Hub::publish`]; a channel publication can go to one device's priority lane.
+    pub fn publish_on_lane(&self, p: &Publication, lane: Lane<'_>) -> Result<Delivered, Denied> {
+        let delivered = match &p.target {
+            Target::Channel(name) => {
+                let ns = self.namespaces.resolve(name)?;
+                let out: Published = self
+                    .registry
+                    .channels
+                    .publish(name, &ns.config, &p.data, &p.exclude, lane, p.accepted);
+                for c in &out.slow {
+                    self.close_slow_consumer(c);
+                }
+                if out.dropped > 0 {
+                    self.metrics.dropped.fetch_add(out.dropped as u64, Relaxed);
+                }
+                Delivered {
+                    queued: out.queued,
+                    position: out.position,
+                }
+            }
+            other => {
+                let frame = pub_frame(None, None, &p.data);
+                Delivered {
+                    queued: self.deliver(other, &p.exclude, &frame, p.accepted),
+                    position: None,
+                }
+            }
+        };
+        self.metrics.publications.fetch_add(1, Relaxed);
+        self.metrics
+            .deliveries
+            .fetch_add(delivered.queued as u64, Relaxed);
+        Ok(delivered)
+    }
+
+    /// Queues `frame` to every local connection `target` names (not channels, which
+    /// go through [`Hub::publish`] for offsets and history), except `exclude`.
+    /// Connections whose queue is full are closed with 4000 (slow consumer) and counted.
+    fn deliver(
         &self,
         target: &Target,
         exclude: &Exclude,
@@ -61,26 +125,21 @@ impl Hub {
             Target::All => self.registry.for_each_conn(&mut visit),
             Target::User(u) => self.registry.users.for_each(u, &mut visit),
             Target::Group(g) => self.registry.groups.for_each(g, &mut visit),
-            Target::Channel(ch) => self.registry.channels.for_each(ch, &mut visit),
+            Target::Channel(_) => {}
         }
         for c in slow {
             self.close_slow_consumer(&c);
         }
-        self.metrics.publications.fetch_add(1, Relaxed);
-        self.metrics.deliveries.fetch_add(queued as u64, Relaxed);
         queued
     }
 
     /// Closes a connection whose queue overflowed: queued data is dropped, 4000 is sent.
     pub fn close_slow_consumer(&self, c: &ConnHandle) {
         let dropped = c.outbox.depth() as u64;
-        if c.outbox.close(
-            Some(Frame::close(
-                CloseCode::SlowConsumer.code(),
-                CloseCode::SlowConsumer.reason(),
-            )),
-            true,
-        ) {
+        let code = CloseCode::SlowConsumer;
+        if c.outbox
+            .close(Some(Frame::close(code.code(), code.reason())), true)
+        {
             self.metrics.dropped.fetch_add(dropped + 1, Relaxed);
             self.metrics.slow_consumer_disconnects.fetch_add(1, Relaxed);
             self.metrics.refuse(Refusal::SlowConsumer);

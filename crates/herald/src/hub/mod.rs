@@ -2,21 +2,26 @@
 //! fan-out to them. It never awaits a socket: delivering is pushing a shared frame into
 //! each recipient's bounded [`Outbox`](crate::connection::outbox::Outbox).
 
+pub mod channels;
 pub mod fanout;
+pub mod namespace;
+pub mod presence;
 pub mod registry;
 pub mod sweeper;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-pub use fanout::{Exclude, Target};
+pub use fanout::{Delivered, Exclude, Publication, Target};
+pub use namespace::Namespaces;
 pub use registry::{Admission, ConnHandle, Registration, Registry};
 
 pub struct Hub {
     pub registry: Arc<Registry>,
+    pub namespaces: Namespaces,
     pub metrics: Arc<Metrics>,
     pub node: String,
     /// Random per process, so connection ids are unique across restarts and nodes.
@@ -26,8 +31,6 @@ pub struct Hub {
     pub heartbeat_s: u64,
     pub idle_timeout_s: u64,
     pub leeway_s: u64,
-    pub queue_messages: usize,
-    pub queue_bytes: usize,
 }
 
 impl Hub {
@@ -36,7 +39,9 @@ impl Hub {
             registry: Arc::new(Registry::new(
                 cfg.limits.connections_per_user,
                 cfg.limits.connections_per_ip,
+                Duration::from_millis(cfg.presence.grace_ms),
             )),
+            namespaces: Namespaces::new(&cfg.namespaces),
             metrics,
             node: cfg.node(),
             node_tag: format!("{:06x}", rand::random::<u32>() & 0xFF_FFFF),
@@ -45,8 +50,6 @@ impl Hub {
             heartbeat_s: cfg.ws.heartbeat_s,
             idle_timeout_s: cfg.ws.idle_timeout_s,
             leeway_s: cfg.auth.leeway_s,
-            queue_messages: cfg.ws.queue_messages,
-            queue_bytes: cfg.ws.queue_bytes,
         }
     }
 

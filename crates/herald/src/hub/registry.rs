@@ -13,6 +13,8 @@ use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::channels::Channels;
+use super::presence::UserPresence;
 use crate::auth::Identity;
 use crate::connection::outbox::Outbox;
 use crate::metrics::Refusal;
@@ -102,7 +104,8 @@ pub struct Registry {
     conns: Vec<RwLock<ConnMap>>,
     pub users: Index,
     pub groups: Index,
-    pub channels: Index,
+    pub channels: Channels,
+    pub presence: UserPresence,
     counts: Mutex<Counts>,
     max_per_user: usize,
     max_per_ip: usize,
@@ -160,18 +163,26 @@ impl Drop for Registration {
         }
         let channels = std::mem::take(&mut *h.channels.lock().unwrap_or_else(|p| p.into_inner()));
         for c in channels {
-            r.channels.remove(&c, h.id);
+            r.channels.unsubscribe(h, &c);
+        }
+        if r.users.count(&h.identity.user) == 0 {
+            r.presence.last_disconnected(&h.identity.user);
         }
     }
 }
 
 impl Registry {
-    pub fn new(max_per_user: usize, max_per_ip: usize) -> Registry {
+    pub fn new(
+        max_per_user: usize,
+        max_per_ip: usize,
+        presence_grace: std::time::Duration,
+    ) -> Registry {
         Registry {
             conns: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             users: Index::new(),
             groups: Index::new(),
-            channels: Index::new(),
+            channels: Channels::default(),
+            presence: UserPresence::new(presence_grace),
             counts: Mutex::new(Counts::default()),
             max_per_user,
             max_per_ip,
@@ -204,6 +215,7 @@ impl Registry {
     ) -> Registration {
         write(&self.conns[shard_of(&handle.id)]).insert(handle.id, handle.clone());
         self.users.insert(&handle.identity.user, &handle);
+        self.presence.connected(&handle.identity.user);
         for g in &handle.identity.groups {
             self.groups.insert(g, &handle);
         }
@@ -214,23 +226,20 @@ impl Registry {
         }
     }
 
-    /// Adds `conn` to `channel`; false if it was already subscribed.
-    pub fn subscribe(&self, conn: &Arc<ConnHandle>, channel: &Arc<str>) -> bool {
-        let mut mine = conn.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if !mine.insert(channel.clone()) {
-            return false;
-        }
-        self.channels.insert(channel, conn);
-        true
+    /// Records that `conn` subscribed to `channel`; false if it already was.
+    pub fn track_subscription(&self, conn: &ConnHandle, channel: &Arc<str>) -> bool {
+        conn.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(channel.clone())
     }
 
-    pub fn unsubscribe(&self, conn: &ConnHandle, channel: &str) -> bool {
-        let mut mine = conn.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if !mine.remove(channel) {
-            return false;
-        }
-        self.channels.remove(channel, conn.id);
-        true
+    /// Forgets `conn`'s subscription to `channel`; false if there was none.
+    pub fn untrack_subscription(&self, conn: &ConnHandle, channel: &str) -> bool {
+        conn.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(channel)
     }
 
     /// Calls `f` for every connection (under per-shard read locks; `f` must not block).
@@ -287,7 +296,7 @@ mod tests {
 
     #[test]
     fn caps_and_drop_guards_restore_everything() {
-        let r = Arc::new(Registry::new(2, 3));
+        let r = Arc::new(Registry::new(2, 3, std::time::Duration::from_secs(2)));
         let ip: IpAddr = [127, 0, 0, 1].into();
         let u: Arc<str> = Arc::from("u");
         let a1 = r.admit(&u, ip).unwrap();
@@ -296,13 +305,15 @@ mod tests {
         let a3 = r.admit(&Arc::from("v"), ip).unwrap();
         assert_eq!(r.admit(&Arc::from("w"), ip).err(), Some(Refusal::IpCap));
         let reg = r.register(a1, handle(1, "u"));
-        assert!(r.subscribe(&reg.handle, &Arc::from("news")));
-        assert!(!r.subscribe(&reg.handle, &Arc::from("news")));
+        let ns = Arc::new(crate::config::NamespaceConfig::default());
+        assert!(r.track_subscription(&reg.handle, &Arc::from("news")));
+        assert!(!r.track_subscription(&reg.handle, &Arc::from("news")));
+        r.channels.subscribe(&reg.handle, "news", &ns, None, None);
         assert_eq!(
             (
                 r.connections(),
                 r.users(),
-                r.channels.count("news"),
+                r.channels.subscriber_count("news"),
                 r.groups.count("g")
             ),
             (1, 1, 1, 1)
@@ -313,11 +324,12 @@ mod tests {
             (
                 r.connections(),
                 r.users(),
-                r.channels.keys(),
+                r.channels.subscriber_count("news"),
                 r.groups.keys(),
                 r.admitted()
             ),
             (0, 0, 0, 0, 0)
         );
+        assert!(r.presence.online("u", 0), "offline only after the grace");
     }
 }

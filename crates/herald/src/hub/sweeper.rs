@@ -1,6 +1,7 @@
 //! One task for every connection's timers: server Pings every `heartbeat_s`, the idle
-//! timeout, and token expiry (4002). A single 1 s tick over the registry costs far less
-//! than a timer per connection and keeps idle connections free of timer state.
+//! timeout, token expiry (4002), and channel upkeep (history TTL, presence leaves). A
+//! single 1 s tick over the registry costs far less than a timer per connection and
+//! keeps idle connections free of timer state.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub async fn run(hub: Arc<Hub>, stop: CancellationToken) {
 
 /// One pass: ping, then close the idle and the expired.
 pub fn sweep(hub: &Hub, ping: Option<&Frame>) {
+    hub.registry.channels.sweep(hub.registry.presence.grace);
+    hub.registry.presence.sweep();
     let now_ms = hub.now_ms();
     let now = now_unix();
     let idle_ms = hub.idle_timeout_s.saturating_mul(1000);

@@ -4,3 +4,4 @@
 pub mod client;
 pub mod codes;
 pub mod server;
+pub mod sync;

@@ -32,21 +32,68 @@ impl<'a> Connected<'a> {
     }
 }
 
+/// Where a publication sits in its channel's history.
+#[derive(Debug, Clone, Copy)]
+pub struct Position<'a> {
+    pub offset: u64,
+    pub epoch: &'a str,
+}
+
 #[derive(Serialize)]
 struct Pub<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
     data: &'a RawValue,
 }
 
 /// The `pub` frame for a publication: built once, shared by every recipient.
-pub fn pub_frame(channel: Option<&str>, data: &RawValue) -> Frame {
+pub fn pub_frame(channel: Option<&str>, position: Option<Position<'_>>, data: &RawValue) -> Frame {
     frame_of(&Pub {
         kind: "pub",
         channel,
+        offset: position.map(|p| p.offset),
+        epoch: position.map(|p| p.epoch),
         data,
+    })
+}
+
+pub fn presence_frame(channel: &str, event: &'static str, user_id: &str) -> Frame {
+    #[derive(Serialize)]
+    struct Presence<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        event: &'static str,
+        user_id: &'a str,
+    }
+    frame_of(&Presence {
+        kind: "presence",
+        channel,
+        event,
+        user_id,
+    })
+}
+
+pub fn ack_frame(reference: Option<&Value>, offset: Option<u64>) -> Frame {
+    #[derive(Serialize)]
+    struct Ack<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(rename = "ref")]
+        reference: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+    }
+    frame_of(&Ack {
+        kind: "ack",
+        reference,
+        offset,
     })
 }
 
@@ -144,12 +191,21 @@ mod tests {
     fn pub_keeps_data_verbatim() {
         let raw = RawValue::from_string(r#"{"n": 1}"#.to_owned()).unwrap();
         assert_eq!(
-            payload(&pub_frame(Some("news"), &raw)),
+            payload(&pub_frame(Some("news"), None, &raw)),
             r#"{"type":"pub","channel":"news","data":{"n": 1}}"#
         );
         assert_eq!(
-            payload(&pub_frame(None, &raw)),
+            payload(&pub_frame(None, None, &raw)),
             r#"{"type":"pub","data":{"n": 1}}"#
+        );
+        let at = Position {
+            offset: 7,
+            epoch: "e1",
+        };
+        let framed = pub_frame(Some("c"), Some(at), &raw);
+        assert_eq!(
+            payload(&framed),
+            r#"{"type":"pub","channel":"c","offset":7,"epoch":"e1","data":{"n": 1}}"#
         );
     }
 

@@ -148,7 +148,7 @@ async fn subscriptions_per_connection_are_capped() {
     .await;
     expect_error(
         &mut ws,
-        r#"{"type":"subscribe","channel":"sync:1"}"#,
+        r#"{"type":"subscribe","channel":"nope:1"}"#,
         "not_found",
     )
     .await;

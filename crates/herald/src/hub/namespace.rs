@@ -1,0 +1,136 @@
+//! From a channel name to its namespace and the rules that apply (DESIGN §4).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::auth::Identity;
+use crate::config::namespaces::DEFAULT;
+use crate::config::{NamespaceConfig, PublishRule, SubscribeRule};
+
+/// The namespaces of a node, resolved once from config.
+pub struct Namespaces {
+    by_name: BTreeMap<String, Arc<NamespaceConfig>>,
+}
+
+/// A channel name split into its namespace and the rest.
+pub struct Resolved<'a> {
+    pub namespace: &'a str,
+    pub rest: &'a str,
+    pub config: Arc<NamespaceConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    UnknownNamespace(String),
+    Forbidden(&'static str),
+}
+
+impl Namespaces {
+    pub fn new(cfg: &BTreeMap<String, NamespaceConfig>) -> Namespaces {
+        Namespaces {
+            by_name: cfg
+                .iter()
+                .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+                .collect(),
+        }
+    }
+
+    /// `ns:rest` → namespace `ns`; a name without `:` is in `default`.
+    pub fn resolve<'a>(&self, channel: &'a str) -> Result<Resolved<'a>, Denied> {
+        let (namespace, rest) = channel.split_once(':').unwrap_or((DEFAULT, channel));
+        match self.by_name.get(namespace) {
+            Some(config) => Ok(Resolved {
+                namespace,
+                rest,
+                config: config.clone(),
+            }),
+            None => Err(Denied::UnknownNamespace(namespace.to_owned())),
+        }
+    }
+}
+
+/// `rest` belongs to `user`: exactly the id, or the id followed by `.` and more
+/// (`42` and `42.tv` for user 42, never `420`).
+pub fn owns(user: &str, rest: &str) -> bool {
+    rest == user
+        || rest
+            .strip_prefix(user)
+            .is_some_and(|tail| tail.starts_with('.') && tail.len() > 1)
+}
+
+impl Resolved<'_> {
+    pub fn may_subscribe(&self, who: &Identity) -> Result<(), Denied> {
+        let ok = who.admin
+            || match self.config.subscribe {
+                SubscribeRule::Any => true,
+                SubscribeRule::Owner => owns(&who.user, self.rest),
+                SubscribeRule::Admin => false,
+            };
+        if ok {
+            Ok(())
+        } else {
+            Err(Denied::Forbidden(
+                "not allowed to subscribe to this channel",
+            ))
+        }
+    }
+
+    pub fn may_publish(&self, who: &Identity) -> Result<(), Denied> {
+        let ok = match self.config.publish {
+            PublishRule::None => false,
+            PublishRule::Owner => owns(&who.user, self.rest),
+            PublishRule::Any => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Denied::Forbidden("clients may not publish to this channel"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::namespaces::builtin;
+
+    fn user(id: &str, admin: bool) -> Identity {
+        Identity {
+            user: Arc::from(id),
+            device: None,
+            groups: vec![],
+            admin,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn ownership_is_exact_or_dotted() {
+        assert!(owns("42", "42"));
+        assert!(owns("42", "42.tv"));
+        assert!(!owns("42", "420"));
+        assert!(!owns("42", "42."));
+        assert!(!owns("42", "4"));
+    }
+
+    #[test]
+    fn builtin_rules() {
+        let ns = Namespaces::new(&builtin());
+        let news = ns.resolve("news").unwrap();
+        assert_eq!(news.namespace, "default");
+        assert!(news.may_subscribe(&user("1", false)).is_ok());
+        assert!(news.may_publish(&user("1", false)).is_err());
+        let sync = ns.resolve("sync:42.tv").unwrap();
+        assert!(sync.may_subscribe(&user("42", false)).is_ok());
+        assert!(sync.may_publish(&user("42", false)).is_ok());
+        assert!(sync.may_subscribe(&user("420", false)).is_err());
+        assert!(
+            sync.may_subscribe(&user("7", true)).is_ok(),
+            "admins may watch any channel"
+        );
+        assert_eq!(
+            ns.resolve("nope:1").err(),
+            Some(Denied::UnknownNamespace("nope".into()))
+        );
+    }
+}
