@@ -3,10 +3,13 @@
 mod support;
 
 mod bad_input;
+mod channels;
 mod cli;
 mod fanout;
 mod jwt_keys;
 mod lifecycle;
 mod limits;
+mod presence;
 mod refusals;
+mod sync;
 mod tls;
