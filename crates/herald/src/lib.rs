@@ -10,6 +10,7 @@
 //! - [`http`]: the accept loop, routes and endpoints;
 //! - [`cli`]: the `herald` subcommands; [`bench`]: the load generator.
 
+pub mod announce;
 pub mod auth;
 pub mod bench;
 pub mod broker;
@@ -20,6 +21,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
+pub mod store;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -82,11 +84,13 @@ impl Node {
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub::new(&cfg, metrics.clone()));
         let tls = http::server::tls_acceptor(&cfg)?;
+        let store = store::open(&cfg.store.url, &cfg.data_dir)?;
         let app: App = Arc::new(AppState {
             api_keys: ApiKeys::new(cfg.api.keys.iter().cloned().chain([api_key.clone()])),
             cfg,
             hub: hub.clone(),
             broker: Arc::new(broker::MemoryBroker),
+            store: store.clone(),
             metrics,
             verifier,
             api_verifier,
@@ -98,6 +102,7 @@ impl Node {
         let stop = CancellationToken::new();
         let router = http::router::router(app.clone());
         let sweeper = tokio::spawn(hub::sweeper::run(hub.clone(), stop.clone()));
+        let migrations = tokio::spawn(migrate_until_ready(store, stop.clone()));
         let accept = tokio::spawn(http::server::accept_loop(
             listener,
             app.clone(),
@@ -108,6 +113,7 @@ impl Node {
         let done = tokio::spawn(async move {
             let _ = accept.await;
             let _ = sweeper.await;
+            let _ = migrations.await;
         });
         Ok(Node {
             addr,
@@ -117,6 +123,18 @@ impl Node {
             stop,
             done,
         })
+    }
+
+    /// Waits (bounded) until the store is migrated; for tests and tools that need it.
+    pub async fn store_ready(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if self.app.store.is_ready() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
     }
 
     /// Graceful shutdown: refuse new work, close every client with 1001, wait for their
@@ -146,5 +164,25 @@ impl Node {
         } else {
             "http"
         }
+    }
+}
+
+/// Applies migrations, retrying with backoff while the database is unreachable: the node
+/// serves WebSockets meanwhile and the announcement endpoints answer 503.
+async fn migrate_until_ready(store: Arc<dyn store::Store>, stop: CancellationToken) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match store.migrate().await {
+            Ok(()) => {
+                tracing::info!("store ready");
+                return;
+            }
+            Err(e) => tracing::error!("store not ready, retrying in {delay:?}: {e}"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }

@@ -22,6 +22,7 @@ use crate::protocol::client::{self, ClientMessage, Inbound, Since};
 use crate::protocol::codes::{CloseCode, ErrorCode};
 use crate::protocol::server;
 use crate::protocol::sync::{self, SyncEvent};
+use crate::store::{active_for, Store, StoreError};
 use crate::ws::frame::Frame;
 
 pub struct SessionLimits {
@@ -33,6 +34,7 @@ pub struct SessionLimits {
 
 pub struct Session {
     hub: Arc<Hub>,
+    store: Arc<dyn Store>,
     conn: Arc<ConnHandle>,
     verifier: Option<Arc<Verifier>>,
     limiter: InboundLimiter,
@@ -42,12 +44,14 @@ pub struct Session {
 impl Session {
     pub fn new(
         hub: Arc<Hub>,
+        store: Arc<dyn Store>,
         conn: Arc<ConnHandle>,
         verifier: Option<Arc<Verifier>>,
         limits: &SessionLimits,
     ) -> Session {
         Session {
             hub,
+            store,
             conn,
             verifier,
             limiter: InboundLimiter::new(limits.rate_per_s, limits.rate_burst, limits.close_after),
@@ -103,15 +107,10 @@ impl Session {
                 reference,
             } => self.publish(channel, &data, reference.as_ref()),
             ClientMessage::Refresh { token } => self.refresh(&token),
-            ClientMessage::AcknowledgeBroadcast { broadcast_id } => {
-                self.error(
-                    ErrorCode::NotFound,
-                    &format!("no announcement `{broadcast_id}`"),
-                    None,
-                );
+            ClientMessage::AcknowledgeBroadcast { broadcast_id } => self.acknowledge(broadcast_id),
+            ClientMessage::GetActiveBroadcast => {
+                send_active_broadcast(self.store.clone(), self.conn.clone())
             }
-            // Announcements are not stored by this build, so there is never an active one.
-            ClientMessage::GetActiveBroadcast => {}
         }
     }
 
@@ -211,6 +210,31 @@ impl Session {
         }
     }
 
+    /// Stores the acknowledgement off the connection's task (the store may be remote);
+    /// only a failure is answered, as in seed 003.
+    fn acknowledge(&self, id: String) {
+        let (store, conn) = (self.store.clone(), self.conn.clone());
+        tokio::spawn(async move {
+            let failure = match store.acknowledge(&id, &conn.identity.user).await {
+                Ok(()) => return,
+                Err(StoreError::NotFound) => {
+                    (ErrorCode::NotFound, format!("no announcement `{id}`"))
+                }
+                Err(StoreError::Unavailable(why)) => {
+                    tracing::error!(conn_id = %conn.conn_id, "announcement store: {why}");
+                    (
+                        ErrorCode::Internal,
+                        "the announcement store is unavailable; try again".to_owned(),
+                    )
+                }
+            };
+            conn.outbox.try_push(
+                server::error_frame(failure.0, &failure.1, None),
+                Instant::now(),
+            );
+        });
+    }
+
     fn refresh(&mut self, token: &str) {
         let Some(verifier) = &self.verifier else {
             return self.error(
@@ -263,6 +287,26 @@ impl Handler for Session {
         );
         Flow::Continue
     }
+}
+
+/// Sends `active_broadcast` to `conn` if an announcement is active and its user has not
+/// acknowledged it (on connect, and on `get_active_broadcast`). Runs off the caller's
+/// task; a store outage only costs the banner, never the connection.
+pub fn send_active_broadcast(store: Arc<dyn Store>, conn: Arc<ConnHandle>) {
+    tokio::spawn(async move {
+        match active_for(store.as_ref(), &conn.identity.user).await {
+            Ok(Some(a)) => {
+                conn.outbox.try_push(
+                    server::broadcast_frame("active_broadcast", &a),
+                    Instant::now(),
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(conn_id = %conn.conn_id, "active announcement unavailable: {e}")
+            }
+        }
+    });
 }
 
 /// Channel names: 1..=256 bytes of `[A-Za-z0-9_.:@-]` (DESIGN §12).

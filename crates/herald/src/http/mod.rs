@@ -1,6 +1,8 @@
 //! The HTTP face of a node: the accept loop (plain or TLS, with the slowloris guard),
 //! the router, and one file per endpoint group.
 
+pub mod auth;
+pub mod broadcasts;
 pub mod conformance;
 pub mod error;
 pub mod presence;
@@ -22,6 +24,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::store::Store;
 
 /// Everything a request handler may need, shared by reference count.
 pub struct AppState {
@@ -29,6 +32,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Where publications go: the local hub on one node, every node with Redis.
     pub broker: Arc<dyn Broker>,
+    /// Announcements and acknowledgements (SQLite or Postgres).
+    pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     /// None when `auth.mode = "none"`.
     pub verifier: Option<Arc<Verifier>>,

@@ -5,8 +5,9 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::auth::authorize;
 use super::error::ApiError;
-use super::publish::{authorize, denied};
+use super::publish::denied;
 use super::App;
 use crate::connection::session::validate_channel;
 use crate::protocol::codes::ErrorCode;

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::auth::authorize;
 use super::error::ApiError;
 use super::App;
 use crate::connection::session::validate_channel;
@@ -30,54 +31,6 @@ struct PublishBody {
     data: Box<RawValue>,
     exclude_user: Option<String>,
     exclude_conn: Option<String>,
-}
-
-/// Who is calling the HTTP API.
-pub enum Caller {
-    ApiKey,
-    Admin(String),
-}
-
-/// `Authorization: Bearer <api key | admin JWT>` or `X-API-Key: <key>`.
-pub fn authorize(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    let key = bearer.or_else(|| {
-        headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    });
-    let Some(key) = key else {
-        app.metrics.refuse(Refusal::BadApiKey);
-        return Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "missing API key or admin token",
-        ));
-    };
-    if app.api_keys.accepts(key) {
-        return Ok(Caller::ApiKey);
-    }
-    match app.api_verifier.verify(key) {
-        Ok(id) if id.admin => Ok(Caller::Admin(id.user.to_string())),
-        Ok(_) => Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "this token is not an admin token",
-        )),
-        Err(_) => {
-            app.metrics.refuse(Refusal::BadApiKey);
-            Err(ApiError::new(
-                ErrorCode::Unauthorized,
-                "invalid API key or token",
-            ))
-        }
-    }
 }
 
 /// Turns a body-extraction failure (too large, unreadable) into our JSON error.

@@ -4,13 +4,22 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::{conformance, error, presence, publish, stats, ws_upgrade, App};
+use super::{broadcasts, conformance, error, presence, publish, stats, ws_upgrade, App};
 
 pub fn router(app: App) -> Router {
     let mut r = Router::new()
         .route("/ws", get(ws_upgrade::upgrade))
         .route("/api/publish", post(publish::publish))
         .route("/api/stats", get(stats::stats))
+        .route(
+            "/api/broadcasts",
+            post(broadcasts::create).get(broadcasts::history),
+        )
+        .route("/api/broadcasts/clear", post(broadcasts::clear))
+        .route("/api/broadcasts/active", get(broadcasts::active))
+        .route("/api/broadcasts/limits", get(broadcasts::limits))
+        .route("/api/broadcasts/stats", get(broadcasts::stats))
+        .route("/api/broadcasts/{id}/ack", post(broadcasts::acknowledge))
         .route("/api/presence/users/{id}", get(presence::user))
         .route("/api/channels/{name}/presence", get(presence::channel))
         .route("/healthz", get(stats::healthz))

@@ -7,8 +7,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::auth::authorize;
 use super::error::ApiError;
-use super::publish::authorize;
 use super::App;
 
 pub async fn stats(State(app): State<App>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
@@ -35,14 +35,25 @@ pub async fn healthz() -> Json<Value> {
 }
 
 pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Value>) {
-    if app.draining.load(Relaxed) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "draining", "broker": "ok", "store": "ok"})),
-        );
-    }
+    let store = if app.store.is_ready() {
+        "ok"
+    } else {
+        "unavailable"
+    };
+    let status = if app.draining.load(Relaxed) {
+        "draining"
+    } else if store != "ok" {
+        "not_ready"
+    } else {
+        "ready"
+    };
+    let code = if status == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
-        StatusCode::OK,
-        Json(json!({"status": "ready", "broker": "ok", "store": "ok"})),
+        code,
+        Json(json!({"status": status, "broker": "ok", "store": store})),
     )
 }

@@ -21,7 +21,7 @@ use crate::auth::origin::origin_allowed;
 use crate::auth::Identity;
 use crate::connection::driver::{drive, Handler, Limits};
 use crate::connection::outbox::Outbox;
-use crate::connection::session::{Session, SessionLimits};
+use crate::connection::session::{send_active_broadcast, Session, SessionLimits};
 use crate::connection::transport::Buffered;
 use crate::hub::{Admission, ConnHandle};
 use crate::metrics::{Metrics, Refusal};
@@ -243,7 +243,14 @@ async fn run(app: App, upgraded: Upgraded, identity: Identity, admission: Admiss
         close_after: Duration::from_secs(ws.rate_limit_close_after_s),
         max_subscriptions: ws.max_subscriptions,
     };
-    let mut session = Session::new(hub.clone(), handle, app.verifier.clone(), &limits);
+    send_active_broadcast(app.store.clone(), handle.clone());
+    let mut session = Session::new(
+        hub.clone(),
+        app.store.clone(),
+        handle,
+        app.verifier.clone(),
+        &limits,
+    );
     let read_limits = Limits {
         max_message: ws.max_message_bytes,
     };

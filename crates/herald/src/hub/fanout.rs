@@ -133,6 +133,11 @@ impl Hub {
         queued
     }
 
+    /// Queues a server frame (an announcement) to every local connection.
+    pub fn send_to_all(&self, frame: &Frame) -> usize {
+        self.deliver(&Target::All, &Exclude::default(), frame, Instant::now())
+    }
+
     /// Closes a connection whose queue overflowed: queued data is dropped, 4000 is sent.
     pub fn close_slow_consumer(&self, c: &ConnHandle) {
         let dropped = c.outbox.depth() as u64;

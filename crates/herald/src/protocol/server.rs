@@ -218,3 +218,43 @@ mod tests {
         );
     }
 }
+
+/// The `broadcast` object of `new_broadcast` / `active_broadcast` (seed 003's names).
+#[derive(Serialize)]
+pub struct BroadcastBody<'a> {
+    pub id: &'a str,
+    pub message: &'a str,
+    pub message_type: &'a str,
+    pub created_by: &'a str,
+    pub created_at: String,
+}
+
+impl<'a> BroadcastBody<'a> {
+    pub fn of(a: &'a crate::store::Announcement) -> BroadcastBody<'a> {
+        BroadcastBody {
+            id: &a.id,
+            message: &a.message,
+            message_type: &a.message_type,
+            created_by: &a.created_by,
+            created_at: crate::store::time::rfc3339(a.created_at_ms),
+        }
+    }
+}
+
+/// `new_broadcast` (`kind = "new_broadcast"`) or `active_broadcast`.
+pub fn broadcast_frame(kind: &'static str, a: &crate::store::Announcement) -> Frame {
+    #[derive(Serialize)]
+    struct Broadcast<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        broadcast: BroadcastBody<'a>,
+    }
+    frame_of(&Broadcast {
+        kind,
+        broadcast: BroadcastBody::of(a),
+    })
+}
+
+pub fn broadcast_cleared_frame() -> Frame {
+    Frame::text(br#"{"type":"broadcast_cleared","message":"Active broadcast has been cleared"}"#)
+}

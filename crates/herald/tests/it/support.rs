@@ -75,6 +75,10 @@ impl TestServer {
         let node = Node::start(listener, cfg, ServeOptions::default())
             .await
             .unwrap();
+        assert!(
+            node.store_ready(WAIT).await,
+            "the store migrates at start-up"
+        );
         TestServer {
             addr: node.addr,
             secret: node.hmac_secret.clone(),
