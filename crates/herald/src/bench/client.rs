@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::stamp::parse_stamp;
 use crate::auth::jwt::{mint_hs256, now_unix, Claims};
-use crate::ws::frame::{apply_mask, put_header, OP_CLOSE, OP_PONG};
+use crate::ws::frame::{apply_mask, put_header, OP_CLOSE, OP_PONG, OP_TEXT};
 use crate::ws::handshake::derive_accept;
 use crate::ws::message::{Message, MessageReader};
 
@@ -34,6 +34,15 @@ pub struct Target {
     /// The `Host` header (the URL's authority).
     pub host: String,
     pub hmac_secret: String,
+    /// `Some`: the `subscribe` message each client sends right after `connected` (to the
+    /// `--channel`); the client counts as connected only once `subscribed` is back.
+    pub subscribe: Option<Bytes>,
+}
+
+/// The `subscribe` message for `channel`, which the caller has checked against the
+/// server's channel-name rule (letters, digits, `_.:@-`): nothing to escape.
+pub fn subscribe_message(channel: &str) -> Bytes {
+    Bytes::from(format!(r#"{{"type":"subscribe","channel":"{channel}"}}"#))
 }
 
 /// What one client saw, merged by the caller.
@@ -60,15 +69,17 @@ pub enum End {
     Protocol(&'static str),
 }
 
-/// An open, upgraded connection that has received its `connected` frame.
+/// An open, upgraded connection that has received its `connected` frame (and its
+/// `subscribed` frame, with a channel).
 pub struct Conn {
     stream: TcpStream,
     buf: BytesMut,
     reader: MessageReader,
 }
 
-/// Mints a token for `bench-{i}`, connects, upgrades, and waits for `connected`.
-/// The caller bounds the whole thing with a timeout.
+/// Mints a token for `bench-{i}`, connects, upgrades, waits for `connected`, and with a
+/// channel subscribes and waits for `subscribed`. The caller bounds the whole thing with
+/// a timeout.
 pub async fn connect(target: &Target, i: usize) -> Result<Conn, String> {
     let claims = Claims {
         sub: format!("bench-{i}"),
@@ -122,32 +133,43 @@ pub async fn connect(target: &Target, i: usize) -> Result<Conn, String> {
         reader: MessageReader::new(MAX_MESSAGE, false),
     };
     // The first text message must be `connected`: only then is the client in the hub.
-    loop {
-        match conn.reader.next_message(&mut conn.buf) {
-            Ok(Some(Message::Text(t))) => {
-                if find(&t, br#""type":"connected""#) {
-                    return Ok(conn);
-                }
-                return Err("first message is not `connected`".into());
-            }
-            Ok(Some(Message::Ping(p))) => send_control(&mut conn.stream, OP_PONG, &p)
-                .await
-                .map_err(|e| format!("pong: {}", e.kind()))?,
-            Ok(Some(Message::Close(code))) => {
-                return Err(format!("closed by server before `connected` ({code:?})"))
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                conn.buf.reserve(READ_CHUNK);
-                match conn.stream.read_buf(&mut conn.buf).await {
-                    Ok(0) => return Err("closed before `connected`".into()),
-                    Ok(_) => {}
-                    Err(e) => return Err(format!("read: {}", e.kind())),
-                }
-            }
-            Err(v) => return Err(format!("protocol: {}", v.why)),
-        }
+    let first = conn.next_text("`connected`").await?;
+    if !find(&first, br#""type":"connected""#) {
+        return Err("first message is not `connected`".into());
     }
+    let Some(subscribe) = &target.subscribe else {
+        return Ok(conn);
+    };
+    let mut frame = BytesMut::with_capacity(14 + subscribe.len());
+    masked(&mut frame, OP_TEXT, subscribe);
+    conn.stream
+        .write_all(&frame)
+        .await
+        .map_err(|e| format!("send subscribe: {}", e.kind()))?;
+    // Nothing is published before every client is in, so the reply is the next text
+    // message; anything else (an `error` above all) means the subscription failed.
+    let reply = conn.next_text("`subscribed`").await?;
+    if find(&reply, br#""type":"subscribed""#) {
+        return Ok(conn);
+    }
+    if find(&reply, br#""type":"error""#) {
+        return Err(format!("subscribe refused: {}", error_code(&reply)));
+    }
+    Err("reply to subscribe is not `subscribed`".into())
+}
+
+/// The `code` of an `error` frame (`?` if it has none): enough to group failures by.
+fn error_code(frame: &[u8]) -> String {
+    const CODE: &[u8] = br#""code":""#;
+    let code = frame
+        .windows(CODE.len())
+        .position(|w| w == CODE)
+        .and_then(|p| frame.get(p + CODE.len()..))
+        .and_then(|rest| {
+            let end = rest.iter().take(64).position(|&b| b == b'"')?;
+            std::str::from_utf8(&rest[..end]).ok()
+        });
+    code.unwrap_or("?").to_owned()
 }
 
 /// Checks the status line and `Sec-WebSocket-Accept` of a response head.
@@ -171,6 +193,32 @@ fn check_101(head: &[u8], expected_accept: &str) -> Result<(), String> {
 }
 
 impl Conn {
+    /// The next text message during setup, answering pings on the way; `waiting_for`
+    /// names it in errors. Unbounded by itself: `connect` runs under a timeout.
+    async fn next_text(&mut self, waiting_for: &str) -> Result<Bytes, String> {
+        loop {
+            match self.reader.next_message(&mut self.buf) {
+                Ok(Some(Message::Text(t))) => return Ok(t),
+                Ok(Some(Message::Ping(p))) => send_control(&mut self.stream, OP_PONG, &p)
+                    .await
+                    .map_err(|e| format!("pong: {}", e.kind()))?,
+                Ok(Some(Message::Close(code))) => {
+                    return Err(format!("closed by server before {waiting_for} ({code:?})"))
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    self.buf.reserve(READ_CHUNK);
+                    match self.stream.read_buf(&mut self.buf).await {
+                        Ok(0) => return Err(format!("closed before {waiting_for}")),
+                        Ok(_) => {}
+                        Err(e) => return Err(format!("read: {}", e.kind())),
+                    }
+                }
+                Err(v) => return Err(format!("protocol: {}", v.why)),
+            }
+        }
+    }
+
     /// Reads until `stop`, recording each delivery's latency (µs) against `base`.
     /// `received_total` is bumped once per read, not per message.
     pub async fn run(
@@ -252,7 +300,7 @@ async fn send_control(stream: &mut TcpStream, opcode: u8, payload: &[u8]) -> std
     stream.write_all(&frame).await
 }
 
-/// Appends a final, masked client frame.
+/// Appends a final, masked client frame (any size: `put_header` picks the length form).
 fn masked(out: &mut BytesMut, opcode: u8, payload: &[u8]) {
     let key = rand::random::<[u8; 4]>();
     put_header(out, true, opcode, payload.len(), Some(key));
@@ -286,5 +334,22 @@ mod tests {
             check_101(b"HTTP/1.1 101 OK\r\n\r\n", &accept),
             Err("no Sec-WebSocket-Accept".into())
         );
+    }
+
+    #[test]
+    fn subscribe_message_is_a_subscribe() {
+        let m: serde_json::Value = serde_json::from_slice(&subscribe_message("news")).unwrap();
+        assert_eq!(m["type"], "subscribe");
+        assert_eq!(m["channel"], "news");
+    }
+
+    #[test]
+    fn error_codes_are_extracted() {
+        assert_eq!(
+            error_code(br#"{"type":"error","code":"forbidden","message":"no"}"#),
+            "forbidden"
+        );
+        assert_eq!(error_code(br#"{"type":"error","message":"no"}"#), "?");
+        assert_eq!(error_code(br#"{"type":"error","code":"unterminated"#), "?");
     }
 }

@@ -1,5 +1,7 @@
 //! `herald bench`: the load generator — N WebSocket clients, one publisher fanning out to
 //! all of them at a fixed rate, then deliveries/s, latency percentiles and memory.
+//! With `--channel NAME` every client subscribes to `NAME` right after `connected`, and the
+//! publisher targets that channel instead of `all` (channel fan-out: history, offsets).
 //!
 //! A load generator that costs more per message than the server measures itself, not the
 //! server: on a small machine the two share the cores. So the clients use no WebSocket
@@ -74,7 +76,7 @@ pub struct BenchArgs {
     /// WebSocket clients to connect (each is its own user, bench-<i>).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub clients: u32,
-    /// Publications per second (each to everyone).
+    /// Publications per second (each to everyone, or to every `--channel` subscriber).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub rate: u32,
     /// Seconds to publish for.
@@ -89,6 +91,17 @@ pub struct BenchArgs {
     /// PID of an external server, to read its RSS before and after the clients connect.
     #[arg(long, conflicts_with = "spawn_server")]
     pub server_pid: Option<u32>,
+    /// Channel fan-out: every client subscribes to this channel (and counts as connected
+    /// once `subscribed` is back), and the publisher publishes to it instead of `all`.
+    #[arg(long, value_name = "NAME", value_parser = parse_channel)]
+    pub channel: Option<String>,
+}
+
+/// `--channel`: the server's own channel-name rule, so that a name that passes needs no
+/// JSON escaping and the server will not refuse it as malformed.
+fn parse_channel(name: &str) -> Result<String, String> {
+    crate::connection::session::validate_channel(name)?;
+    Ok(name.to_owned())
 }
 
 /// Where the server is and what it takes to talk to it.
@@ -249,6 +262,7 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
         addr: resolve(&server.authority).await?,
         host: server.authority.clone(),
         hmac_secret: server.hmac_secret.clone(),
+        subscribe: args.channel.as_deref().map(client::subscribe_message),
     });
     let http = reqwest::Client::builder()
         .build()
@@ -342,10 +356,13 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
             rate: args.rate,
             duration: Duration::from_secs(args.duration),
             payload: args.payload as usize,
+            channel: args.channel.clone(),
         };
         eprintln!(
-            "publishing to all at {}/s for {} s …",
-            args.rate, args.duration
+            "publishing to {} at {}/s for {} s …",
+            target_name(args),
+            args.rate,
+            args.duration
         );
         let server_pid = args.server_pid.filter(|_| !args.spawn_server);
         let cpu_before = (
@@ -416,6 +433,14 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
     })
 }
 
+/// What the publisher targets, for messages: `all` or `channel NAME`.
+fn target_name(args: &BenchArgs) -> String {
+    match &args.channel {
+        Some(c) => format!("channel {c}"),
+        None => "all".to_owned(),
+    }
+}
+
 /// `/api/stats`, best effort: the server's own count of drops and slow consumers.
 async fn fetch_stats(http: &reqwest::Client, server: &Server) -> Option<serde_json::Value> {
     let res = http
@@ -438,14 +463,19 @@ impl Report {
         } else {
             "external"
         };
-        let _ = writeln!(o, "herald bench — fan-out to all");
+        let _ = writeln!(o, "herald bench — fan-out to {}", target_name(args));
         let _ = writeln!(o, "  server          {url} ({where_})");
         let _ = writeln!(
             o,
-            "  clients         {} connected of {} in {:.2} s",
+            "  clients         {} connected of {} in {:.2} s{}",
             self.connected,
             self.requested,
-            self.connect_time.as_secs_f64()
+            self.connect_time.as_secs_f64(),
+            if args.channel.is_some() {
+                " (each subscribed)"
+            } else {
+                ""
+            }
         );
         let mut errors: Vec<_> = self.connect_errors.iter().collect();
         errors.sort_by(|a, b| b.1.cmp(a.1));

@@ -1,4 +1,5 @@
-//! The publisher: `POST /api/publish {"all":true,"data":"t=…"}` at a fixed rate.
+//! The publisher: `POST /api/publish {"all":true,"data":"t=…"}` (or
+//! `{"channel":NAME,"data":"t=…"}` with `--channel`) at a fixed rate.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,8 @@ pub struct Plan {
     pub rate: u32,
     pub duration: Duration,
     pub payload: usize,
+    /// `None`: publish to everyone (`all`); `Some`: to this channel's subscribers.
+    pub channel: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -73,7 +76,11 @@ pub async fn run(http: &reqwest::Client, plan: &Plan, base: Instant) -> Outcome 
             .header("content-type", "application/json")
             .timeout(REQUEST_TIMEOUT)
             // Stamped as late as possible: the latency includes the HTTP request.
-            .body(publish_body(base.elapsed().as_nanos() as u64, plan.payload));
+            .body(publish_body(
+                base.elapsed().as_nanos() as u64,
+                plan.payload,
+                plan.channel.as_deref(),
+            ));
         out.sent += 1;
         in_flight.spawn(async move {
             let res = req.send().await.map_err(|e| format!("request: {e}"))?;

@@ -2,9 +2,11 @@
 //!
 //! The publisher sends `data = "t=<nanos>;xxxx…"` (a JSON string padded to `--payload`
 //! bytes), where `<nanos>` is measured from an `Instant` shared by the publisher and every
-//! client of this process. The server copies `data` verbatim into
-//! `{"type":"pub","data":"t=…;…"}`, so a client finds the stamp with one short search and
-//! a decimal parse — no JSON decoding on the hot path.
+//! client of this process. The server copies `data` verbatim into the `pub` frame, after
+//! whatever else it carries (`{"type":"pub","data":"t=…;…"}` for `all`,
+//! `{"type":"pub","channel":…,"offset":…,"epoch":…,"data":"t=…;…"}` for a channel), so a
+//! client finds the stamp with one short search and a decimal parse — no JSON decoding on
+//! the hot path.
 
 /// The marker that precedes the stamp inside a `pub` frame.
 const MARKER: &[u8] = b"\"data\":\"t=";
@@ -22,10 +24,16 @@ pub fn encode_data(stamp_ns: u64, size: usize) -> String {
     s
 }
 
-/// The JSON body of `POST /api/publish` for a fan-out to everyone.
-pub fn publish_body(stamp_ns: u64, size: usize) -> String {
+/// The JSON body of `POST /api/publish`: to everyone, or to `channel`'s subscribers.
+/// `channel` is spliced in as is: the caller has checked it against the server's
+/// channel-name rule (letters, digits and `_.:@-`), which leaves nothing to escape.
+pub fn publish_body(stamp_ns: u64, size: usize, channel: Option<&str>) -> String {
     // `encode_data` yields only ASCII digits, `t=;` and `x`: nothing to escape.
-    format!(r#"{{"all":true,"data":"{}"}}"#, encode_data(stamp_ns, size))
+    let data = encode_data(stamp_ns, size);
+    match channel {
+        Some(c) => format!(r#"{{"channel":"{c}","data":"{data}"}}"#),
+        None => format!(r#"{{"all":true,"data":"{data}"}}"#),
+    }
 }
 
 /// The stamp of a received text frame, or `None` if it is not one of ours (the
@@ -47,7 +55,8 @@ pub fn parse_stamp(text: &[u8]) -> Option<u64> {
     Some(n)
 }
 
-/// Position of `needle` in `hay` (both short: the marker sits ~14 bytes in).
+/// Position of `needle` in `hay` (the marker sits ~14 bytes in for `all`, after the
+/// channel, offset and epoch — ~70 bytes for a short name — for a channel).
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -69,10 +78,32 @@ mod tests {
             // What the server sends for an `all` publication: `data` verbatim.
             let frame = format!(r#"{{"type":"pub","data":"{data}"}}"#);
             assert_eq!(parse_stamp(frame.as_bytes()), Some(stamp));
-            let body: serde_json::Value = serde_json::from_str(&publish_body(stamp, size)).unwrap();
-            assert_eq!(body["data"], serde_json::Value::String(data));
+            let body: serde_json::Value =
+                serde_json::from_str(&publish_body(stamp, size, None)).unwrap();
+            assert_eq!(body["data"], serde_json::Value::String(data.clone()));
             assert_eq!(body["all"], serde_json::Value::Bool(true));
+            assert!(body.get("channel").is_none());
         }
+    }
+
+    #[test]
+    fn stamp_round_trips_through_a_channel_pub_frame() {
+        for (stamp, size) in [(0u64, 100usize), (987_654_321, 100), (u64::MAX, 10)] {
+            let data = encode_data(stamp, size);
+            // What the server sends for a channel with history: position before `data`.
+            let frame = format!(
+                r#"{{"type":"pub","channel":"news","offset":42,"epoch":"a1b2c3d4","data":"{data}"}}"#
+            );
+            assert_eq!(parse_stamp(frame.as_bytes()), Some(stamp));
+            let body: serde_json::Value =
+                serde_json::from_str(&publish_body(stamp, size, Some("team:a.b@c-d_e"))).unwrap();
+            assert_eq!(body["channel"], "team:a.b@c-d_e");
+            assert_eq!(body["data"], serde_json::Value::String(data));
+            assert!(body.get("all").is_none());
+        }
+        let subscribed =
+            br#"{"type":"subscribed","channel":"news","offset":0,"epoch":"e","recovered":false}"#;
+        assert_eq!(parse_stamp(subscribed), None);
     }
 
     #[test]
