@@ -21,15 +21,19 @@ use crate::auth::origin::origin_allowed;
 use crate::auth::Identity;
 use crate::connection::driver::{drive, Handler, Limits};
 use crate::connection::outbox::Outbox;
-use crate::connection::session::{send_active_broadcast, Session, SessionLimits};
+use crate::connection::session::{Session, SessionLimits};
 use crate::connection::transport::Buffered;
 use crate::hub::{Admission, ConnHandle};
 use crate::metrics::{Metrics, Refusal};
 use crate::protocol::codes::ErrorCode;
-use crate::protocol::server::{frame_of, Connected};
+use crate::protocol::server::{broadcast_frame, frame_of, Connected};
+use crate::store::active_for;
 use crate::ws::handshake::{self, HandshakeError};
 
 static ANON: AtomicU64 = AtomicU64::new(1);
+
+/// How long a new connection waits for its active-announcement lookup.
+const ACTIVE_LOOKUP: Duration = Duration::from_millis(500);
 
 pub async fn upgrade(
     State(app): State<App>,
@@ -236,6 +240,21 @@ async fn run(app: App, upgraded: Upgraded, identity: Identity, admission: Admiss
         channels: Mutex::new(Default::default()),
     });
     let span = tracing::info_span!("conn", conn_id = %conn_id, user_id = %handle.identity.user);
+    // `active_broadcast` comes right after `connected` (DESIGN §3): looked up before the
+    // connection is registered, so nothing can be queued between the two. The lookup is
+    // bounded: a slow or absent store costs the banner, not the connection.
+    let lookup = active_for(app.store.as_ref(), &handle.identity.user);
+    match tokio::time::timeout(ACTIVE_LOOKUP, lookup).await {
+        Ok(Ok(Some(a))) => {
+            outbox.try_push(
+                broadcast_frame("active_broadcast", &a),
+                std::time::Instant::now(),
+            );
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::warn!(conn_id = %conn_id, "active announcement unavailable: {e}"),
+        Err(_) => tracing::warn!(conn_id = %conn_id, "active announcement lookup timed out"),
+    }
     let registration = hub.registry.register(admission, handle.clone());
     let limits = SessionLimits {
         rate_per_s: ws.rate_per_s,
@@ -243,7 +262,6 @@ async fn run(app: App, upgraded: Upgraded, identity: Identity, admission: Admiss
         close_after: Duration::from_secs(ws.rate_limit_close_after_s),
         max_subscriptions: ws.max_subscriptions,
     };
-    send_active_broadcast(app.store.clone(), handle.clone());
     let mut session = Session::new(
         hub.clone(),
         app.store.clone(),

@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
@@ -26,7 +27,13 @@ enum Pool {
 pub struct SqlStore {
     pool: Pool,
     ready: AtomicBool,
+    /// The active announcement as last read, and when: every new connection asks for it,
+    /// so a burst of connects must not become a burst of queries. Replaced on create and
+    /// clear; another replica's change is seen within `ACTIVE_TTL`.
+    active_cache: Mutex<Option<(Instant, Option<Announcement>)>>,
 }
+
+const ACTIVE_TTL: Duration = Duration::from_secs(1);
 
 /// Runs the same body against whichever pool this store has.
 macro_rules! with_pool {
@@ -95,7 +102,20 @@ impl SqlStore {
         Ok(SqlStore {
             pool,
             ready: AtomicBool::new(false),
+            active_cache: Mutex::new(None),
         })
+    }
+
+    fn cache(&self, value: Option<Option<Announcement>>) {
+        let mut c = self.active_cache.lock().unwrap_or_else(|p| p.into_inner());
+        *c = value.map(|v| (Instant::now(), v));
+    }
+
+    fn cached_active(&self) -> Option<Option<Announcement>> {
+        let c = self.active_cache.lock().unwrap_or_else(|p| p.into_inner());
+        c.as_ref()
+            .filter(|(at, _)| at.elapsed() < ACTIVE_TTL)
+            .map(|(_, a)| a.clone())
     }
 
     fn check_ready(&self) -> Result<(), StoreError> {
@@ -143,22 +163,26 @@ impl Store for SqlStore {
             self.check_ready()?;
             // Two creates racing on different replicas: the unique index lets one win;
             // the loser retries once, now deactivating the winner.
-            match self.try_create(&new).await {
+            let created = match self.try_create(&new).await {
                 Err(StoreError::Unavailable(_)) => self.try_create(&new).await,
                 other => other,
-            }
+            };
+            self.cache(created.as_ref().ok().map(|a| Some(a.clone())));
+            created
         })
     }
 
     fn clear(&self) -> BoxFuture<'_, Result<Option<Announcement>, StoreError>> {
         Box::pin(async move {
             self.check_ready()?;
+            self.cache(None);
             let active = self.active().await?;
             if let Some(a) = &active {
                 with_pool!(self, pool => {
                     sqlx::query("UPDATE announcements SET active = $1 WHERE id = $2").bind(false).bind(&a.id).execute(pool).await?;
                 });
             }
+            self.cache(Some(None));
             Ok(active)
         })
     }
@@ -166,11 +190,16 @@ impl Store for SqlStore {
     fn active(&self) -> BoxFuture<'_, Result<Option<Announcement>, StoreError>> {
         Box::pin(async move {
             self.check_ready()?;
+            if let Some(hit) = self.cached_active() {
+                return Ok(hit);
+            }
             let sql = concat!("SELECT ", columns!(), " FROM announcements WHERE active");
-            with_pool!(self, pool => {
+            let active = with_pool!(self, pool => {
                 let row = sqlx::query(sql).fetch_optional(pool).await?;
-                Ok(row.as_ref().map(announcement).transpose()?)
-            })
+                row.as_ref().map(announcement).transpose()?
+            });
+            self.cache(Some(active.clone()));
+            Ok(active)
         })
     }
 

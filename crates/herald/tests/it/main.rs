@@ -2,6 +2,7 @@
 
 mod support;
 
+mod announcements;
 mod bad_input;
 mod channels;
 mod cli;
