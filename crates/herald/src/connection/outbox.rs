@@ -83,25 +83,16 @@ impl Outbox {
 
     /// Queues a data frame unless the queue is full or closing. Never waits.
     pub fn try_push(&self, frame: Frame, accepted: Instant) -> Push {
-        let mut s = self.lock();
-        if s.closing {
-            return Push::Closed;
-        }
-        if s.frames.len() + s.priority.len() >= self.max_messages
-            || s.bytes + frame.len() > self.max_bytes
-        {
-            return Push::Full;
-        }
-        s.bytes += frame.len();
-        s.frames.push_back(Queued { frame, accepted });
-        drop(s);
-        self.wake.notify_one();
-        Push::Queued
+        self.push_to(frame, accepted, false)
     }
 
     /// Queues a data frame ahead of everything already queued (the priority lane). It
     /// counts against the same limits as any data frame.
     pub fn try_push_priority(&self, frame: Frame, accepted: Instant) -> Push {
+        self.push_to(frame, accepted, true)
+    }
+
+    fn push_to(&self, frame: Frame, accepted: Instant, priority: bool) -> Push {
         let mut s = self.lock();
         if s.closing {
             return Push::Closed;
@@ -112,7 +103,12 @@ impl Outbox {
             return Push::Full;
         }
         s.bytes += frame.len();
-        s.priority.push_back(Queued { frame, accepted });
+        let lane = if priority {
+            &mut s.priority
+        } else {
+            &mut s.frames
+        };
+        lane.push_back(Queued { frame, accepted });
         drop(s);
         self.wake.notify_one();
         Push::Queued

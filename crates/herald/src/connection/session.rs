@@ -15,7 +15,7 @@ use super::rate::{InboundLimiter, Verdict};
 use crate::auth::jwt::Verifier;
 use crate::config::namespaces::SYNC;
 use crate::hub::channels::Lane;
-use crate::hub::namespace::Denied;
+use crate::hub::namespace::{Denied, Resolved};
 use crate::hub::{ConnHandle, Exclude, Hub, Publication, Target};
 use crate::metrics::Refusal;
 use crate::protocol::client::{self, ClientMessage, Inbound, Since};
@@ -115,12 +115,8 @@ impl Session {
     }
 
     fn subscribe(&mut self, channel: String, since: Option<&Since>, reference: Option<&Value>) {
-        if let Err(why) = validate_channel(&channel) {
-            return self.error(ErrorCode::BadRequest, &why, reference);
-        }
-        let ns = match self.hub.namespaces.resolve(&channel) {
-            Ok(ns) => ns,
-            Err(denied) => return self.denied(denied, reference),
+        let Some(ns) = self.resolve(&channel, reference) else {
+            return;
         };
         if let Err(denied) = ns.may_subscribe(&self.conn.identity) {
             return self.denied(denied, reference);
@@ -149,12 +145,8 @@ impl Session {
     /// A client publication: namespace rules, `sync` validation, then the same fan-out
     /// as the HTTP API, never echoed to the publishing connection.
     fn publish(&mut self, channel: String, data: &Value, reference: Option<&Value>) {
-        if let Err(why) = validate_channel(&channel) {
-            return self.error(ErrorCode::BadRequest, &why, reference);
-        }
-        let ns = match self.hub.namespaces.resolve(&channel) {
-            Ok(ns) => ns,
-            Err(denied) => return self.denied(denied, reference),
+        let Some(ns) = self.resolve(&channel, reference) else {
+            return;
         };
         if let Err(denied) = ns.may_publish(&self.conn.identity) {
             return self.denied(denied, reference);
@@ -196,6 +188,21 @@ impl Session {
                 d.position.map(|(offset, _)| offset),
             )),
             Err(denied) => self.denied(denied, reference),
+        }
+    }
+
+    /// A valid channel name in a configured namespace, or `None` after answering the error.
+    fn resolve<'a>(&self, channel: &'a str, reference: Option<&Value>) -> Option<Resolved<'a>> {
+        if let Err(why) = validate_channel(channel) {
+            self.error(ErrorCode::BadRequest, &why, reference);
+            return None;
+        }
+        match self.hub.namespaces.resolve(channel) {
+            Ok(ns) => Some(ns),
+            Err(denied) => {
+                self.denied(denied, reference);
+                None
+            }
         }
     }
 
