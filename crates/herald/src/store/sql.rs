@@ -254,16 +254,27 @@ impl Store for SqlStore {
     ) -> BoxFuture<'a, Result<Vec<(Announcement, u64)>, StoreError>> {
         Box::pin(async move {
             self.check_ready()?;
-            // UUID v7 ids sort by creation time, so the id is the page cursor.
-            let sql = concat!(
-                "SELECT ",
-                columns!(),
-                ", (SELECT COUNT(*) FROM acknowledgements k WHERE k.announcement_id = a.id) AS acks ",
-                "FROM announcements a WHERE id < $1 ORDER BY id DESC LIMIT $2"
-            );
-            let cursor = before.unwrap_or("~"); // sorts after every UUID
+            // UUID v7 ids sort by creation time, so the id is the page cursor. (No sentinel
+            // cursor for the first page: how `~` sorts depends on the database collation.)
+            macro_rules! page_sql {
+                ($cond:literal, $limit:literal) => {
+                    concat!(
+                        "SELECT ",
+                        columns!(),
+                        ", (SELECT COUNT(*) FROM acknowledgements k WHERE k.announcement_id = a.id) AS acks ",
+                        "FROM announcements a ",
+                        $cond,
+                        " ORDER BY id DESC LIMIT ",
+                        $limit
+                    )
+                };
+            }
+            let limit = i64::from(limit);
             with_pool!(self, pool => {
-                let rows = sqlx::query(sql).bind(cursor).bind(i64::from(limit)).fetch_all(pool).await?;
+                let rows = match before {
+                    Some(cursor) => sqlx::query(page_sql!("WHERE id < $1", "$2")).bind(cursor).bind(limit).fetch_all(pool).await?,
+                    None => sqlx::query(page_sql!("", "$1")).bind(limit).fetch_all(pool).await?,
+                };
                 rows.iter()
                     .map(|r| {
                         let acks: i64 = r.try_get("acks")?;
