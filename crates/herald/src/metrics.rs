@@ -6,7 +6,7 @@
 //! exporter for these lands with the metrics issue).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Why something was refused or dropped; one counter each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,20 +128,59 @@ impl LatencyHistogram {
     }
 }
 
-#[derive(Default)]
 pub struct Metrics {
     pub publications: AtomicU64,
     pub deliveries: AtomicU64,
     pub dropped: AtomicU64,
     pub slow_consumer_disconnects: AtomicU64,
     refusals: [AtomicU64; Refusal::ALL.len()],
+    /// Per reason, when a refusal was last logged (ms since `epoch`): a flood of refusals
+    /// is one log line per reason per `LOG_EVERY`, with the running count.
+    last_logged: [AtomicU64; Refusal::ALL.len()],
+    epoch: Instant,
     pub latency: LatencyHistogram,
 }
 
+const LOG_EVERY_MS: u64 = 10_000;
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            publications: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            slow_consumer_disconnects: AtomicU64::new(0),
+            refusals: std::array::from_fn(|_| AtomicU64::new(0)),
+            last_logged: std::array::from_fn(|_| AtomicU64::new(0)),
+            epoch: Instant::now(),
+            latency: LatencyHistogram::default(),
+        }
+    }
+}
+
 impl Metrics {
+    /// Counts a refusal, and logs it unless the same reason was logged in the last 10 s.
     pub fn refuse(&self, why: Refusal) {
-        if let Some(c) = self.refusals.get(why.index()) {
-            c.fetch_add(1, Relaxed);
+        let (Some(count), Some(last)) = (
+            self.refusals.get(why.index()),
+            self.last_logged.get(why.index()),
+        ) else {
+            return;
+        };
+        let total = count.fetch_add(1, Relaxed) + 1;
+        // +1 so that "never logged" (0) is always due.
+        let now = u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let prev = last.load(Relaxed);
+        if (prev == 0 || now.saturating_sub(prev) >= LOG_EVERY_MS)
+            && last.compare_exchange(prev, now, Relaxed, Relaxed).is_ok()
+        {
+            tracing::info!(
+                reason = why.as_str(),
+                total,
+                "refused (logged at most once per 10 s per reason)"
+            );
         }
     }
 
