@@ -4,7 +4,6 @@
 //! does not wait for them, tokio-rs/axum#3003).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -125,12 +124,10 @@ async fn serve_http<I>(
     }
 }
 
-/// Shared for tests and `serve`.
+/// The TLS acceptor when `tls.cert_file` and `tls.key_file` are set.
 pub fn tls_acceptor(cfg: &crate::config::Config) -> anyhow::Result<Option<TlsAcceptor>> {
     match (&cfg.tls.cert_file, &cfg.tls.key_file) {
         (Some(c), Some(k)) => Ok(Some(TlsAcceptor::from(super::tls::server_config(c, k)?))),
         _ => Ok(None),
     }
 }
-
-pub type Shared = Arc<super::AppState>;

@@ -18,7 +18,7 @@ pub async fn stats(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
     let m = &app.metrics;
     let lat = &m.latency;
     Ok(Json(json!({
-        "node": {"name": hub.node, "connections": connections, "users": users},
+        "node": {"name": hub.node, "connections": connections, "users": users, "channels": hub.registry.channels.len()},
         // One node: the cluster is this node (scale-out adds the others).
         "cluster": {"nodes": 1, "connections": connections, "users": users},
         "publications": m.publications.load(Relaxed),
