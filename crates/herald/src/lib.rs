@@ -21,6 +21,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
+pub mod relay;
 pub mod store;
 pub mod ws;
 
@@ -103,6 +104,9 @@ impl Node {
         let router = http::router::router(app.clone());
         let sweeper = tokio::spawn(hub::sweeper::run(hub.clone(), stop.clone()));
         let migrations = tokio::spawn(migrate_until_ready(store, stop.clone()));
+        let relay_cfg = app.cfg.relay.clone();
+        let relay = (!relay_cfg.redis_url.is_empty())
+            .then(|| tokio::spawn(relay::redis::run(hub.clone(), relay_cfg, stop.clone())));
         let accept = tokio::spawn(http::server::accept_loop(
             listener,
             app.clone(),
@@ -114,6 +118,9 @@ impl Node {
             let _ = accept.await;
             let _ = sweeper.await;
             let _ = migrations.await;
+            if let Some(relay) = relay {
+                let _ = relay.await;
+            }
         });
         Ok(Node {
             addr,

@@ -42,6 +42,8 @@ pub struct Config {
     /// `default` and `sync` always exist (built in unless overridden).
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     pub presence: PresenceConfig,
+    /// Upstream sync events from an external bus (seed 002).
+    pub relay: RelayConfig,
 }
 
 impl Default for Config {
@@ -62,6 +64,7 @@ impl Default for Config {
             log: LogConfig::default(),
             namespaces: namespaces::builtin(),
             presence: PresenceConfig::default(),
+            relay: RelayConfig::default(),
         }
     }
 }
@@ -331,6 +334,7 @@ impl Config {
             ));
         }
         namespaces::validate(&self.namespaces, &mut errs);
+        self.relay.validate(&mut errs);
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             errs.push(format!(
                 "log.level: `{}` is not a log filter (try info or herald=debug)",
@@ -368,5 +372,45 @@ impl Config {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "herald".into())
+    }
+}
+
+/// The upstream relay (DESIGN §5): device events published by other systems on a Redis
+/// channel per user are validated, converted and relayed to `sync:<user>`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// `redis://…`; empty = no relay.
+    pub redis_url: String,
+    /// A Redis pattern with one `*` standing for the user id.
+    pub redis_pattern: String,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            redis_url: String::new(),
+            redis_pattern: "user.*.sync".into(),
+        }
+    }
+}
+
+impl RelayConfig {
+    fn validate(&self, errs: &mut Vec<String>) {
+        if !(self.redis_url.is_empty()
+            || self.redis_url.starts_with("redis://")
+            || self.redis_url.starts_with("rediss://"))
+        {
+            errs.push(format!(
+                "relay.redis_url: expected redis://… (or empty for no relay), got `{}`",
+                self.redis_url
+            ));
+        }
+        if self.redis_pattern.matches('*').count() != 1 {
+            errs.push(format!(
+                "relay.redis_pattern: needs exactly one `*` (the user id), got `{}`",
+                self.redis_pattern
+            ));
+        }
     }
 }

@@ -110,6 +110,14 @@ history_ttl_s = 300
 presence = true
 slow_consumer = "disconnect"
 
+[relay]
+# Upstream device events (seed 002): other systems PUBLISH JSON events on Redis channels
+# such as user.42.sync; herald validates them, converts position_seconds/duration_seconds,
+# and relays them to sync:42, leaving out the sending device (`device_id`). Empty = off.
+redis_url = ""
+# The Redis pattern; its one `*` is the user id.
+redis_pattern = "user.*.sync"
+
 [log]
 # "pretty" or "json" (also --log-format).
 format = "pretty"

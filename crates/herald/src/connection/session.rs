@@ -174,6 +174,7 @@ impl Session {
             exclude: Exclude {
                 user: None,
                 conn: Some(self.conn.conn_id.to_string()),
+                device: None,
             },
             data: raw,
             accepted: Instant::now(),

@@ -79,6 +79,7 @@ pub async fn publish(
         exclude: Exclude {
             user: req.exclude_user,
             conn: req.exclude_conn,
+            device: None,
         },
         data: req.data,
         accepted,

@@ -30,12 +30,15 @@ pub enum Target {
 pub struct Exclude {
     pub user: Option<String>,
     pub conn: Option<String>,
+    /// Connections whose token names this device (the upstream relay's sender).
+    pub device: Option<String>,
 }
 
 impl Exclude {
     pub fn excludes(&self, c: &ConnHandle) -> bool {
         self.user.as_deref().is_some_and(|u| u == &*c.identity.user)
             || self.conn.as_deref().is_some_and(|id| id == &*c.conn_id)
+            || (self.device.is_some() && self.device.as_deref() == c.identity.device.as_deref())
     }
 }
 

@@ -2,10 +2,10 @@
 //! to the user's other devices. Extra fields are allowed (clients add timestamps and
 //! device ids); a missing or mistyped required field, or an unknown type, is refused.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SyncEvent {
     WatchlistUpdate {
@@ -19,6 +19,7 @@ pub enum SyncEvent {
     },
     DeviceCommand {
         command: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
         target_device: Option<String>,
     },
 }
@@ -41,6 +42,33 @@ pub fn validate(data: &Value) -> Result<SyncEvent, String> {
         return Err("a sync event is a JSON object with a `type`".into());
     }
     SyncEvent::deserialize(data).map_err(|e| format!("invalid sync event: {e}"))
+}
+
+/// An event from the upstream bus (seed 002's PubNub relay): the same types, with the
+/// upstream names `position_seconds` / `duration_seconds` and `device_handoff` accepted
+/// and converted, and the sending device (`device_id`) returned so it can be left out.
+pub fn from_upstream(mut data: Value) -> Result<(SyncEvent, Option<String>), String> {
+    let Some(obj) = data.as_object_mut() else {
+        return Err("a sync event is a JSON object with a `type`".into());
+    };
+    for (upstream, ours) in [
+        ("position_seconds", "position"),
+        ("duration_seconds", "duration"),
+    ] {
+        if !obj.contains_key(ours) {
+            if let Some(v) = obj.remove(upstream) {
+                obj.insert(ours.to_owned(), v);
+            }
+        }
+    }
+    if obj.get("type").and_then(Value::as_str) == Some("device_handoff") {
+        obj.insert("type".into(), Value::from("device_command"));
+    }
+    let device = obj
+        .get("device_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok((validate(&data)?, device))
 }
 
 #[cfg(test)]
@@ -69,6 +97,20 @@ mod tests {
         let d = validate(&json!({"type":"device_command","command":"play","target_device":"tv"}))
             .unwrap();
         assert_eq!(d.target_device(), Some("tv"));
+    }
+
+    #[test]
+    fn upstream_names_are_converted() {
+        let up = json!({"type":"progress_update","content_id":"uuid-123","position_seconds":1234,"duration_seconds":7200,"timestamp":{},"device_id":"device-a"});
+        let (event, device) = from_upstream(up).unwrap();
+        assert_eq!(device.as_deref(), Some("device-a"));
+        let canonical = json!({"type":"progress_update","content_id":"uuid-123","position":1234.0,"duration":7200.0});
+        assert_eq!(serde_json::to_value(&event).unwrap(), canonical);
+        let (cmd, _) =
+            from_upstream(json!({"type":"device_handoff","command":"play","target_device":"tv"}))
+                .unwrap();
+        assert_eq!(cmd.target_device(), Some("tv"));
+        assert!(from_upstream(json!({"type":"progress_update","content_id":"c"})).is_err());
     }
 
     #[test]

@@ -12,5 +12,6 @@ mod lifecycle;
 mod limits;
 mod presence;
 mod refusals;
+mod relay;
 mod sync;
 mod tls;

@@ -1,0 +1,80 @@
+//! The upstream relay (DESIGN §5, seed 002): a user's device events arrive from another
+//! system on a bus (a Redis channel per user) and are relayed to that user's `sync:`
+//! channel as if a device had published them: validated, with the upstream field names
+//! converted, and not echoed to the sending device.
+
+pub mod redis;
+
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::connection::session::validate_channel;
+use crate::hub::channels::Lane;
+use crate::hub::{Exclude, Hub, Publication, Target};
+use crate::protocol::sync::from_upstream;
+
+/// Why an upstream message was not relayed (logged, never fatal).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Skipped {
+    #[error("bus channel `{0}` does not match the pattern")]
+    Channel(String),
+    #[error("user id `{0}` is not usable in a channel name")]
+    User(String),
+    #[error("payload is not JSON")]
+    Json,
+    #[error("{0}")]
+    Event(String),
+}
+
+/// Relays one upstream message; returns how many local connections it reached.
+pub fn relay(
+    hub: &Hub,
+    prefix: &str,
+    suffix: &str,
+    bus_channel: &str,
+    payload: &[u8],
+) -> Result<usize, Skipped> {
+    let user = bus_channel
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_suffix(suffix))
+        .ok_or_else(|| Skipped::Channel(bus_channel.to_owned()))?;
+    let channel = format!("sync:{user}");
+    if user.is_empty() || user.contains(':') || validate_channel(&channel).is_err() {
+        return Err(Skipped::User(user.to_owned()));
+    }
+    let value: Value = serde_json::from_slice(payload).map_err(|_| Skipped::Json)?;
+    let (event, device) = from_upstream(value).map_err(Skipped::Event)?;
+    let data =
+        serde_json::value::to_raw_value(&event).map_err(|e| Skipped::Event(e.to_string()))?;
+    let publication = Publication {
+        target: Target::Channel(channel),
+        exclude: Exclude {
+            device,
+            ..Exclude::default()
+        },
+        data,
+        accepted: Instant::now(),
+    };
+    let lane = match event.target_device() {
+        Some(d) => Lane::Device(d),
+        None => Lane::Normal,
+    };
+    hub.publish_on_lane(&publication, lane)
+        .map(|d| d.queued)
+        .map_err(|_| Skipped::Event("the sync namespace is not configured".into()))
+}
+
+/// Splits a pattern like `user.*.sync` around its one `*`.
+pub fn split_pattern(pattern: &str) -> (&str, &str) {
+    pattern.split_once('*').unwrap_or((pattern, ""))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn patterns() {
+        assert_eq!(super::split_pattern("user.*.sync"), ("user.", ".sync"));
+        assert_eq!(super::split_pattern("*"), ("", ""));
+    }
+}
