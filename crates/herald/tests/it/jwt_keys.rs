@@ -1,22 +1,14 @@
 //! RS256/ES256 public keys: accepted for their own algorithm, and no algorithm confusion
 //! (an HS256 token "signed" with the public key as the secret is refused).
 
-use herald::auth::jwt::{now_unix, Claims, Verifier};
+use herald::auth::jwt::{Claims, Verifier};
 use herald::config::AuthConfig;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 
 use crate::support::TempDir;
 
 fn claims() -> Claims {
-    Claims {
-        sub: "9".into(),
-        exp: now_unix() + 60,
-        device: None,
-        groups: vec![],
-        admin: false,
-        iss: None,
-        aud: None,
-    }
+    crate::support::claims("9")
 }
 
 fn check_family(alg: &'static rcgen::SignatureAlgorithm, jwt_alg: Algorithm, other: Algorithm) {

@@ -12,19 +12,6 @@ fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-async fn device(s: &TestServer, user: &str, name: &str) -> Ws {
-    let (mut ws, _) = s
-        .connect_token(&s.token_with(user, |c| c.device = Some(name.into())))
-        .await;
-    send_text(
-        &mut ws,
-        &json!({"type": "subscribe", "channel": format!("sync:{user}")}).to_string(),
-    )
-    .await;
-    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
-    ws
-}
-
 async fn redis_publish(
     conn: &mut redis::aio::MultiplexedConnection,
     channel: &str,
@@ -48,8 +35,8 @@ async fn upstream_events_are_converted_and_relayed_to_the_other_devices() {
         c.relay.redis_pattern = pattern.clone();
     })
     .await;
-    let mut tv = device(&s, "42", "tv").await;
-    let mut phone = device(&s, "42", "phone").await;
+    let mut tv = sync_device(&s, "42", "tv").await;
+    let mut phone = sync_device(&s, "42", "phone").await;
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client
         .get_multiplexed_async_connection()

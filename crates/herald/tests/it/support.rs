@@ -366,7 +366,12 @@ pub fn serve_binary(dir: &TempDir, extra: &[&str], stderr: std::process::Stdio) 
 
 /// A valid token for `sub`, signed with `secret`.
 pub fn mint(secret: &str, sub: &str) -> String {
-    let claims = herald::auth::jwt::Claims {
+    mint_hs256(secret, &claims(sub)).unwrap()
+}
+
+/// Plain claims for `sub`, valid for a minute.
+pub fn claims(sub: &str) -> herald::auth::jwt::Claims {
+    herald::auth::jwt::Claims {
         sub: sub.into(),
         exp: now_unix() + 60,
         device: None,
@@ -374,6 +379,19 @@ pub fn mint(secret: &str, sub: &str) -> String {
         admin: false,
         iss: None,
         aud: None,
-    };
-    mint_hs256(secret, &claims).unwrap()
+    }
+}
+
+/// A device of `user` (its token names `name`), subscribed to `sync:<user>`.
+pub async fn sync_device(s: &TestServer, user: &str, name: &str) -> Ws {
+    let (mut ws, _) = s
+        .connect_token(&s.token_with(user, |c| c.device = Some(name.into())))
+        .await;
+    send_text(
+        &mut ws,
+        &serde_json::json!({"type": "subscribe", "channel": format!("sync:{user}")}).to_string(),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    ws
 }

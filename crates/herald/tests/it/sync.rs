@@ -5,25 +5,12 @@ use serde_json::json;
 
 use crate::support::*;
 
-async fn device(s: &TestServer, user: &str, name: &str) -> Ws {
-    let (mut ws, _) = s
-        .connect_token(&s.token_with(user, |c| c.device = Some(name.into())))
-        .await;
-    send_text(
-        &mut ws,
-        &json!({"type": "subscribe", "channel": format!("sync:{user}")}).to_string(),
-    )
-    .await;
-    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
-    ws
-}
-
 #[tokio::test]
 async fn events_are_validated_and_relayed_to_the_other_devices_only() {
     let s = TestServer::start().await;
-    let mut phone = device(&s, "42", "phone").await;
-    let mut tv = device(&s, "42", "tv").await;
-    let mut laptop = device(&s, "42", "laptop").await;
+    let mut phone = sync_device(&s, "42", "phone").await;
+    let mut tv = sync_device(&s, "42", "tv").await;
+    let mut laptop = sync_device(&s, "42", "laptop").await;
     let event = json!({"type": "progress_update", "content_id": "c-123", "position": 1234, "duration": 7200});
     send_text(
         &mut phone,
@@ -76,9 +63,9 @@ async fn events_are_validated_and_relayed_to_the_other_devices_only() {
 #[tokio::test]
 async fn device_command_with_target_reaches_that_device_only() {
     let s = TestServer::start().await;
-    let mut phone = device(&s, "7", "phone").await;
-    let mut tv = device(&s, "7", "tv").await;
-    let mut laptop = device(&s, "7", "laptop").await;
+    let mut phone = sync_device(&s, "7", "phone").await;
+    let mut tv = sync_device(&s, "7", "tv").await;
+    let mut laptop = sync_device(&s, "7", "laptop").await;
     let cmd = json!({"type": "device_command", "command": "play", "target_device": "tv"});
     send_text(
         &mut phone,
