@@ -452,13 +452,8 @@ async fn an_unreachable_store_is_503_and_websockets_keep_serving() {
     let admin = herald::auth::jwt::mint_hs256(
         &node.hmac_secret,
         &herald::auth::jwt::Claims {
-            sub: "boss".into(),
-            exp: herald::auth::jwt::now_unix() + 60,
-            device: None,
-            groups: vec![],
             admin: true,
-            iss: None,
-            aud: None,
+            ..claims("boss")
         },
     )
     .unwrap();

@@ -33,19 +33,13 @@ async fn bad_tokens_get_401() {
         401
     );
 
-    let forged = herald::auth::jwt::mint_hs256(
-        "not-the-server-secret-not-the-server-secret",
-        &herald::auth::jwt::Claims {
-            sub: "1".into(),
-            exp: now_unix() + 60,
-            device: None,
-            groups: vec![],
-            admin: true,
-            iss: None,
-            aud: None,
-        },
-    )
-    .unwrap();
+    let admin_claims = herald::auth::jwt::Claims {
+        admin: true,
+        ..claims("1")
+    };
+    let forged =
+        herald::auth::jwt::mint_hs256("not-the-server-secret-not-the-server-secret", &admin_claims)
+            .unwrap();
     assert_eq!(
         s.try_upgrade(&s.ws_url(&forged), &[])
             .await
