@@ -4,6 +4,7 @@
 pub mod api_key;
 pub mod jwt;
 pub mod origin;
+pub mod token;
 
 use std::sync::Arc;
 
