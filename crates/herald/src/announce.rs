@@ -14,6 +14,12 @@ pub enum Invalid {
 }
 
 /// The trimmed message and its length in characters.
+/// Announcement ids are UUIDs in their hyphenated form (v7, so they sort by time); any
+/// other string is refused before the store is asked.
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 36 && uuid::Uuid::try_parse(id).is_ok()
+}
+
 pub fn validate(message: &str, kind: &str) -> Result<(String, usize), Invalid> {
     let trimmed = message.trim();
     let chars = trimmed.chars().count();
@@ -29,6 +35,16 @@ pub fn validate(message: &str, kind: &str) -> Result<(String, usize), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_hyphenated_uuids() {
+        assert!(valid_id(&uuid::Uuid::now_v7().to_string()));
+        assert!(!valid_id("42"));
+        assert!(!valid_id(""));
+        assert!(!valid_id(&"x".repeat(36)));
+        assert!(!valid_id(&uuid::Uuid::now_v7().simple().to_string()));
+        assert!(!valid_id(&"0".repeat(10_000)));
+    }
 
     #[test]
     fn counts_characters_not_bytes() {

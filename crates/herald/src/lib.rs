@@ -26,7 +26,7 @@ pub mod store;
 pub mod ws;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,6 +86,11 @@ impl Node {
         let hub = Arc::new(Hub::new(&cfg, metrics.clone()));
         let tls = http::server::tls_acceptor(&cfg)?;
         let store = store::open(&cfg.store.url, &cfg.data_dir)?;
+        let http_caps = Arc::new(http::conn_caps::HttpConnCaps::new(
+            cfg.limits.http_connections,
+            cfg.limits.http_connections_per_ip,
+        ));
+        let proxies = auth::proxy::TrustedProxies::new(&cfg.trusted_proxies);
         let app: App = Arc::new(AppState {
             api_keys: ApiKeys::new(cfg.api.keys.iter().cloned().chain([api_key.clone()])),
             cfg,
@@ -96,6 +101,9 @@ impl Node {
             verifier,
             api_verifier,
             draining: AtomicBool::new(false),
+            http_caps,
+            proxies,
+            store_probe: Default::default(),
             tracker: TaskTracker::new(),
             tls: tls.is_some(),
             conformance_echo: opts.conformance_echo,
@@ -148,7 +156,7 @@ impl Node {
     /// tasks at most `shutdown_timeout_s`.
     pub async fn shutdown(self) {
         let app = &self.app;
-        app.draining.store(true, Relaxed);
+        app.draining.store(true, SeqCst);
         self.stop.cancel();
         app.hub.close_all(CloseCode::GoingAway);
         app.tracker.close();

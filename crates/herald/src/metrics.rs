@@ -23,10 +23,22 @@ pub enum Refusal {
     ProtocolError,
     BadApiKey,
     BodyTooLarge,
+    /// A publication whose frame no connection queue could hold (413 / `too_large`).
+    PublicationTooLarge,
+    /// A client publication that would create one channel too many for its user.
+    ChannelBudget,
+    /// A socket that took no bytes for `ws.write_timeout_s` (closed as a slow consumer).
+    WriteStalled,
+    /// A connection asked for store work while its previous request was in flight.
+    StoreBusy,
+    /// Over `limits.http_connections` or `http_connections_per_ip`: refused at accept.
+    HttpConnCap,
+    /// A request body that did not arrive within `limits.http_body_timeout_s` (408).
+    BodyTimeout,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 12] = [
+    pub const ALL: [Refusal; 18] = [
         Refusal::BadHandshake,
         Refusal::BadOrigin,
         Refusal::BadToken,
@@ -39,6 +51,12 @@ impl Refusal {
         Refusal::ProtocolError,
         Refusal::BadApiKey,
         Refusal::BodyTooLarge,
+        Refusal::PublicationTooLarge,
+        Refusal::ChannelBudget,
+        Refusal::WriteStalled,
+        Refusal::StoreBusy,
+        Refusal::HttpConnCap,
+        Refusal::BodyTimeout,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -55,6 +73,12 @@ impl Refusal {
             Refusal::ProtocolError => "protocol_error",
             Refusal::BadApiKey => "bad_api_key",
             Refusal::BodyTooLarge => "body_too_large",
+            Refusal::PublicationTooLarge => "publication_too_large",
+            Refusal::ChannelBudget => "channel_budget",
+            Refusal::WriteStalled => "write_stalled",
+            Refusal::StoreBusy => "store_busy",
+            Refusal::HttpConnCap => "http_conn_cap",
+            Refusal::BodyTimeout => "body_timeout",
         }
     }
 
@@ -139,6 +163,9 @@ pub struct Metrics {
     last_logged: [AtomicU64; Refusal::ALL.len()],
     epoch: Instant,
     pub latency: LatencyHistogram,
+    /// Store operations that failed (the store was unreachable or erred).
+    pub store_errors: AtomicU64,
+    store_last_logged: AtomicU64,
 }
 
 const LOG_EVERY_MS: u64 = 10_000;
@@ -154,11 +181,24 @@ impl Default for Metrics {
             last_logged: std::array::from_fn(|_| AtomicU64::new(0)),
             epoch: Instant::now(),
             latency: LatencyHistogram::default(),
+            store_errors: AtomicU64::new(0),
+            store_last_logged: AtomicU64::new(0),
         }
     }
 }
 
 impl Metrics {
+    /// True at most once per `LOG_EVERY_MS` per `last` slot: whoever wins the slot logs.
+    fn log_due(&self, last: &AtomicU64) -> bool {
+        // +1 so that "never logged" (0) is always due.
+        let now = u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let prev = last.load(Relaxed);
+        (prev == 0 || now.saturating_sub(prev) >= LOG_EVERY_MS)
+            && last.compare_exchange(prev, now, Relaxed, Relaxed).is_ok()
+    }
+
     /// Counts a refusal, and logs it unless the same reason was logged in the last 10 s.
     pub fn refuse(&self, why: Refusal) {
         let (Some(count), Some(last)) = (
@@ -168,18 +208,23 @@ impl Metrics {
             return;
         };
         let total = count.fetch_add(1, Relaxed) + 1;
-        // +1 so that "never logged" (0) is always due.
-        let now = u64::try_from(self.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1);
-        let prev = last.load(Relaxed);
-        if (prev == 0 || now.saturating_sub(prev) >= LOG_EVERY_MS)
-            && last.compare_exchange(prev, now, Relaxed, Relaxed).is_ok()
-        {
+        if self.log_due(last) {
             tracing::info!(
                 reason = why.as_str(),
                 total,
                 "refused (logged at most once per 10 s per reason)"
+            );
+        }
+    }
+
+    /// Counts a failed store operation; logged at most once per 10 s with the running
+    /// count, so an outage under load is a handful of lines, not one per request.
+    pub fn store_error(&self, why: &str) {
+        let total = self.store_errors.fetch_add(1, Relaxed) + 1;
+        if self.log_due(&self.store_last_logged) {
+            tracing::error!(
+                total,
+                "announcement store failed: {why} (logged at most once per 10 s)"
             );
         }
     }

@@ -33,7 +33,22 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+}
+
+/// `aud` as RFC 7519 §4.1.3 allows it: one string, or an array (what Auth0 and Keycloak
+/// issue). The configured audience must be one of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<&str> for Audience {
+    fn from(s: &str) -> Audience {
+        Audience::One(s.to_owned())
+    }
 }
 
 pub struct Verifier {
@@ -197,5 +212,27 @@ mod tests {
         c.iss = Some("me".into());
         c.aud = Some("herald".into());
         assert!(v.verify(&mint_hs256(SECRET, &c).unwrap()).is_ok());
+        c.aud = Some("other".into());
+        assert!(v.verify(&mint_hs256(SECRET, &c).unwrap()).is_err());
+    }
+
+    #[test]
+    fn an_audience_array_is_accepted_when_it_contains_ours() {
+        let cfg = AuthConfig {
+            audience: Some("herald".into()),
+            ..Default::default()
+        };
+        let v = Verifier::new(&cfg, SECRET).unwrap();
+        let mut c = claims(now_unix() + 60);
+        c.aud = Some(Audience::Many(vec!["account".into(), "herald".into()]));
+        let id = v.verify(&mint_hs256(SECRET, &c).unwrap());
+        assert_eq!(id.map(|i| i.user).ok().as_deref(), Some("42"));
+        c.aud = Some(Audience::Many(vec!["account".into(), "billing".into()]));
+        assert!(matches!(
+            v.verify(&mint_hs256(SECRET, &c).unwrap()),
+            Err(JwtError::Invalid(m)) if m == "wrong audience"
+        ));
+        c.aud = None;
+        assert!(v.verify(&mint_hs256(SECRET, &c).unwrap()).is_err());
     }
 }

@@ -4,6 +4,7 @@
 pub mod api_key;
 pub mod jwt;
 pub mod origin;
+pub mod proxy;
 pub mod token;
 
 use std::sync::Arc;

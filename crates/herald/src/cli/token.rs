@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::ConfigArgs;
-use crate::auth::jwt::{mint_hs256, now_unix, Claims, Verifier};
+use crate::auth::jwt::{mint_hs256, now_unix, Audience, Claims, Verifier};
 use crate::config::load::Overrides;
 use crate::config::secrets::{self, HMAC_SECRET_FILE};
 use crate::config::Config;
@@ -84,7 +84,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
         groups: args.groups,
         admin: args.admin,
         iss: cfg.auth.issuer.clone(),
-        aud: cfg.auth.audience.clone(),
+        aud: cfg.auth.audience.clone().map(Audience::One),
     };
     println!("{}", mint_hs256(&secret(&cfg)?, &claims)?);
     Ok(())

@@ -71,20 +71,11 @@ pub fn load(
         }
         None => Table::new(),
     };
-    for (name, raw) in env {
-        let Some(rest) = name.strip_prefix("HERALD_") else {
-            continue;
-        };
-        if rest == "LOG" {
-            set(&mut table, &["log", "level"], Value::String(raw));
-            continue;
+    for entry in env_entries(env) {
+        if entry.known {
+            let keys: Vec<&str> = entry.keys.iter().map(String::as_str).collect();
+            set(&mut table, &keys, entry.value);
         }
-        if rest == "CONFIG" {
-            continue;
-        }
-        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        let keys: Vec<&str> = path.iter().map(String::as_str).collect();
-        set(&mut table, &keys, env_value(&raw));
     }
     let flag_values = [
         (&["listen"][..], &flags.listen),
@@ -102,6 +93,72 @@ pub fn load(
     let cfg = cfg.with_builtin_namespaces();
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// One `HERALD_…` variable as a config key path and value.
+struct EnvEntry {
+    name: String,
+    keys: Vec<String>,
+    value: Value,
+    /// The path names a configuration key. Orchestrators inject variables that share
+    /// our prefix (Kubernetes: `HERALD_SERVICE_HOST`, `HERALD_PORT_8080_TCP` for a
+    /// Service named herald), so an unknown one is a warning, never fatal.
+    known: bool,
+}
+
+fn env_entries(env: impl IntoIterator<Item = (String, String)>) -> Vec<EnvEntry> {
+    let mut out = Vec::new();
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("HERALD_") else {
+            continue;
+        };
+        let (keys, value) = match rest {
+            "CONFIG" => continue,
+            "LOG" => (
+                vec!["log".to_owned(), "level".to_owned()],
+                Value::String(raw),
+            ),
+            _ => (
+                rest.split("__").map(str::to_ascii_lowercase).collect(),
+                env_value(&raw),
+            ),
+        };
+        let known = names_a_key(&keys, &value);
+        out.push(EnvEntry {
+            name,
+            keys,
+            value,
+            known,
+        });
+    }
+    out
+}
+
+/// Whether `keys` is a configuration key: setting it alone may fail on its value's type,
+/// but not with "unknown field".
+fn names_a_key(keys: &[String], value: &Value) -> bool {
+    if keys.iter().any(String::is_empty) {
+        return false;
+    }
+    let mut table = Table::new();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    set(&mut table, &refs, value.clone());
+    match serde_path_to_error::deserialize::<_, Config>(Value::Table(table)) {
+        Ok(_) => true,
+        Err(e) => !e.inner().to_string().starts_with("unknown field"),
+    }
+}
+
+/// The `HERALD_…` variables in `env` that name no configuration key; `serve` and
+/// `check-config` warn about them, and loading ignores them.
+pub fn unknown_env_vars(env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let mut names: Vec<String> = env_entries(env)
+        .into_iter()
+        .filter(|e| !e.known)
+        .map(|e| e.name)
+        .collect();
+    names.sort();
+    names
 }
 
 /// An environment value is read as a TOML literal when it is one (`30`, `true`,
@@ -191,6 +248,39 @@ mod tests {
             cfg.allowed_origins,
             vec!["https://a.example", "https://b.example"]
         );
+    }
+
+    #[test]
+    fn unknown_environment_variables_are_named_and_ignored() {
+        let env = vec![
+            ("HERALD_SERVICE_HOST".to_owned(), "10.0.0.7".to_owned()),
+            (
+                "HERALD_PORT_8080_TCP".to_owned(),
+                "tcp://10.0.0.7:8080".to_owned(),
+            ),
+            ("HERALD_WS__HEARTBEAT".to_owned(), "5".to_owned()),
+            ("HERALD_WS__HEARTBEAT_S".to_owned(), "7".to_owned()),
+            ("HERALD_LOG".to_owned(), "debug".to_owned()),
+            (
+                "HERALD_NAMESPACES__ROOM__PRESENCE".to_owned(),
+                "true".to_owned(),
+            ),
+        ];
+        assert_eq!(
+            unknown_env_vars(env.clone()),
+            vec![
+                "HERALD_PORT_8080_TCP",
+                "HERALD_SERVICE_HOST",
+                "HERALD_WS__HEARTBEAT"
+            ]
+        );
+        let cfg = load(None, env, &Overrides::default()).unwrap();
+        assert_eq!(cfg.ws.heartbeat_s, 7);
+        assert_eq!(cfg.log.level, "debug");
+        assert!(cfg.namespaces["room"].presence);
+        // A known key with a bad value is still an error.
+        let bad = vec![("HERALD_WS__HEARTBEAT_S".to_owned(), "soon".to_owned())];
+        assert!(load(None, bad, &Overrides::default()).is_err());
     }
 
     #[test]

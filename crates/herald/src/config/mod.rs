@@ -29,6 +29,10 @@ pub struct Config {
     pub node_name: String,
     #[serde(deserialize_with = "string_list")]
     pub allowed_origins: Vec<String>,
+    /// Load balancers / proxies (addresses or CIDRs) whose `Forwarded` / `X-Forwarded-*`
+    /// headers are believed (DESIGN §11).
+    #[serde(deserialize_with = "string_list")]
+    pub trusted_proxies: Vec<String>,
     pub shutdown_timeout_s: u64,
     pub auth: AuthConfig,
     pub api: ApiConfig,
@@ -53,6 +57,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./herald-data"),
             node_name: String::new(),
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             shutdown_timeout_s: 10,
             auth: AuthConfig::default(),
             api: ApiConfig::default(),
@@ -119,6 +124,8 @@ pub struct WsConfig {
     pub rate_burst: u32,
     pub rate_limit_close_after_s: u64,
     pub max_subscriptions: usize,
+    /// A socket that accepts no bytes for this long is closed (slow consumer).
+    pub write_timeout_s: u64,
 }
 
 impl Default for WsConfig {
@@ -133,6 +140,7 @@ impl Default for WsConfig {
             rate_burst: 100,
             rate_limit_close_after_s: 10,
             max_subscriptions: 1000,
+            write_timeout_s: 30,
         }
     }
 }
@@ -144,6 +152,15 @@ pub struct LimitsConfig {
     pub connections_per_ip: usize,
     pub http_body_bytes: usize,
     pub handshake_timeout_s: u64,
+    /// Time for a request body to arrive once its head is in (slow POST → 408).
+    pub http_body_timeout_s: u64,
+    /// Open HTTP (non-WebSocket) connections, per node and per client IP.
+    pub http_connections: usize,
+    pub http_connections_per_ip: usize,
+    /// History held by all channels of the node together; oldest evicted first.
+    pub history_bytes: usize,
+    /// Channels one user's clients may create by publishing.
+    pub channels_per_user: usize,
 }
 
 impl Default for LimitsConfig {
@@ -153,9 +170,22 @@ impl Default for LimitsConfig {
             connections_per_ip: 1000,
             http_body_bytes: 1024 * 1024,
             handshake_timeout_s: 10,
+            http_body_timeout_s: 10,
+            http_connections: 10_000,
+            http_connections_per_ip: 256,
+            history_bytes: 64 * 1024 * 1024,
+            channels_per_user: 100,
         }
     }
 }
+
+/// The longest any duration setting may be: beyond it timers and deadline arithmetic in
+/// our dependencies overflow (and panic), and nothing sensible needs more.
+pub const MAX_DURATION_S: u64 = 30 * 24 * 3600;
+
+/// What a `pub` frame adds to a payload at most: the JSON envelope with a 256-byte
+/// channel name, a 20-digit offset, a 16-hex-digit epoch, and the frame header.
+pub const PUB_ENVELOPE_MAX: usize = 512;
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -302,9 +332,63 @@ impl Config {
                 "limits.handshake_timeout_s",
                 self.limits.handshake_timeout_s as usize,
             ),
+            (
+                "limits.http_body_timeout_s",
+                self.limits.http_body_timeout_s as usize,
+            ),
+            ("limits.http_connections", self.limits.http_connections),
+            (
+                "limits.http_connections_per_ip",
+                self.limits.http_connections_per_ip,
+            ),
+            ("limits.history_bytes", self.limits.history_bytes),
+            ("ws.write_timeout_s", ws.write_timeout_s as usize),
         ] {
             if v == 0 {
                 errs.push(format!("{key}: must be at least 1"));
+            }
+        }
+        for (key, v) in [
+            ("shutdown_timeout_s", self.shutdown_timeout_s),
+            ("ws.heartbeat_s", ws.heartbeat_s),
+            ("ws.idle_timeout_s", ws.idle_timeout_s),
+            ("ws.rate_limit_close_after_s", ws.rate_limit_close_after_s),
+            ("ws.write_timeout_s", ws.write_timeout_s),
+            (
+                "limits.handshake_timeout_s",
+                self.limits.handshake_timeout_s,
+            ),
+            (
+                "limits.http_body_timeout_s",
+                self.limits.http_body_timeout_s,
+            ),
+            ("presence.grace_ms", self.presence.grace_ms / 1000),
+        ] {
+            if v > MAX_DURATION_S {
+                errs.push(format!(
+                    "{key}: at most {MAX_DURATION_S} seconds (30 days), got {v}{}",
+                    if key.ends_with("_ms") { " s" } else { "" }
+                ));
+            }
+        }
+        // A publication the limits let in must fit a connection's queue, or it could
+        // never be delivered (DESIGN §12).
+        if ws.queue_bytes < ws.max_message_bytes.saturating_add(PUB_ENVELOPE_MAX) {
+            errs.push(format!(
+                "ws.queue_bytes: must hold the largest client message plus its envelope (ws.max_message_bytes + {PUB_ENVELOPE_MAX} = {}), got {}",
+                ws.max_message_bytes.saturating_add(PUB_ENVELOPE_MAX),
+                ws.queue_bytes
+            ));
+        }
+        if ws.queue_bytes < self.limits.http_body_bytes {
+            errs.push(format!(
+                "ws.queue_bytes: must be at least limits.http_body_bytes ({}), got {}: an accepted body could never be delivered",
+                self.limits.http_body_bytes, ws.queue_bytes
+            ));
+        }
+        for p in &self.trusted_proxies {
+            if let Err(e) = crate::auth::proxy::Cidr::parse(p) {
+                errs.push(format!("trusted_proxies: `{p}`: {e}"));
             }
         }
         match (&self.tls.cert_file, &self.tls.key_file) {

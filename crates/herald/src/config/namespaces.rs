@@ -10,7 +10,7 @@ use serde::Deserialize;
 pub enum SubscribeRule {
     /// Any authenticated (or anonymous, with `auth.mode = none`) connection.
     Any,
-    /// Only the user the channel names: `ns:<user>` or `ns:<user>.<more>`.
+    /// Only the user the channel names: `ns:<user>`, the rest equal to the user id exactly.
     Owner,
     /// Only admin tokens.
     Admin,
@@ -116,6 +116,13 @@ pub fn validate(namespaces: &BTreeMap<String, NamespaceConfig>, errs: &mut Vec<S
             errs.push(format!(
                 "namespaces.{name}.history_size: at most {MAX_HISTORY}, got {}",
                 ns.history_size
+            ));
+        }
+        if ns.history_ttl_s > super::MAX_DURATION_S {
+            errs.push(format!(
+                "namespaces.{name}.history_ttl_s: at most {} seconds (30 days), got {}",
+                super::MAX_DURATION_S,
+                ns.history_ttl_s
             ));
         }
         if ns.history_size > 0 && ns.history_ttl_s == 0 {

@@ -14,6 +14,10 @@ node_name = ""
 # Origins allowed to open browser WebSockets. Empty = same origin as the server only;
 # ["*"] = any origin (write it out on purpose). Entries look like "https://app.example".
 allowed_origins = []
+# Load balancers whose Forwarded / X-Forwarded-For / -Proto / -Host headers are believed
+# (addresses or CIDRs, e.g. ["10.0.0.0/8"]): per-IP caps, logs and the same-origin check
+# then use the client's address and scheme. Empty = believe no one.
+trusted_proxies = []
 # On SIGTERM/SIGINT: close every client with 1001 and wait at most this long.
 shutdown_timeout_s = 10
 
@@ -42,7 +46,9 @@ heartbeat_s = 25
 idle_timeout_s = 60
 # Largest inbound message after reassembly; bigger closes with 1009.
 max_message_bytes = 65536
-# Outbound queue per connection, in messages and in bytes; overflow closes with 4000.
+# Outbound queue per connection, in messages and in bytes (the batch being written
+# counts); overflow closes with 4000. A publication whose frame is larger than
+# queue_bytes is refused (413 / too_large): it could never be delivered.
 queue_messages = 256
 queue_bytes = 1048576
 # Inbound messages per connection: sustained rate and burst. Over it: `error`
@@ -52,6 +58,8 @@ rate_burst = 100
 rate_limit_close_after_s = 10
 # Channel subscriptions per connection.
 max_subscriptions = 1000
+# A socket that accepts no bytes for this long is closed (counted as a slow consumer).
+write_timeout_s = 30
 
 [limits]
 # Open connections per user and per client IP; over it the upgrade gets HTTP 429.
@@ -61,6 +69,18 @@ connections_per_ip = 1000
 http_body_bytes = 1048576
 # Time allowed for a request head / TLS handshake (slowloris guard).
 handshake_timeout_s = 10
+# Time allowed for a request body once the head is in; slower gets 408. Credentials are
+# checked before any body is read.
+http_body_timeout_s = 10
+# Open HTTP (non-WebSocket) connections per node and per client IP; over it the
+# connection is refused at accept (trusted proxies are exempt from the per-IP cap).
+http_connections = 10000
+http_connections_per_ip = 256
+# History held by all channels of this node together (bytes); past it the oldest is
+# evicted first and those channels answer `recovered: false`.
+history_bytes = 67108864
+# Channels with history one user's clients may create by publishing.
+channels_per_user = 100
 
 [tls]
 # Both set = serve HTTPS and wss:// with rustls. Neither = plain HTTP.
@@ -81,8 +101,8 @@ url = ""
 grace_ms = 2000
 
 # Channel namespaces. A channel is `namespace:rest`, or just `rest` in `default`.
-#   subscribe      "any" (any connection) | "owner" (rest is the user's id, or the id
-#                  followed by "." and more: sync:42, sync:42.tv) | "admin" (admin tokens)
+#   subscribe      "any" (any connection) | "owner" (the rest is exactly the user's id:
+#                  sync:42 for user 42, never sync:420 or sync:42.tv) | "admin" (admin tokens)
 #   publish        who may publish from a client: "none" | "owner" | "any"
 #                  (the HTTP API may always publish)
 #   history_size   publications kept per channel for recovery with `since` (0 = none)

@@ -28,16 +28,32 @@ pub enum Flow {
     Close(CloseCode, &'static str),
 }
 
+/// A handler's verdict on an inbound control frame.
+pub enum Admit {
+    Yes,
+    /// Over the rate limit: not answered (a refused Ping gets no Pong).
+    No,
+    Close(CloseCode, &'static str),
+}
+
 /// The application side of a connection.
 pub trait Handler: Send {
     fn on_text(&mut self, text: Bytes, outbox: &Outbox) -> Flow;
     fn on_binary(&mut self, data: Bytes, outbox: &Outbox) -> Flow;
-    /// Any bytes arrived (liveness for idle timeouts).
+    /// A Ping, a Pong or an empty fragment arrived; a rate-limiting handler counts it
+    /// like a message (DESIGN §12), so control frames cannot flood us for free.
+    fn on_control(&mut self) -> Admit {
+        Admit::Yes
+    }
+    /// A complete frame arrived (liveness for idle timeouts). Bytes of an unfinished
+    /// frame do not count: dripping a frame that never ends is idleness.
     fn on_activity(&mut self) {}
 }
 
 pub struct Limits {
     pub max_message: usize,
+    /// A socket that takes no bytes for this long is closed.
+    pub write_timeout: Duration,
 }
 
 /// Runs a connection until it is closed and both directions are done.
@@ -54,7 +70,12 @@ pub async fn drive<R, W, H>(
     W: AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
-    let mut writer_task = tokio::spawn(run_writer(writer, outbox.clone(), metrics.clone()));
+    let mut writer_task = tokio::spawn(run_writer(
+        writer,
+        outbox.clone(),
+        metrics.clone(),
+        limits.write_timeout,
+    ));
     let mut messages = MessageReader::new(limits.max_message, true);
     let mut peer_closed = false;
 
@@ -67,23 +88,41 @@ pub async fn drive<R, W, H>(
                 _ = outbox.closed() => break 'read,
                 r = reader.read_into(&mut buf) => match r {
                     Ok(0) | Err(_) => { peer_closed = true; break 'read }
-                    Ok(_) => handler.on_activity(),
+                    Ok(_) => {}
                 },
             }
         }
         pending = false;
         loop {
-            match messages.next_message(&mut buf) {
+            let (frames, empties) = (messages.frames(), messages.empty_fragments());
+            let next = messages.next_message(&mut buf);
+            if messages.frames() > frames {
+                handler.on_activity();
+            }
+            for _ in empties..messages.empty_fragments() {
+                if let Admit::Close(code, why) = handler.on_control() {
+                    outbox.close(Some(Frame::close(code.code(), why)), false);
+                    break 'read;
+                }
+            }
+            match next {
                 Ok(None) => break,
                 Ok(Some(msg)) => {
                     let flow = match msg {
                         Message::Text(t) => handler.on_text(t, &outbox),
                         Message::Binary(b) => handler.on_binary(b, &outbox),
-                        Message::Ping(p) => {
-                            outbox.push_control(Frame::new(OP_PONG, &p));
-                            Flow::Continue
-                        }
-                        Message::Pong(_) => Flow::Continue,
+                        Message::Ping(p) => match handler.on_control() {
+                            Admit::Yes => {
+                                outbox.push_control(Frame::new(OP_PONG, &p));
+                                Flow::Continue
+                            }
+                            Admit::No => Flow::Continue,
+                            Admit::Close(code, why) => Flow::Close(code, why),
+                        },
+                        Message::Pong(_) => match handler.on_control() {
+                            Admit::Close(code, why) => Flow::Close(code, why),
+                            Admit::Yes | Admit::No => Flow::Continue,
+                        },
                         Message::Close(code) => {
                             // Echo the peer's code (RFC 6455 §5.5.1), then we are done.
                             let frame = match code {

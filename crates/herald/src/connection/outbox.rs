@@ -1,8 +1,10 @@
 //! A connection's bounded outbound queue: the only place the hub and a socket meet.
 //!
 //! Publishers push without ever waiting: a push takes a plain mutex for a few
-//! instructions and wakes the writer. The queue is bounded in messages AND bytes; a full
-//! queue is reported to the caller, which applies the slow-consumer policy. Control
+//! instructions and wakes the writer. The queue is bounded in messages AND bytes, and
+//! the bound counts the batch the writer is still writing (so a stalled socket holds at
+//! most one queue's worth, not two); a full queue is reported to the caller, which
+//! applies the slow-consumer policy. Control
 //! frames (pong, ping) and the final close frame skip the queue and its limits, so a
 //! client stuck behind a backlog still gets its pong or its close code.
 
@@ -40,7 +42,11 @@ struct State {
     /// Data that jumps the queue (targeted `device_command`): written before `frames`.
     priority: VecDeque<Queued>,
     frames: VecDeque<Queued>,
+    /// Bytes of `priority` + `frames`.
     bytes: usize,
+    /// The batch handed to the writer and not yet written: it still counts.
+    inflight_messages: usize,
+    inflight_bytes: usize,
     control: VecDeque<Frame>,
     close: Option<Frame>,
     closing: bool,
@@ -92,14 +98,35 @@ impl Outbox {
         self.push_to(frame, accepted, true)
     }
 
+    fn has_room(&self, s: &State, messages: usize, bytes: usize) -> bool {
+        s.frames.len() + s.priority.len() + s.inflight_messages + messages <= self.max_messages
+            && s.bytes + s.inflight_bytes + bytes <= self.max_bytes
+    }
+
+    /// Queues all of `frames`, in order, or none of them (a replay is whole or absent).
+    pub fn try_push_all(&self, frames: Vec<Frame>, accepted: Instant) -> Push {
+        let mut s = self.lock();
+        if s.closing {
+            return Push::Closed;
+        }
+        let bytes: usize = frames.iter().map(Frame::len).sum();
+        if !self.has_room(&s, frames.len(), bytes) {
+            return Push::Full;
+        }
+        s.bytes += bytes;
+        s.frames
+            .extend(frames.into_iter().map(|frame| Queued { frame, accepted }));
+        drop(s);
+        self.wake.notify_one();
+        Push::Queued
+    }
+
     fn push_to(&self, frame: Frame, accepted: Instant, priority: bool) -> Push {
         let mut s = self.lock();
         if s.closing {
             return Push::Closed;
         }
-        if s.frames.len() + s.priority.len() >= self.max_messages
-            || s.bytes + frame.len() > self.max_bytes
-        {
+        if !self.has_room(&s, 1, frame.len()) {
             return Push::Full;
         }
         s.bytes += frame.len();
@@ -126,10 +153,10 @@ impl Outbox {
             return 1;
         }
         let mut dropped = 0;
-        while s.frames.len() + s.priority.len() >= self.max_messages
-            || s.bytes + frame.len() > self.max_bytes
-        {
+        while !self.has_room(&s, 1, frame.len()) {
             let Some(old) = s.frames.pop_front().or_else(|| s.priority.pop_front()) else {
+                // Only the batch in flight is left: it is written or the socket dies
+                // soon (write deadline); one frame beyond it is the bound.
                 break;
             };
             s.bytes -= old.frame.len();
@@ -171,6 +198,8 @@ impl Outbox {
             s.frames.clear();
             s.priority.clear();
             s.bytes = 0;
+            s.inflight_messages = 0;
+            s.inflight_bytes = 0;
         }
         drop(s);
         self.wake.notify_one();
@@ -187,15 +216,21 @@ impl Outbox {
         self.lock().closing
     }
 
-    /// Number of data frames waiting.
+    /// Number of data frames waiting or being written.
     pub fn depth(&self) -> usize {
         let s = self.lock();
-        s.frames.len() + s.priority.len()
+        s.frames.len() + s.priority.len() + s.inflight_messages
     }
 
     /// Waits until there is something to write and moves all of it into `control` and
     /// `data` (control first). Cancel-safe: nothing is taken before the wait completes.
+    /// Calling it again means the previous batch was written: it stops counting.
     pub async fn next_batch(&self, control: &mut Vec<Frame>, data: &mut Vec<Queued>) -> Batch {
+        {
+            let mut s = self.lock();
+            s.inflight_messages = 0;
+            s.inflight_bytes = 0;
+        }
         loop {
             let notified = self.wake.notified();
             {
@@ -206,8 +241,13 @@ impl Outbox {
                     || (s.closing && !s.close_taken);
                 if has_work {
                     control.extend(s.control.drain(..));
-                    data.extend(s.priority.drain(..));
-                    data.extend(s.frames.drain(..));
+                    s.inflight_messages = s.frames.len() + s.priority.len();
+                    s.inflight_bytes = s.bytes;
+                    let State {
+                        priority, frames, ..
+                    } = &mut *s;
+                    data.extend(priority.drain(..));
+                    data.extend(frames.drain(..));
                     s.bytes = 0;
                     if s.closing {
                         s.close_taken = true;
@@ -267,6 +307,41 @@ mod tests {
             got,
             vec![Frame::text(b"cmd"), Frame::text(b"3"), Frame::text(b"4")]
         );
+    }
+
+    #[tokio::test]
+    async fn the_batch_in_flight_counts_until_the_writer_comes_back() {
+        let o = Outbox::new(2, 100);
+        let now = Instant::now();
+        o.try_push(Frame::text(b"1"), now);
+        o.try_push(Frame::text(b"2"), now);
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        o.next_batch(&mut c, &mut d).await;
+        assert_eq!(o.depth(), 2, "being written still counts");
+        assert_eq!(o.try_push(Frame::text(b"3"), now), Push::Full);
+        assert_eq!(o.try_push_priority(Frame::text(b"x"), now), Push::Full);
+        // The writer asks for more: the previous batch is written, room is back.
+        d.clear();
+        let wait = tokio::time::timeout(
+            std::time::Duration::from_millis(10),
+            o.next_batch(&mut c, &mut d),
+        );
+        assert!(wait.await.is_err(), "nothing queued: the writer waits");
+        assert_eq!(o.depth(), 0);
+        assert_eq!(o.try_push(Frame::text(b"3"), now), Push::Queued);
+    }
+
+    #[test]
+    fn a_batch_is_queued_whole_or_not_at_all() {
+        let o = Outbox::new(3, 100);
+        let now = Instant::now();
+        o.try_push(Frame::text(b"a"), now);
+        let three = vec![Frame::text(b"1"), Frame::text(b"2"), Frame::text(b"3")];
+        assert_eq!(o.try_push_all(three, now), Push::Full);
+        assert_eq!(o.depth(), 1, "nothing of a refused batch is queued");
+        let two = vec![Frame::text(b"1"), Frame::text(b"2")];
+        assert_eq!(o.try_push_all(two, now), Push::Queued);
+        assert_eq!(o.depth(), 3);
     }
 
     #[test]

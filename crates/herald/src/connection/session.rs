@@ -2,17 +2,18 @@
 //! subscriptions, token refresh. Every refusal is an `error` frame and the connection
 //! carries on; only a persistent flood closes it (1008).
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::driver::{Flow, Handler};
+use super::driver::{Admit, Flow, Handler};
 use super::outbox::{Outbox, Push};
 use super::rate::{InboundLimiter, Verdict};
 use crate::auth::jwt::Verifier;
+use crate::auth::Identity;
 use crate::config::namespaces::SYNC;
 use crate::hub::channels::Lane;
 use crate::hub::namespace::{Denied, Resolved};
@@ -21,7 +22,7 @@ use crate::metrics::Refusal;
 use crate::protocol::client::{self, ClientMessage, Inbound, Since};
 use crate::protocol::codes::{CloseCode, ErrorCode};
 use crate::protocol::server;
-use crate::protocol::sync::{self, SyncEvent};
+use crate::protocol::sync;
 use crate::store::{active_for, Store, StoreError};
 use crate::ws::frame::Frame;
 
@@ -36,9 +37,13 @@ pub struct Session {
     hub: Arc<Hub>,
     store: Arc<dyn Store>,
     conn: Arc<ConnHandle>,
+    /// What this connection may do now: the token's rights, replaced by `refresh`.
+    rights: Identity,
     verifier: Option<Arc<Verifier>>,
     limiter: InboundLimiter,
     max_subscriptions: usize,
+    /// An announcement lookup or acknowledgement is in flight (at most one at a time).
+    store_busy: Arc<AtomicBool>,
 }
 
 impl Session {
@@ -52,10 +57,12 @@ impl Session {
         Session {
             hub,
             store,
+            rights: conn.identity.clone(),
             conn,
             verifier,
             limiter: InboundLimiter::new(limits.rate_per_s, limits.rate_burst, limits.close_after),
             max_subscriptions: limits.max_subscriptions,
+            store_busy: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -108,9 +115,7 @@ impl Session {
             } => self.publish(channel, &data, reference.as_ref()),
             ClientMessage::Refresh { token } => self.refresh(&token),
             ClientMessage::AcknowledgeBroadcast { broadcast_id } => self.acknowledge(broadcast_id),
-            ClientMessage::GetActiveBroadcast => {
-                send_active_broadcast(self.store.clone(), self.conn.clone())
-            }
+            ClientMessage::GetActiveBroadcast => self.get_active_broadcast(),
         }
     }
 
@@ -118,7 +123,7 @@ impl Session {
         let Some(ns) = self.resolve(&channel, reference) else {
             return;
         };
-        if let Err(denied) = ns.may_subscribe(&self.conn.identity) {
+        if let Err(denied) = ns.may_subscribe(&self.rights) {
             return self.denied(denied, reference);
         }
         let count = self.conn.channels.lock().map(|c| c.len()).unwrap_or(0);
@@ -148,7 +153,7 @@ impl Session {
         let Some(ns) = self.resolve(&channel, reference) else {
             return;
         };
-        if let Err(denied) = ns.may_publish(&self.conn.identity) {
+        if let Err(denied) = ns.may_publish(&self.rights) {
             return self.denied(denied, reference);
         }
         let event = if ns.namespace == SYNC {
@@ -178,11 +183,9 @@ impl Session {
             },
             data: raw,
             accepted: Instant::now(),
+            creator: Some(self.conn.identity.user.clone()),
         };
-        let lane = match event.as_ref().and_then(SyncEvent::target_device) {
-            Some(device) => Lane::Device(device),
-            None => Lane::Normal,
-        };
+        let lane = event.as_ref().map_or(Lane::Normal, Lane::of_sync);
         match self.hub.publish_on_lane(&publication, lane) {
             Ok(d) => self.reply(server::ack_frame(
                 reference,
@@ -215,21 +218,61 @@ impl Session {
                 reference,
             ),
             Denied::Forbidden(why) => self.error(ErrorCode::Forbidden, why, reference),
+            Denied::TooLarge(why) => self.error(ErrorCode::TooLarge, &why, reference),
+            Denied::ChannelBudget => self.error(
+                ErrorCode::RateLimited,
+                "too many channels created by this user; publish to an existing one",
+                reference,
+            ),
         }
     }
 
+    /// Claims the connection's one store slot: a client cannot queue up store work
+    /// faster than the store answers. False (and an `error`) when one is in flight.
+    fn claim_store(&self) -> bool {
+        if self.store_busy.swap(true, Relaxed) {
+            self.hub.metrics.refuse(Refusal::StoreBusy);
+            self.error(
+                ErrorCode::RateLimited,
+                "one announcement request at a time; wait for the answer",
+                None,
+            );
+            return false;
+        }
+        true
+    }
+
     /// Stores the acknowledgement off the connection's task (the store may be remote);
-    /// only a failure is answered, as in seed 003.
+    /// only a failure is answered, as in seed 003. An id that is not well-formed never
+    /// reaches the store.
     fn acknowledge(&self, id: String) {
-        let (store, conn) = (self.store.clone(), self.conn.clone());
+        if !crate::announce::valid_id(&id) {
+            let shown: String = id.chars().take(64).collect();
+            return self.error(
+                ErrorCode::NotFound,
+                &format!("no announcement `{shown}`"),
+                None,
+            );
+        }
+        if !self.claim_store() {
+            return;
+        }
+        let (store, conn, busy) = (
+            self.store.clone(),
+            self.conn.clone(),
+            self.store_busy.clone(),
+        );
+        let metrics = self.hub.metrics.clone();
         tokio::spawn(async move {
-            let failure = match store.acknowledge(&id, &conn.identity.user).await {
+            let result = store.acknowledge(&id, &conn.identity.user).await;
+            busy.store(false, Relaxed);
+            let failure = match result {
                 Ok(()) => return,
                 Err(StoreError::NotFound) => {
                     (ErrorCode::NotFound, format!("no announcement `{id}`"))
                 }
                 Err(StoreError::Unavailable(why)) => {
-                    tracing::error!(conn_id = %conn.conn_id, "announcement store: {why}");
+                    metrics.store_error(&why);
                     (
                         ErrorCode::Internal,
                         "the announcement store is unavailable; try again".to_owned(),
@@ -243,6 +286,20 @@ impl Session {
         });
     }
 
+    fn get_active_broadcast(&self) {
+        if self.claim_store() {
+            send_active_broadcast(
+                self.store.clone(),
+                self.conn.clone(),
+                Some(self.store_busy.clone()),
+                self.hub.metrics.clone(),
+            );
+        }
+    }
+
+    /// Replaces the connection's token: a new expiry, and the rights the new token
+    /// carries (groups, admin). It must name the same user and device. Subscriptions the
+    /// new rights no longer allow are ended with `unsubscribed`.
     fn refresh(&mut self, token: &str) {
         let Some(verifier) = &self.verifier else {
             return self.error(
@@ -251,18 +308,38 @@ impl Session {
                 None,
             );
         };
-        match verifier.verify(token) {
-            Ok(id) if id.user == self.conn.identity.user => {
-                self.conn
-                    .expires_at
-                    .store(id.expires_at.unwrap_or(0), Relaxed);
-            }
-            Ok(_) => self.error(
+        let id = match verifier.verify(token) {
+            Ok(id) => id,
+            Err(e) => return self.error(ErrorCode::Unauthorized, &e.to_string(), None),
+        };
+        if id.user != self.conn.identity.user || id.device != self.conn.identity.device {
+            return self.error(
                 ErrorCode::Forbidden,
-                "a refreshed token must be for the same user",
+                "a refreshed token must be for the same user and device",
                 None,
-            ),
-            Err(e) => self.error(ErrorCode::Unauthorized, &e.to_string(), None),
+            );
+        }
+        self.conn
+            .expires_at
+            .store(id.expires_at.unwrap_or(0), Relaxed);
+        self.hub.registry.set_groups(&self.conn, &id.groups);
+        self.rights = id;
+        let channels: Vec<Arc<str>> = self
+            .conn
+            .channels
+            .lock()
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default();
+        for channel in channels {
+            let allowed = self
+                .hub
+                .namespaces
+                .resolve(&channel)
+                .is_ok_and(|ns| ns.may_subscribe(&self.rights).is_ok());
+            if !allowed && self.hub.registry.untrack_subscription(&self.conn, &channel) {
+                self.hub.registry.channels.unsubscribe(&self.conn, &channel);
+                self.reply(server::unsubscribed_frame(&channel, None));
+            }
         }
     }
 }
@@ -270,6 +347,14 @@ impl Session {
 impl Handler for Session {
     fn on_activity(&mut self) {
         self.conn.last_seen_ms.store(self.hub.now_ms(), Relaxed);
+    }
+
+    fn on_control(&mut self) -> Admit {
+        match self.admit() {
+            Ok(()) => Admit::Yes,
+            Err(Flow::Close(code, why)) => Admit::Close(code, why),
+            Err(Flow::Continue) => Admit::No,
+        }
     }
 
     fn on_text(&mut self, text: Bytes, _outbox: &Outbox) -> Flow {
@@ -299,10 +384,20 @@ impl Handler for Session {
 
 /// Sends `active_broadcast` to `conn` if an announcement is active and its user has not
 /// acknowledged it (on connect, and on `get_active_broadcast`). Runs off the caller's
-/// task; a store outage only costs the banner, never the connection.
-pub fn send_active_broadcast(store: Arc<dyn Store>, conn: Arc<ConnHandle>) {
+/// task; a store outage only costs the banner, never the connection. `busy` is the
+/// connection's store slot, released when the lookup is done.
+pub fn send_active_broadcast(
+    store: Arc<dyn Store>,
+    conn: Arc<ConnHandle>,
+    busy: Option<Arc<AtomicBool>>,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
     tokio::spawn(async move {
-        match active_for(store.as_ref(), &conn.identity.user).await {
+        let result = active_for(store.as_ref(), &conn.identity.user).await;
+        if let Some(busy) = busy {
+            busy.store(false, Relaxed);
+        }
+        match result {
             Ok(Some(a)) => {
                 conn.outbox.try_push(
                     server::broadcast_frame("active_broadcast", &a),
@@ -310,9 +405,7 @@ pub fn send_active_broadcast(store: Arc<dyn Store>, conn: Arc<ConnHandle>) {
                 );
             }
             Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(conn_id = %conn.conn_id, "active announcement unavailable: {e}")
-            }
+            Err(e) => metrics.store_error(&e.to_string()),
         }
     });
 }

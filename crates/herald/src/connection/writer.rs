@@ -2,6 +2,7 @@
 //! write (`writev`), control frames first.
 
 use std::io::{self, IoSlice};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::outbox::{Batch, Outbox, Queued};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal};
 use crate::ws::frame::Frame;
 
 /// Linux IOV_MAX: the most slices one `writev` takes.
@@ -19,7 +20,9 @@ const MAX_SLICES: usize = 1024;
 /// peer that is not reading.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub async fn run_writer<W>(mut w: W, outbox: Arc<Outbox>, metrics: Arc<Metrics>)
+/// Writes until the outbox finishes or the socket fails. A socket that takes no bytes
+/// for `stall` is closed and counted as a slow consumer.
+pub async fn run_writer<W>(mut w: W, outbox: Arc<Outbox>, metrics: Arc<Metrics>, stall: Duration)
 where
     W: AsyncWrite + Unpin + Send,
 {
@@ -32,13 +35,21 @@ where
             .map(Frame::as_bytes)
             .chain(data.iter().map(|q| q.frame.as_bytes()));
         let result = if batch == Batch::Finish {
-            match tokio::time::timeout(FINISH_TIMEOUT, write_all(&mut w, bytes)).await {
+            match tokio::time::timeout(FINISH_TIMEOUT, write_all(&mut w, bytes, stall)).await {
                 Ok(r) => r,
                 Err(_) => Err(io::ErrorKind::TimedOut.into()),
             }
         } else {
-            write_all(&mut w, bytes).await
+            write_all(&mut w, bytes, stall).await
         };
+        if result
+            .as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut)
+            && batch != Batch::Finish
+        {
+            metrics.slow_consumer_disconnects.fetch_add(1, Relaxed);
+            metrics.refuse(Refusal::WriteStalled);
+        }
         if result.is_ok() {
             for q in &data {
                 metrics.latency.record(q.accepted.elapsed());
@@ -60,8 +71,13 @@ where
     }
 }
 
-/// Writes every frame, in order, with as few `writev` calls as the kernel allows.
-async fn write_all<'a, W>(w: &mut W, frames: impl Iterator<Item = &'a Bytes>) -> io::Result<()>
+/// Writes every frame, in order, with as few `writev` calls as the kernel allows. Each
+/// call must make progress within `stall` (the write deadline of DESIGN §12).
+async fn write_all<'a, W>(
+    w: &mut W,
+    frames: impl Iterator<Item = &'a Bytes>,
+    stall: Duration,
+) -> io::Result<()>
 where
     W: AsyncWrite + Unpin,
 {
@@ -74,7 +90,10 @@ where
             let start = if i == idx { off } else { 0 };
             slices.push(IoSlice::new(f.get(start..).unwrap_or_default()));
         }
-        let mut n = w.write_vectored(&slices).await?;
+        let mut n = match tokio::time::timeout(stall, w.write_vectored(&slices)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -91,7 +110,10 @@ where
             }
         }
     }
-    w.flush().await
+    match tokio::time::timeout(stall, w.flush()).await {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
 }
 
 #[cfg(test)]
@@ -112,8 +134,18 @@ mod tests {
                 .await
                 .map(|_| got)
         });
-        write_all(&mut a, frames.iter()).await.unwrap();
+        write_all(&mut a, frames.iter(), Duration::from_secs(5))
+            .await
+            .unwrap();
         drop(a);
         assert_eq!(reader.await.unwrap().unwrap(), expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_takes_nothing_hits_the_write_deadline() {
+        let (mut a, _b) = tokio::io::duplex(4);
+        let frames = [Bytes::from_static(b"more than four bytes")];
+        let r = write_all(&mut a, frames.iter(), Duration::from_secs(30)).await;
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::TimedOut);
     }
 }

@@ -3,8 +3,8 @@
 //! JSON error body; a store that cannot be reached is a 503, and the WebSocket side
 //! keeps serving.
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 
 use super::auth::{authenticate, authorize, Caller};
 use super::error::ApiError;
-use super::publish::body_error;
 use super::App;
 use crate::announce::{self, MAX_CHARACTERS, RECOMMENDED_LENGTH};
 use crate::protocol::codes::ErrorCode;
@@ -21,17 +20,16 @@ use crate::protocol::server::{broadcast_cleared_frame, broadcast_frame, Broadcas
 use crate::store::time::{now_ms, start_of_day_ms};
 use crate::store::{active_for, NewAnnouncement, StoreError};
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> ApiError {
-        match e {
-            StoreError::NotFound => ApiError::new(ErrorCode::NotFound, "no such announcement"),
-            StoreError::Unavailable(why) => {
-                tracing::error!("announcement store: {why}");
-                ApiError::new(
-                    ErrorCode::Unavailable,
-                    "the announcement store is unavailable; try again",
-                )
-            }
+/// A store failure as the HTTP answer; outages are counted and logged rate-limited.
+fn store_failure(app: &App, e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::new(ErrorCode::NotFound, "no such announcement"),
+        StoreError::Unavailable(why) => {
+            app.metrics.store_error(&why);
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "the announcement store is unavailable; try again",
+            )
         }
     }
 }
@@ -51,10 +49,10 @@ struct CreateBody {
 pub async fn create(
     State(app): State<App>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let caller = authorize(&app, &headers)?;
-    let body = body.map_err(|e| body_error(&app, e))?;
+    let caller = authorize(&app, &headers).map_err(ApiError::closing)?;
+    let body = super::body::read(&app, &headers, body).await?;
     let req: CreateBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")))?;
     let (message, chars) = announce::validate(&req.message, &req.kind)
@@ -66,7 +64,8 @@ pub async fn create(
             message_type: req.kind,
             created_by: caller.name(),
         })
-        .await?;
+        .await
+        .map_err(|e| store_failure(&app, e))?;
     app.hub
         .send_to_all(&broadcast_frame("new_broadcast", &created));
     let body = json!({
@@ -80,7 +79,12 @@ pub async fn create(
 
 pub async fn clear(State(app): State<App>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers)?;
-    match app.store.clear().await? {
+    match app
+        .store
+        .clear()
+        .await
+        .map_err(|e| store_failure(&app, e))?
+    {
         Some(a) => {
             app.hub.send_to_all(&broadcast_cleared_frame());
             Ok(Json(json!({"cleared": true, "id": a.id})))
@@ -100,14 +104,26 @@ pub async fn acknowledge(
             "acknowledging needs a user's token, not an API key",
         ));
     };
-    app.store.acknowledge(&id, &user.user).await?;
+    if !announce::valid_id(&id) {
+        return Err(ApiError::new(ErrorCode::NotFound, "no such announcement"));
+    }
+    app.store
+        .acknowledge(&id, &user.user)
+        .await
+        .map_err(|e| store_failure(&app, e))?;
     Ok(Json(json!({"acknowledged": true, "broadcast_id": id})))
 }
 
 pub async fn active(State(app): State<App>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let active = match authenticate(&app, &headers)? {
-        Caller::User(user) => active_for(app.store.as_ref(), &user.user).await?,
-        Caller::ApiKey => app.store.active().await?,
+        Caller::User(user) => active_for(app.store.as_ref(), &user.user)
+            .await
+            .map_err(|e| store_failure(&app, e))?,
+        Caller::ApiKey => app
+            .store
+            .active()
+            .await
+            .map_err(|e| store_failure(&app, e))?,
     };
     Ok(Json(
         json!({"broadcast": active.as_ref().map(BroadcastBody::of).map(|b| json!(b))}),
@@ -116,7 +132,11 @@ pub async fn active(State(app): State<App>, headers: HeaderMap) -> Result<Json<V
 
 pub async fn limits(State(app): State<App>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     authenticate(&app, &headers)?;
-    let active = app.store.active().await?;
+    let active = app
+        .store
+        .active()
+        .await
+        .map_err(|e| store_failure(&app, e))?;
     Ok(Json(json!({
         "max_characters": MAX_CHARACTERS,
         "recommended_length": RECOMMENDED_LENGTH,
@@ -126,8 +146,16 @@ pub async fn limits(State(app): State<App>, headers: HeaderMap) -> Result<Json<V
 
 pub async fn stats(State(app): State<App>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers)?;
-    let today = app.store.count_since(start_of_day_ms(now_ms())).await?;
-    let active = app.store.active().await?;
+    let today = app
+        .store
+        .count_since(start_of_day_ms(now_ms()))
+        .await
+        .map_err(|e| store_failure(&app, e))?;
+    let active = app
+        .store
+        .active()
+        .await
+        .map_err(|e| store_failure(&app, e))?;
     Ok(Json(json!({"stats": {
         "broadcasts_today": today,
         "active_broadcast": active.is_some(),
@@ -158,7 +186,11 @@ pub async fn history(
             "limit must be 1 to 100",
         ));
     }
-    let rows = app.store.history(limit, page.before.as_deref()).await?;
+    let rows = app
+        .store
+        .history(limit, page.before.as_deref())
+        .await
+        .map_err(|e| store_failure(&app, e))?;
     let next = (rows.len() == limit as usize)
         .then(|| rows.last().map(|(a, _)| a.id.clone()))
         .flatten();

@@ -60,6 +60,7 @@ pub async fn echo(State(app): State<App>, mut req: Request) -> Response {
         let outbox = Arc::new(Outbox::new(100_000, 256 * 1024 * 1024));
         let limits = Limits {
             max_message: ECHO_MAX_MESSAGE,
+            write_timeout: std::time::Duration::from_secs(30),
         };
         drive_upgraded(upgraded, outbox, &mut Echo, limits, metrics).await;
     });

@@ -12,6 +12,9 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub status: Option<StatusCode>,
+    /// Close the connection after the answer (a body we will not read, or one that
+    /// took too long): nothing more from this client is worth parsing.
+    pub close: bool,
 }
 
 impl ApiError {
@@ -20,7 +23,14 @@ impl ApiError {
             code,
             message: message.into(),
             status: None,
+            close: false,
         }
+    }
+
+    /// The answer ends the connection (`Connection: close`).
+    pub fn closing(mut self) -> ApiError {
+        self.close = true;
+        self
     }
 
     /// A status outside the code table (426 Upgrade Required, 503 draining).
@@ -45,6 +55,10 @@ impl IntoResponse for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        if self.close {
+            res.headers_mut()
+                .insert("connection", HeaderValue::from_static("close"));
         }
         res
     }

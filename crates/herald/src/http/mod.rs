@@ -2,8 +2,10 @@
 //! the router, and one file per endpoint group.
 
 pub mod auth;
+pub mod body;
 pub mod broadcasts;
 pub mod conformance;
+pub mod conn_caps;
 pub mod error;
 pub mod presence;
 pub mod publish;
@@ -20,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::api_key::ApiKeys;
 use crate::auth::jwt::Verifier;
+use crate::auth::proxy::TrustedProxies;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::hub::Hub;
@@ -41,6 +44,12 @@ pub struct AppState {
     pub api_verifier: Arc<Verifier>,
     pub api_keys: ApiKeys,
     pub draining: AtomicBool,
+    /// Open HTTP connections, per node and per IP.
+    pub http_caps: Arc<conn_caps::HttpConnCaps>,
+    /// Whose forwarded headers are believed.
+    pub proxies: TrustedProxies,
+    /// The last `/readyz` store probe.
+    pub store_probe: stats::StoreProbe,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     pub tls: bool,

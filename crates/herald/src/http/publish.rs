@@ -3,10 +3,9 @@
 
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -15,11 +14,13 @@ use serde_json::{json, Value};
 use super::auth::authorize;
 use super::error::ApiError;
 use super::App;
+use crate::config::namespaces::SYNC;
 use crate::connection::session::validate_channel;
+use crate::hub::channels::Lane;
 use crate::hub::namespace::Denied;
 use crate::hub::{Exclude, Publication, Target};
-use crate::metrics::Refusal;
 use crate::protocol::codes::ErrorCode;
+use crate::protocol::sync;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,29 +34,13 @@ struct PublishBody {
     exclude_conn: Option<String>,
 }
 
-/// Turns a body-extraction failure (too large, unreadable) into our JSON error.
-pub fn body_error(app: &App, e: BytesRejection) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        app.metrics.refuse(Refusal::BodyTooLarge);
-        ApiError::new(
-            ErrorCode::TooLarge,
-            format!(
-                "request body is larger than {} bytes",
-                app.cfg.limits.http_body_bytes
-            ),
-        )
-    } else {
-        ApiError::new(ErrorCode::BadRequest, e.body_text())
-    }
-}
-
 pub async fn publish(
     State(app): State<App>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&app, &headers)?;
-    let body = body.map_err(|e| body_error(&app, e))?;
+    authorize(&app, &headers).map_err(ApiError::closing)?;
+    let body = super::body::read(&app, &headers, body).await?;
     let accepted = Instant::now();
     let req: PublishBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")))?;
@@ -74,6 +59,18 @@ pub async fn publish(
             ));
         }
     };
+    // `sync` events are validated as from a client; a targeted `device_command` goes to
+    // that device's priority lane and never into history (DESIGN §5).
+    let mut event = None;
+    if let Target::Channel(c) = &target {
+        if c.split_once(':').is_some_and(|(ns, _)| ns == SYNC) {
+            let value: Value = serde_json::from_str(req.data.get())
+                .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid data: {e}")))?;
+            event = Some(
+                sync::validate(&value).map_err(|why| ApiError::new(ErrorCode::BadRequest, why))?,
+            );
+        }
+    }
     let publication = Publication {
         target,
         exclude: Exclude {
@@ -83,8 +80,13 @@ pub async fn publish(
         },
         data: req.data,
         accepted,
+        creator: None,
     };
-    let delivered = app.broker.publish(&app.hub, &publication).map_err(denied)?;
+    let lane = event.as_ref().map_or(Lane::Normal, Lane::of_sync);
+    let delivered = app
+        .broker
+        .publish(&app.hub, &publication, lane)
+        .map_err(denied)?;
     let mut body = json!({ "queued": delivered.queued });
     if let Some((offset, epoch)) = delivered.position {
         body["offset"] = json!(offset);
@@ -101,5 +103,10 @@ pub fn denied(d: Denied) -> ApiError {
             format!("namespace `{ns}` is not configured"),
         ),
         Denied::Forbidden(why) => ApiError::new(ErrorCode::Forbidden, why),
+        Denied::TooLarge(why) => ApiError::new(ErrorCode::TooLarge, why),
+        Denied::ChannelBudget => ApiError::new(
+            ErrorCode::RateLimited,
+            "too many channels created by this user",
+        ),
     }
 }

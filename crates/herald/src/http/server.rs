@@ -41,6 +41,16 @@ pub async fn accept_loop(
                 }
             },
         };
+        // Trusted proxies carry many clients: only the per-node cap applies to them.
+        let ip = (!app.proxies.trusts(peer.ip())).then_some(peer.ip());
+        let slot = match app.http_caps.admit(ip) {
+            Ok(slot) => slot,
+            Err(why) => {
+                app.metrics.refuse(why);
+                drop(tcp);
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let (app, router, tls, stop) = (app.clone(), router.clone(), tls.clone(), stop.clone());
         let tracker = app.tracker.clone();
@@ -49,6 +59,8 @@ pub async fn accept_loop(
         // the socket we take over), and an unboxed cell holds the whole ~5 KiB HTTP
         // state machine for as long as the WebSocket lives.
         tracker.spawn(Box::pin(async move {
+            // Held until this HTTP connection ends or is upgraded to a WebSocket.
+            let _slot = slot;
             match tls {
                 None => {
                     serve_http(

@@ -1,6 +1,7 @@
 //! `/api/stats`, `/healthz`, `/readyz` (DESIGN §7, CRATES §6 #6).
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -18,7 +19,7 @@ pub async fn stats(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
     let m = &app.metrics;
     let lat = &m.latency;
     Ok(Json(json!({
-        "node": {"name": hub.node, "connections": connections, "users": users, "channels": hub.registry.channels.len()},
+        "node": {"name": hub.node, "connections": connections, "users": users, "channels": hub.registry.channels.len(), "history_bytes": hub.registry.channels.ledger.bytes(), "http_connections": app.http_caps.open()},
         // One node: the cluster is this node (scale-out adds the others).
         "cluster": {"nodes": 1, "connections": connections, "users": users},
         "publications": m.publications.load(Relaxed),
@@ -34,8 +35,27 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// How long a `/readyz` store probe is reused: probes from load balancers (or anyone,
+/// the endpoint is public) cost the database at most one query per second.
+const PROBE_TTL: Duration = Duration::from_secs(1);
+/// A store that does not answer within this is unavailable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether the store answers now, probed at most once per [`PROBE_TTL`].
+async fn store_ok(app: &App) -> bool {
+    if let Some(ok) = app.store_probe.get(PROBE_TTL) {
+        return ok;
+    }
+    let ok = matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, app.store.ping()).await,
+        Ok(Ok(()))
+    );
+    app.store_probe.set(ok);
+    ok
+}
+
 pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Value>) {
-    let store = if app.store.is_ready() {
+    let store = if store_ok(&app).await {
         "ok"
     } else {
         "unavailable"
@@ -56,4 +76,19 @@ pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Value>) {
         code,
         Json(json!({"status": status, "broker": "ok", "store": store})),
     )
+}
+
+/// The last store probe and when it was taken.
+#[derive(Default)]
+pub struct StoreProbe(std::sync::Mutex<Option<(std::time::Instant, bool)>>);
+
+impl StoreProbe {
+    fn get(&self, ttl: Duration) -> Option<bool> {
+        let p = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        p.filter(|(at, _)| at.elapsed() < ttl).map(|(_, ok)| ok)
+    }
+
+    fn set(&self, ok: bool) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), ok));
+    }
 }

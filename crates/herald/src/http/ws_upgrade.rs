@@ -2,7 +2,7 @@
 //! JSON body of DESIGN §2; then the upgraded socket is handed to a connection task.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,9 +26,10 @@ use crate::connection::session::{Session, SessionLimits};
 use crate::connection::transport::Buffered;
 use crate::hub::{Admission, ConnHandle};
 use crate::metrics::{Metrics, Refusal};
-use crate::protocol::codes::ErrorCode;
+use crate::protocol::codes::{CloseCode, ErrorCode};
 use crate::protocol::server::{broadcast_frame, frame_of, Connected};
 use crate::store::active_for;
+use crate::ws::frame::Frame;
 use crate::ws::handshake::{self, HandshakeError};
 
 static ANON: AtomicU64 = AtomicU64::new(1);
@@ -45,7 +46,7 @@ pub async fn upgrade(
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    let (accept_key, identity, admission) = accept;
+    let (accept_key, identity, admission, ip) = accept;
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return ApiError::new(ErrorCode::BadRequest, "this connection cannot be upgraded")
             .into_response();
@@ -53,7 +54,7 @@ pub async fn upgrade(
     let task_app = app.clone();
     app.tracker.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => run(task_app, upgraded, identity, admission).await,
+            Ok(upgraded) => run(task_app, upgraded, identity, admission, ip).await,
             Err(e) => tracing::debug!("upgrade failed: {e}"),
         }
     });
@@ -106,7 +107,7 @@ pub async fn drive_upgraded<H: Handler>(
     }
 }
 
-type Accepted = (String, Identity, Admission);
+type Accepted = (String, Identity, Admission, std::net::IpAddr);
 
 fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiError> {
     let headers = req.headers();
@@ -118,17 +119,23 @@ fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiErro
             HandshakeError::Malformed(_) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
         }
     })?;
-    if app.draining.load(Relaxed) {
+    if app.draining.load(SeqCst) {
         return Err(ApiError::new(
             ErrorCode::Unavailable,
             "server is shutting down",
         ));
     }
+    // Behind a trusted load balancer the client's address, scheme and Host are the
+    // forwarded ones (DESIGN §11); from anyone else the headers are ignored.
+    let client = app.proxies.client(peer, headers, app.tls);
     let origin = headers
         .get(header::ORIGIN)
         .map(|v| v.to_str().unwrap_or("invalid"));
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if !origin_allowed(origin, host, &app.cfg.allowed_origins, app.tls) {
+    let host = client
+        .host
+        .as_deref()
+        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()));
+    if !origin_allowed(origin, host, &app.cfg.allowed_origins, client.tls) {
         app.metrics.refuse(Refusal::BadOrigin);
         return Err(ApiError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
@@ -148,7 +155,7 @@ fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiErro
     let admission = app
         .hub
         .registry
-        .admit(&identity.user, peer.ip())
+        .admit(&identity.user, client.ip)
         .map_err(|why| {
             app.metrics.refuse(why);
             let what = if why == Refusal::UserCap {
@@ -161,11 +168,17 @@ fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiErro
                 format!("too many connections for {what}"),
             )
         })?;
-    Ok((accept, identity, admission))
+    Ok((accept, identity, admission, client.ip))
 }
 
 /// The life of one hub connection, from the upgraded socket to the last byte.
-async fn run(app: App, upgraded: Upgraded, identity: Identity, admission: Admission) {
+async fn run(
+    app: App,
+    upgraded: Upgraded,
+    identity: Identity,
+    admission: Admission,
+    ip: std::net::IpAddr,
+) {
     let hub = app.hub.clone();
     let (id, conn_id) = hub.next_conn_id();
     let ws = &app.cfg.ws;
@@ -182,12 +195,14 @@ async fn run(app: App, upgraded: Upgraded, identity: Identity, admission: Admiss
         id,
         conn_id: conn_id.clone(),
         expires_at: AtomicU64::new(identity.expires_at.unwrap_or(0)),
+        groups: Mutex::new(identity.groups.clone()),
         identity,
         outbox: outbox.clone(),
         last_seen_ms: AtomicU64::new(hub.now_ms()),
         channels: Mutex::new(Default::default()),
     });
-    let span = tracing::info_span!("conn", conn_id = %conn_id, user_id = %handle.identity.user);
+    let span =
+        tracing::info_span!("conn", conn_id = %conn_id, user_id = %handle.identity.user, ip = %ip);
     // `active_broadcast` comes right after `connected` (DESIGN §3): looked up before the
     // connection is registered, so nothing can be queued between the two. The lookup is
     // bounded: a slow or absent store costs the banner, not the connection.
@@ -200,10 +215,19 @@ async fn run(app: App, upgraded: Upgraded, identity: Identity, admission: Admiss
             );
         }
         Ok(Ok(None)) => {}
-        Ok(Err(e)) => tracing::warn!(conn_id = %conn_id, "active announcement unavailable: {e}"),
-        Err(_) => tracing::warn!(conn_id = %conn_id, "active announcement lookup timed out"),
+        Ok(Err(e)) => app.metrics.store_error(&e.to_string()),
+        Err(_) => app
+            .metrics
+            .store_error("active announcement lookup timed out"),
     }
     let registration = hub.registry.register(admission, handle.clone());
+    // Shutdown marks the node draining before it closes every registered connection; a
+    // connection that registers after that sweep sees the mark here and leaves at once,
+    // so no upgrade that raced with the drain stays open (or holds the shutdown back).
+    if app.draining.load(SeqCst) {
+        let code = CloseCode::GoingAway;
+        outbox.close(Some(Frame::close(code.code(), code.reason())), false);
+    }
     let limits = SessionLimits {
         rate_per_s: ws.rate_per_s,
         rate_burst: ws.rate_burst,
@@ -219,6 +243,7 @@ async fn run(app: App, upgraded: Upgraded, identity: Identity, admission: Admiss
     );
     let read_limits = Limits {
         max_message: ws.max_message_bytes,
+        write_timeout: Duration::from_secs(ws.write_timeout_s),
     };
     async move {
         tracing::debug!("connected");

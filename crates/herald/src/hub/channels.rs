@@ -6,9 +6,17 @@
 //! two therefore cannot interleave: every publication is either in the replay or
 //! delivered live, never both and never neither, however they race. Queuing never
 //! blocks, so the lock is held for a fan-out's worth of pushes and no `.await`.
+//!
+//! What all channels hold together is bounded by the node's [`HistoryLedger`]: past the
+//! budget the oldest history, across channels, is evicted (those channels then answer
+//! `recovered:false`). A replay is queued whole or not at all: one that cannot fit the
+//! connection's queue is answered `recovered:false`, never a 4000 the client would hit
+//! again on every reconnect. Exclusions are stored with each publication and honoured
+//! in a replay too.
 
+use std::cmp::Reverse;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -16,12 +24,14 @@ use std::time::{Duration, Instant};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::fanout::Exclude;
+use super::budget::{Creations, HistoryLedger, EXCLUSION_OVERHEAD, STORED_OVERHEAD};
+use super::fanout::{Exclude, KeptExclusion};
 use super::registry::ConnHandle;
 use crate::config::{NamespaceConfig, SlowConsumerPolicy};
 use crate::connection::outbox::Push;
 use crate::protocol::client::Since;
 use crate::protocol::server::{presence_frame, pub_frame, subscribed_frame, Position};
+use crate::protocol::sync::SyncEvent;
 use crate::ws::frame::Frame;
 
 const SHARDS: usize = 16;
@@ -30,6 +40,21 @@ struct Stored {
     offset: u64,
     at: Instant,
     frame: Frame,
+    /// Who must not get it in a replay either.
+    exclude: Option<Arc<KeptExclusion>>,
+}
+
+impl Stored {
+    /// What this entry counts against the node's history budget.
+    fn cost(&self) -> usize {
+        self.frame.len()
+            + STORED_OVERHEAD
+            + if self.exclude.is_some() {
+                EXCLUSION_OVERHEAD
+            } else {
+                0
+            }
+    }
 }
 
 struct State {
@@ -48,6 +73,9 @@ struct State {
 pub struct Channel {
     name: Arc<str>,
     cfg: Arc<NamespaceConfig>,
+    /// The user whose client publication created this channel (its creation is given
+    /// back when the channel is forgotten).
+    creator: Option<Arc<str>>,
     state: Mutex<State>,
 }
 
@@ -57,8 +85,27 @@ impl Channel {
     }
 }
 
+fn new_channel(name: &str, cfg: &Arc<NamespaceConfig>, creator: Option<Arc<str>>) -> Arc<Channel> {
+    Arc::new(Channel {
+        name: Arc::from(name),
+        cfg: cfg.clone(),
+        creator,
+        state: Mutex::new(State {
+            dead: false,
+            epoch: new_epoch(),
+            last_offset: 0,
+            history: VecDeque::new(),
+            subscribers: HashMap::new(),
+            members: HashMap::new(),
+            leaving: HashMap::new(),
+        }),
+    })
+}
+
+/// 64 random bits: a channel that is forgotten and recreated must not reuse an epoch a
+/// client still holds (32 bits collide after ~65k lifetimes of one name).
 fn new_epoch() -> Arc<str> {
-    Arc::from(format!("{:08x}", rand::random::<u32>()))
+    Arc::from(format!("{:016x}", rand::random::<u64>()))
 }
 
 /// How a publication is delivered within its channel.
@@ -66,9 +113,35 @@ fn new_epoch() -> Arc<str> {
 pub enum Lane<'a> {
     /// Into history (if the namespace keeps it) and to every subscriber.
     Normal,
-    /// Only to subscribers whose token names this device, ahead of queued traffic, and
-    /// not into history (a replay must not re-run a command on another device).
-    Device(&'a str),
+    /// A `device_command`: ahead of queued traffic, never into history (a replay must
+    /// not re-run a command), and only to the subscribers whose token names the device
+    /// when one is given.
+    Command(Option<&'a str>),
+}
+
+impl<'a> Lane<'a> {
+    /// The lane a `sync` event travels in.
+    pub fn of_sync(event: &'a SyncEvent) -> Lane<'a> {
+        match event {
+            SyncEvent::DeviceCommand { target_device, .. } => {
+                Lane::Command(target_device.as_deref())
+            }
+            _ => Lane::Normal,
+        }
+    }
+}
+
+/// A publication as a channel sees it.
+pub struct Outgoing<'a> {
+    pub data: &'a RawValue,
+    /// Who is left out now.
+    pub exclude: &'a Exclude,
+    /// Who is left out of a replay later (see [`Exclude::kept`]).
+    pub kept: Option<Arc<KeptExclusion>>,
+    pub lane: Lane<'a>,
+    pub accepted: Instant,
+    /// A client publication's user (channel creation budget).
+    pub creator: Option<&'a Arc<str>>,
 }
 
 #[derive(Default)]
@@ -85,11 +158,47 @@ pub struct Published {
 pub struct Subscribed {
     pub recovered: bool,
     pub replayed: usize,
+    /// The replay was possible but did not fit the connection's queue: answered
+    /// `recovered:false` instead.
+    pub too_big: bool,
     pub slow: bool,
+}
+
+/// Why a publication was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Its frame is larger than any connection's queue: it could never be delivered.
+    TooLarge { frame: usize, limit: usize },
+    /// Creating the channel would take its publisher's user over `channels_per_user`.
+    ChannelBudget,
+}
+
+/// The node-wide limits of [`Channels`].
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelLimits {
+    /// The largest frame a connection's queue can hold (`ws.queue_bytes`).
+    pub max_frame: usize,
+    /// History of all channels together (`limits.history_bytes`).
+    pub history_bytes: usize,
+    /// Channels one user's clients may create by publishing (`limits.channels_per_user`).
+    pub channels_per_user: usize,
+}
+
+impl Default for ChannelLimits {
+    fn default() -> Self {
+        ChannelLimits {
+            max_frame: 1024 * 1024,
+            history_bytes: 64 * 1024 * 1024,
+            channels_per_user: 100,
+        }
+    }
 }
 
 pub struct Channels {
     shards: Vec<RwLock<HashMap<Arc<str>, Arc<Channel>>>>,
+    max_frame: usize,
+    pub ledger: HistoryLedger,
+    pub creations: Creations,
 }
 
 fn shard_of(name: &str) -> usize {
@@ -100,13 +209,24 @@ fn shard_of(name: &str) -> usize {
 
 impl Default for Channels {
     fn default() -> Self {
-        Channels {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-        }
+        Channels::new(ChannelLimits::default())
     }
 }
 
 impl Channels {
+    pub fn new(limits: ChannelLimits) -> Channels {
+        Channels {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            max_frame: limits.max_frame,
+            ledger: HistoryLedger::new(limits.history_bytes),
+            creations: Creations::new(limits.channels_per_user),
+        }
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
     fn shard(&self, name: &str) -> &RwLock<HashMap<Arc<str>, Arc<Channel>>> {
         // shard_of is taken modulo SHARDS, the length of `shards`.
         &self.shards[shard_of(name)]
@@ -120,6 +240,7 @@ impl Channels {
             .cloned()
     }
 
+    /// The channel `name`, created if needed (a subscribe, the HTTP API, the relay).
     fn get_or_create(&self, name: &str, cfg: &Arc<NamespaceConfig>) -> Arc<Channel> {
         if let Some(c) = self.get(name) {
             return c;
@@ -127,93 +248,180 @@ impl Channels {
         let mut shard = self.shard(name).write().unwrap_or_else(|p| p.into_inner());
         shard
             .entry(Arc::from(name))
-            .or_insert_with(|| {
-                Arc::new(Channel {
-                    name: Arc::from(name),
-                    cfg: cfg.clone(),
-                    state: Mutex::new(State {
-                        dead: false,
-                        epoch: new_epoch(),
-                        last_offset: 0,
-                        history: VecDeque::new(),
-                        subscribers: HashMap::new(),
-                        members: HashMap::new(),
-                        leaving: HashMap::new(),
-                    }),
-                })
-            })
+            .or_insert_with(|| new_channel(name, cfg, None))
             .clone()
     }
 
-    /// Publishes `data` on `name`: offset, history, one frame for all subscribers.
+    /// As [`Channels::get_or_create`] for a client's publication: a channel its user
+    /// creates counts against the user's budget, and is refused past it.
+    fn get_or_create_by(
+        &self,
+        name: &str,
+        cfg: &Arc<NamespaceConfig>,
+        creator: &Arc<str>,
+    ) -> Result<Arc<Channel>, Refused> {
+        if let Some(c) = self.get(name) {
+            return Ok(c);
+        }
+        let mut shard = self.shard(name).write().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = shard.get(name) {
+            return Ok(c.clone());
+        }
+        if !self.creations.try_reserve(creator) {
+            return Err(Refused::ChannelBudget);
+        }
+        let channel = new_channel(name, cfg, Some(creator.clone()));
+        shard.insert(channel.name.clone(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Publishes on `name`: offset, history, one frame for all subscribers. A frame no
+    /// queue could hold is refused before it takes an offset or enters history.
     pub fn publish(
         &self,
         name: &str,
         cfg: &Arc<NamespaceConfig>,
-        data: &RawValue,
-        exclude: &Exclude,
-        lane: Lane<'_>,
-        accepted: Instant,
-    ) -> Published {
-        let keep = cfg.has_history() && lane == Lane::Normal;
-        loop {
-            let channel = if keep {
-                self.get_or_create(name, cfg)
-            } else {
-                match self.get(name) {
+        out: &Outgoing<'_>,
+    ) -> Result<Published, Refused> {
+        let keep = cfg.has_history() && out.lane == Lane::Normal;
+        let published = loop {
+            let channel = match (keep, out.creator) {
+                (true, Some(user)) => self.get_or_create_by(name, cfg, user)?,
+                (true, None) => self.get_or_create(name, cfg),
+                (false, _) => match self.get(name) {
                     Some(c) => c,
-                    None => return Published::default(),
-                }
+                    None => {
+                        // Nobody to deliver to, but the answer must not depend on that.
+                        self.check_size(&pub_frame(Some(name), None, out.data))?;
+                        return Ok(Published::default());
+                    }
+                },
             };
             let mut st = channel.lock();
             if st.dead {
                 continue;
             }
-            let mut out = Published::default();
+            let mut result = Published::default();
             let frame = if keep {
-                st.last_offset += 1;
+                let offset = st.last_offset + 1;
                 let position = Position {
-                    offset: st.last_offset,
+                    offset,
                     epoch: &st.epoch,
                 };
-                let frame = pub_frame(Some(name), Some(position), data);
-                trim(&mut st, cfg, Instant::now());
-                if st.history.len() >= cfg.history_size {
-                    st.history.pop_front();
+                let frame = pub_frame(Some(name), Some(position), out.data);
+                self.check_size(&frame)?;
+                st.last_offset = offset;
+                trim(&mut st, cfg, Instant::now(), &self.ledger);
+                while st.history.len() >= cfg.history_size {
+                    let Some(old) = st.history.pop_front() else {
+                        break;
+                    };
+                    self.ledger.sub(old.cost());
                 }
-                let offset = st.last_offset;
-                st.history.push_back(Stored {
+                let stored = Stored {
                     offset,
-                    at: accepted,
+                    at: out.accepted,
                     frame: frame.clone(),
-                });
-                out.position = Some((offset, st.epoch.clone()));
+                    exclude: out.kept.clone(),
+                };
+                self.ledger.add(stored.cost());
+                st.history.push_back(stored);
+                result.position = Some((offset, st.epoch.clone()));
                 frame
             } else {
-                pub_frame(Some(name), None, data)
+                let frame = pub_frame(Some(name), None, out.data);
+                self.check_size(&frame)?;
+                frame
             };
             for c in st.subscribers.values() {
-                if exclude.excludes(c) {
+                if out.exclude.excludes(c) {
                     continue;
                 }
-                let push = match lane {
-                    Lane::Device(d) if c.identity.device.as_deref() != Some(d) => continue,
-                    Lane::Device(_) => c.outbox.try_push_priority(frame.clone(), accepted),
-                    Lane::Normal => c.outbox.try_push(frame.clone(), accepted),
+                let push = match out.lane {
+                    Lane::Command(Some(d)) if c.identity.device.as_deref() != Some(d) => continue,
+                    Lane::Command(_) => c.outbox.try_push_priority(frame.clone(), out.accepted),
+                    Lane::Normal => c.outbox.try_push(frame.clone(), out.accepted),
                 };
                 match push {
-                    Push::Queued => out.queued += 1,
+                    Push::Queued => result.queued += 1,
                     Push::Closed => {}
                     Push::Full => match cfg.slow_consumer {
-                        SlowConsumerPolicy::Disconnect => out.slow.push(c.clone()),
+                        SlowConsumerPolicy::Disconnect => result.slow.push(c.clone()),
                         SlowConsumerPolicy::DropOldest => {
-                            out.dropped += c.outbox.push_drop_oldest(frame.clone(), accepted);
-                            out.queued += 1;
+                            result.dropped +=
+                                c.outbox.push_drop_oldest(frame.clone(), out.accepted);
+                            result.queued += 1;
                         }
                     },
                 }
             }
-            return out;
+            break result;
+        };
+        if keep && self.ledger.over_budget() {
+            self.evict_oldest();
+        }
+        Ok(published)
+    }
+
+    fn check_size(&self, frame: &Frame) -> Result<(), Refused> {
+        if frame.len() > self.max_frame {
+            return Err(Refused::TooLarge {
+                frame: frame.len(),
+                limit: self.max_frame,
+            });
+        }
+        Ok(())
+    }
+
+    /// Brings the node's history down to the ledger's low-water mark by dropping the
+    /// oldest stored publications across all channels. Channel locks are taken one at a
+    /// time, never while a shard lock is held.
+    pub fn evict_oldest(&self) {
+        let Some(_evicting) = self.ledger.try_evict() else {
+            return;
+        };
+        let target = self.ledger.low_water();
+        let mut heap: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
+        let mut channels: Vec<Arc<Channel>> = Vec::new();
+        for shard in &self.shards {
+            let list: Vec<Arc<Channel>> = shard
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for channel in list {
+                let front = channel.lock().history.front().map(|h| h.at);
+                if let Some(at) = front {
+                    heap.push(Reverse((at, channels.len())));
+                    channels.push(channel);
+                }
+            }
+        }
+        let mut evicted = 0usize;
+        while self.ledger.bytes() > target {
+            let Some(Reverse((_, i))) = heap.pop() else {
+                break;
+            };
+            let Some(channel) = channels.get(i) else {
+                continue;
+            };
+            let mut st = channel.lock();
+            if let Some(old) = st.history.pop_front() {
+                self.ledger.sub(old.cost());
+                evicted += 1;
+            }
+            if let Some(next) = st.history.front() {
+                heap.push(Reverse((next.at, i)));
+            }
+        }
+        if evicted > 0 {
+            tracing::debug!(
+                evicted,
+                bytes = self.ledger.bytes(),
+                budget = self.ledger.budget(),
+                "history over the node budget: evicted the oldest"
+            );
         }
     }
 
@@ -233,7 +441,7 @@ impl Channels {
                 continue;
             }
             let now = Instant::now();
-            trim(&mut st, cfg, now);
+            trim(&mut st, cfg, now, &self.ledger);
             let top = st.last_offset;
             let missed: Option<Vec<Frame>> = since.and_then(|s| {
                 if !cfg.has_history() || s.epoch != *st.epoch || s.offset > top {
@@ -242,29 +450,38 @@ impl Channels {
                 if s.offset == top {
                     return Some(Vec::new());
                 }
-                // Recoverable only if history still starts at or before the first missed offset.
+                // Recoverable only if history still starts at or before the first missed
+                // offset; what the publisher excluded this connection from stays out.
                 let first = st.history.front()?.offset;
-                (first <= s.offset + 1).then(|| {
+                (first <= s.offset.saturating_add(1)).then(|| {
                     st.history
                         .iter()
                         .filter(|h| h.offset > s.offset)
+                        .filter(|h| !h.exclude.as_ref().is_some_and(|e| e.excludes(conn)))
                         .map(|h| h.frame.clone())
                         .collect()
                 })
             });
-            let mut out = Subscribed {
-                recovered: missed.is_some(),
-                ..Subscribed::default()
-            };
             let epoch: &str = if cfg.has_history() { &st.epoch } else { "" };
-            let mut frames = vec![subscribed_frame(name, top, epoch, out.recovered, reference)];
-            frames.extend(missed.unwrap_or_default());
-            out.replayed = frames.len() - 1;
-            for f in frames {
-                if conn.outbox.try_push(f, now) == Push::Full {
-                    out.slow = true;
-                    break;
+            let mut out = Subscribed::default();
+            if let Some(missed) = missed {
+                let count = missed.len();
+                let mut frames = Vec::with_capacity(count + 1);
+                frames.push(subscribed_frame(name, top, epoch, true, reference));
+                frames.extend(missed);
+                // Whole or not at all: a replay the queue cannot hold is `recovered:false`.
+                match conn.outbox.try_push_all(frames, now) {
+                    Push::Queued => {
+                        out.recovered = true;
+                        out.replayed = count;
+                    }
+                    Push::Full => out.too_big = true,
+                    Push::Closed => {}
                 }
+            }
+            if !out.recovered {
+                let frame = subscribed_frame(name, top, epoch, false, reference);
+                out.slow = conn.outbox.try_push(frame, now) == Push::Full;
             }
             if st.subscribers.insert(conn.id, conn.clone()).is_none() && cfg.presence {
                 join(&mut st, &channel.name, conn);
@@ -330,7 +547,7 @@ impl Channels {
             let mut empty = Vec::new();
             for channel in channels {
                 let mut st = channel.lock();
-                trim(&mut st, &channel.cfg, now);
+                trim(&mut st, &channel.cfg, now, &self.ledger);
                 let gone: Vec<Arc<str>> = st
                     .leaving
                     .iter()
@@ -360,6 +577,9 @@ impl Channels {
                 if st.subscribers.is_empty() && st.history.is_empty() && st.leaving.is_empty() {
                     st.dead = true;
                     map.remove(&name);
+                    if let Some(user) = &channel.creator {
+                        self.creations.release(user);
+                    }
                 }
             }
         }
@@ -378,14 +598,16 @@ impl Channels {
 }
 
 /// Drops history older than the namespace's TTL.
-fn trim(st: &mut State, cfg: &NamespaceConfig, now: Instant) {
+fn trim(st: &mut State, cfg: &NamespaceConfig, now: Instant, ledger: &HistoryLedger) {
     let ttl = Duration::from_secs(cfg.history_ttl_s);
     while st
         .history
         .front()
         .is_some_and(|h| now.saturating_duration_since(h.at) > ttl)
     {
-        st.history.pop_front();
+        if let Some(old) = st.history.pop_front() {
+            ledger.sub(old.cost());
+        }
     }
 }
 

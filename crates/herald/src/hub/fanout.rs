@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::value::RawValue;
 
-use super::channels::{Lane, Published};
+use super::channels::{Lane, Outgoing, Published, Refused};
 use super::namespace::Denied;
 use super::registry::ConnHandle;
 use super::Hub;
@@ -40,6 +40,46 @@ impl Exclude {
             || self.conn.as_deref().is_some_and(|id| id == &*c.conn_id)
             || (self.device.is_some() && self.device.as_deref() == c.identity.device.as_deref())
     }
+
+    /// What of this exclusion must outlive the excluded connection, to be kept with the
+    /// publication in history (DESIGN §4: exclusions survive replay). `origin` is the
+    /// connection `conn` names, if it is on this node: its next connection is the same
+    /// user on the same device. None when nothing needs keeping.
+    pub fn kept(&self, origin: Option<&ConnHandle>) -> Option<Arc<KeptExclusion>> {
+        let conn_device = origin.and_then(|c| {
+            c.identity
+                .device
+                .as_ref()
+                .map(|d| (c.identity.user.clone(), d.clone()))
+        });
+        let kept = KeptExclusion {
+            user: self.user.as_deref().map(Arc::from),
+            device: self.device.as_deref().map(Arc::from),
+            conn_device,
+        };
+        (kept != KeptExclusion::default()).then(|| Arc::new(kept))
+    }
+}
+
+/// The exclusions of a stored publication, applied again when it is replayed: by user,
+/// by device name (the relay's sender), and by the excluded connection's user + device.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KeptExclusion {
+    user: Option<Arc<str>>,
+    device: Option<Arc<str>>,
+    conn_device: Option<(Arc<str>, Arc<str>)>,
+}
+
+impl KeptExclusion {
+    pub fn excludes(&self, c: &ConnHandle) -> bool {
+        let id = &c.identity;
+        self.user.as_deref().is_some_and(|u| u == &*id.user)
+            || (self.device.is_some() && self.device.as_deref() == id.device.as_deref())
+            || self
+                .conn_device
+                .as_ref()
+                .is_some_and(|(u, d)| *u == id.user && Some(d) == id.device.as_ref())
+    }
 }
 
 /// A publication as accepted from the HTTP API or a client.
@@ -50,6 +90,9 @@ pub struct Publication {
     /// The publisher's payload, verbatim.
     pub data: Box<RawValue>,
     pub accepted: Instant,
+    /// The user whose client published it: a channel it creates counts against that
+    /// user's `limits.channels_per_user`. None for the HTTP API and the relay.
+    pub creator: Option<Arc<str>>,
 }
 
 /// What a publication reached on this node.
@@ -72,10 +115,22 @@ impl Hub {
         let delivered = match &p.target {
             Target::Channel(name) => {
                 let ns = self.namespaces.resolve(name)?;
+                // The excluded connection's device is kept with the publication, so its
+                // next connection does not get it back in a replay.
+                let origin = p.exclude.conn.as_deref().and_then(|id| self.local_conn(id));
+                let out = Outgoing {
+                    data: &p.data,
+                    exclude: &p.exclude,
+                    kept: p.exclude.kept(origin.as_deref()),
+                    lane,
+                    accepted: p.accepted,
+                    creator: p.creator.as_ref(),
+                };
                 let out: Published = self
                     .registry
                     .channels
-                    .publish(name, &ns.config, &p.data, &p.exclude, lane, p.accepted);
+                    .publish(name, &ns.config, &out)
+                    .map_err(|r| self.refused(r))?;
                 for c in &out.slow {
                     self.close_slow_consumer(c);
                 }
@@ -89,6 +144,13 @@ impl Hub {
             }
             other => {
                 let frame = pub_frame(None, None, &p.data);
+                let limit = self.registry.channels.max_frame();
+                if frame.len() > limit {
+                    return Err(self.refused(Refused::TooLarge {
+                        frame: frame.len(),
+                        limit,
+                    }));
+                }
                 Delivered {
                     queued: self.deliver(other, &p.exclude, &frame, p.accepted),
                     position: None,
@@ -100,6 +162,22 @@ impl Hub {
             .deliveries
             .fetch_add(delivered.queued as u64, Relaxed);
         Ok(delivered)
+    }
+
+    /// Counts a refused publication and says why, for the caller's answer.
+    fn refused(&self, r: Refused) -> Denied {
+        match r {
+            Refused::TooLarge { frame, limit } => {
+                self.metrics.refuse(Refusal::PublicationTooLarge);
+                Denied::TooLarge(format!(
+                    "the publication's frame is {frame} bytes; connections queue at most {limit} (ws.queue_bytes)"
+                ))
+            }
+            Refused::ChannelBudget => {
+                self.metrics.refuse(Refusal::ChannelBudget);
+                Denied::ChannelBudget
+            }
+        }
     }
 
     /// Queues `frame` to every local connection `target` names (not channels, which

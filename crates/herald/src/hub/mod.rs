@@ -2,6 +2,7 @@
 //! fan-out to them. It never awaits a socket: delivering is pushing a shared frame into
 //! each recipient's bounded [`Outbox`](crate::connection::outbox::Outbox).
 
+pub mod budget;
 pub mod channels;
 pub mod fanout;
 pub mod namespace;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use channels::ChannelLimits;
 pub use fanout::{Delivered, Exclude, Publication, Target};
 pub use namespace::Namespaces;
 pub use registry::{Admission, ConnHandle, Registration, Registry};
@@ -40,6 +42,11 @@ impl Hub {
                 cfg.limits.connections_per_user,
                 cfg.limits.connections_per_ip,
                 Duration::from_millis(cfg.presence.grace_ms),
+                ChannelLimits {
+                    max_frame: cfg.ws.queue_bytes,
+                    history_bytes: cfg.limits.history_bytes,
+                    channels_per_user: cfg.limits.channels_per_user,
+                },
             )),
             namespaces: Namespaces::new(&cfg.namespaces),
             metrics,
@@ -57,6 +64,16 @@ impl Hub {
     pub fn next_conn_id(&self) -> (u64, Arc<str>) {
         let n = self.next_conn.fetch_add(1, Relaxed);
         (n, Arc::from(format!("{}-{n}", self.node_tag)))
+    }
+
+    /// The local connection with this id (`<node tag>-<n>`), if it is on this node.
+    pub fn local_conn(&self, conn_id: &str) -> Option<Arc<ConnHandle>> {
+        let n: u64 = conn_id
+            .strip_prefix(self.node_tag.as_str())?
+            .strip_prefix('-')?
+            .parse()
+            .ok()?;
+        self.registry.get(n).filter(|c| &*c.conn_id == conn_id)
     }
 
     /// Milliseconds since the hub started: the clock of `last_seen`.

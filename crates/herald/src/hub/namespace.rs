@@ -19,10 +19,15 @@ pub struct Resolved<'a> {
     pub config: Arc<NamespaceConfig>,
 }
 
+/// Why a subscription or publication is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denied {
     UnknownNamespace(String),
     Forbidden(&'static str),
+    /// The publication's frame could not fit any connection's queue.
+    TooLarge(String),
+    /// The publishing user already created `limits.channels_per_user` channels.
+    ChannelBudget,
 }
 
 impl Namespaces {
@@ -49,13 +54,10 @@ impl Namespaces {
     }
 }
 
-/// `rest` belongs to `user`: exactly the id, or the id followed by `.` and more
-/// (`42` and `42.tv` for user 42, never `420`).
+/// `rest` belongs to `user` only when it is exactly the user id (DESIGN §4). There is no
+/// prefix rule: user ids may contain `.` and `@`, so `john` must not own `john.doe`.
 pub fn owns(user: &str, rest: &str) -> bool {
     rest == user
-        || rest
-            .strip_prefix(user)
-            .is_some_and(|tail| tail.starts_with('.') && tail.len() > 1)
 }
 
 impl Resolved<'_> {
@@ -105,12 +107,17 @@ mod tests {
     }
 
     #[test]
-    fn ownership_is_exact_or_dotted() {
+    fn ownership_is_the_whole_user_id() {
         assert!(owns("42", "42"));
-        assert!(owns("42", "42.tv"));
+        assert!(owns("john.doe", "john.doe"));
+        assert!(owns("bob.smith@example.com", "bob.smith@example.com"));
+        assert!(!owns("42", "42.tv"));
         assert!(!owns("42", "420"));
         assert!(!owns("42", "42."));
         assert!(!owns("42", "4"));
+        assert!(!owns("john", "john.doe"));
+        assert!(!owns("bob", "bob.smith@example.com"));
+        assert!(!owns("", "x"));
     }
 
     #[test]
@@ -120,10 +127,13 @@ mod tests {
         assert_eq!(news.namespace, "default");
         assert!(news.may_subscribe(&user("1", false)).is_ok());
         assert!(news.may_publish(&user("1", false)).is_err());
-        let sync = ns.resolve("sync:42.tv").unwrap();
+        let sync = ns.resolve("sync:42").unwrap();
         assert!(sync.may_subscribe(&user("42", false)).is_ok());
         assert!(sync.may_publish(&user("42", false)).is_ok());
         assert!(sync.may_subscribe(&user("420", false)).is_err());
+        let dotted = ns.resolve("sync:42.tv").unwrap();
+        assert!(dotted.may_subscribe(&user("42", false)).is_err());
+        assert!(dotted.may_publish(&user("42", false)).is_err());
         assert!(
             sync.may_subscribe(&user("7", true)).is_ok(),
             "admins may watch any channel"

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::channels::Channels;
+use super::channels::{ChannelLimits, Channels};
 use super::presence::UserPresence;
 use crate::auth::Identity;
 use crate::connection::outbox::Outbox;
@@ -30,6 +30,9 @@ pub struct ConnHandle {
     /// Unix seconds when the token expires (0 = never); replaced by `refresh`.
     pub expires_at: AtomicU64,
     pub channels: Mutex<HashSet<Arc<str>>>,
+    /// The groups this connection is indexed under now: the token's, until a `refresh`
+    /// brings a token with others (`identity.groups` stays what the first token said).
+    pub groups: Mutex<Vec<Arc<str>>>,
 }
 
 const SHARDS: usize = 16;
@@ -158,7 +161,7 @@ impl Drop for Registration {
         let r = &self.registry;
         write(&r.conns[shard_of(&h.id)]).remove(&h.id);
         r.users.remove(&h.identity.user, h.id);
-        for g in &h.identity.groups {
+        for g in h.groups.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             r.groups.remove(g, h.id);
         }
         let channels = std::mem::take(&mut *h.channels.lock().unwrap_or_else(|p| p.into_inner()));
@@ -176,12 +179,13 @@ impl Registry {
         max_per_user: usize,
         max_per_ip: usize,
         presence_grace: std::time::Duration,
+        channel_limits: ChannelLimits,
     ) -> Registry {
         Registry {
             conns: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             users: Index::new(),
             groups: Index::new(),
-            channels: Channels::default(),
+            channels: Channels::new(channel_limits),
             presence: UserPresence::new(presence_grace),
             counts: Mutex::new(Counts::default()),
             max_per_user,
@@ -216,7 +220,12 @@ impl Registry {
         write(&self.conns[shard_of(&handle.id)]).insert(handle.id, handle.clone());
         self.users.insert(&handle.identity.user, &handle);
         self.presence.connected(&handle.identity.user);
-        for g in &handle.identity.groups {
+        for g in handle
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             self.groups.insert(g, &handle);
         }
         Registration {
@@ -224,6 +233,18 @@ impl Registry {
             handle,
             _admission: admission,
         }
+    }
+
+    /// Re-indexes `conn` under `groups` (a refreshed token with other groups).
+    pub fn set_groups(&self, conn: &Arc<ConnHandle>, groups: &[Arc<str>]) {
+        let mut current = conn.groups.lock().unwrap_or_else(|p| p.into_inner());
+        for g in current.iter().filter(|g| !groups.contains(g)) {
+            self.groups.remove(g, conn.id);
+        }
+        for g in groups.iter().filter(|g| !current.contains(g)) {
+            self.groups.insert(g, conn);
+        }
+        *current = groups.to_vec();
     }
 
     /// Records that `conn` subscribed to `channel`; false if it already was.
@@ -291,12 +312,18 @@ mod tests {
             last_seen_ms: AtomicU64::new(0),
             expires_at: AtomicU64::new(0),
             channels: Mutex::new(HashSet::new()),
+            groups: Mutex::new(vec![Arc::from("g")]),
         })
     }
 
     #[test]
     fn caps_and_drop_guards_restore_everything() {
-        let r = Arc::new(Registry::new(2, 3, std::time::Duration::from_secs(2)));
+        let r = Arc::new(Registry::new(
+            2,
+            3,
+            std::time::Duration::from_secs(2),
+            ChannelLimits::default(),
+        ));
         let ip: IpAddr = [127, 0, 0, 1].into();
         let u: Arc<str> = Arc::from("u");
         let a1 = r.admit(&u, ip).unwrap();

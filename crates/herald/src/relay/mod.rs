@@ -55,11 +55,9 @@ pub fn relay(
         },
         data,
         accepted: Instant::now(),
+        creator: None,
     };
-    let lane = match event.target_device() {
-        Some(d) => Lane::Device(d),
-        None => Lane::Normal,
-    };
+    let lane = Lane::of_sync(&event);
     hub.publish_on_lane(&publication, lane)
         .map(|d| d.queued)
         .map_err(|_| Skipped::Event("the sync namespace is not configured".into()))

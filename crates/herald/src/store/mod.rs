@@ -77,6 +77,9 @@ pub trait Store: Send + Sync {
     /// Applies pending migrations; also a reachability check.
     fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     fn is_ready(&self) -> bool;
+    /// Whether the database answers now (`/readyz`): migrated at start-up and reachable
+    /// since, not just the former.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
 /// Opens the store named by `url` (empty = SQLite in `data_dir`). Connections are made

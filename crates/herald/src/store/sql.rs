@@ -315,4 +315,12 @@ impl Store for SqlStore {
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.check_ready()?;
+            with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
+            Ok(())
+        })
+    }
 }

@@ -66,6 +66,11 @@ pub struct MessageReader {
     /// place, and how many of those are known to be valid UTF-8 (fail fast, RFC 6455 §8.1).
     frame_unmasked: usize,
     frame_checked: usize,
+    /// Complete frames taken so far (liveness: only complete frames count as activity).
+    frames: u64,
+    /// Of those, data frames that carried nothing and completed no message (an empty
+    /// fragment): a flood of them costs us work, so they count for the rate limit.
+    empty_fragments: u64,
 }
 
 impl MessageReader {
@@ -77,7 +82,19 @@ impl MessageReader {
             partial: None,
             frame_unmasked: 0,
             frame_checked: 0,
+            frames: 0,
+            empty_fragments: 0,
         }
+    }
+
+    /// Complete frames taken out of the buffer so far.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Empty fragments (non-final data frames or continuations without payload) so far.
+    pub fn empty_fragments(&self) -> u64 {
+        self.empty_fragments
     }
 
     /// Takes the next complete message out of `buf`, or `Ok(None)` when more bytes are needed.
@@ -111,6 +128,10 @@ impl MessageReader {
             }
             buf.advance(h.header_len);
             let mut payload = buf.split_to(len);
+            self.frames += 1;
+            if len == 0 && !is_control && !(h.fin && h.opcode != frame::OP_CONTINUATION) {
+                self.empty_fragments += 1;
+            }
             let done = std::mem::take(&mut self.frame_unmasked);
             self.frame_checked = 0;
             if let Some(key) = h.mask {

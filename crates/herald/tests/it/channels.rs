@@ -223,8 +223,8 @@ async fn namespace_rules_are_enforced() {
         );
     }
     assert_eq!(
-        subscribe(&mut u42, "sync:42.tv", None).await["channel"],
-        "sync:42.tv"
+        subscribe(&mut u42, "sync:42", None).await["channel"],
+        "sync:42"
     );
     let (mut admin, _) = s
         .connect_token(&s.token_with("boss", |c| c.admin = true))
