@@ -7,6 +7,7 @@ mod bad_input;
 mod channels;
 mod cli;
 mod fanout;
+mod hostile;
 mod jwt_keys;
 mod lifecycle;
 mod limits;
