@@ -8,6 +8,7 @@ mod channels;
 mod cli;
 mod fanout;
 mod hardening;
+mod hostile;
 mod jwt_keys;
 mod lifecycle;
 mod limits;
