@@ -8,56 +8,46 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-/// Why something was refused or dropped; one counter each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    BadHandshake,
-    BadOrigin,
-    BadToken,
-    UserCap,
-    IpCap,
-    HandshakeTimeout,
-    SlowConsumer,
-    RateLimited,
-    TooLarge,
-    ProtocolError,
-    BadApiKey,
-    BodyTooLarge,
+/// Declares [`Refusal`], [`Refusal::ALL`] and the names from one table, so a reason
+/// cannot exist without a counter, a name and a place in `/api/stats` `refused`: adding a
+/// variant anywhere else than here does not compile.
+macro_rules! refusals {
+    ($($variant:ident => $name:literal,)+) => {
+        /// Why something was refused or dropped; one counter each.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Refusal {
+            $($variant,)+
+        }
+
+        impl Refusal {
+            /// Every reason, in declaration order: `index()` is the position here.
+            pub const ALL: [Refusal; [$($name),+].len()] = [$(Refusal::$variant),+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Refusal::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+refusals! {
+    BadHandshake => "bad_handshake",
+    BadOrigin => "bad_origin",
+    BadToken => "bad_token",
+    UserCap => "user_cap",
+    IpCap => "ip_cap",
+    HandshakeTimeout => "handshake_timeout",
+    SlowConsumer => "slow_consumer",
+    RateLimited => "rate_limited",
+    TooLarge => "too_large",
+    ProtocolError => "protocol_error",
+    BadApiKey => "bad_api_key",
+    BodyTooLarge => "body_too_large",
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 12] = [
-        Refusal::BadHandshake,
-        Refusal::BadOrigin,
-        Refusal::BadToken,
-        Refusal::UserCap,
-        Refusal::IpCap,
-        Refusal::HandshakeTimeout,
-        Refusal::SlowConsumer,
-        Refusal::RateLimited,
-        Refusal::TooLarge,
-        Refusal::ProtocolError,
-        Refusal::BadApiKey,
-        Refusal::BodyTooLarge,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Refusal::BadHandshake => "bad_handshake",
-            Refusal::BadOrigin => "bad_origin",
-            Refusal::BadToken => "bad_token",
-            Refusal::UserCap => "user_cap",
-            Refusal::IpCap => "ip_cap",
-            Refusal::HandshakeTimeout => "handshake_timeout",
-            Refusal::SlowConsumer => "slow_consumer",
-            Refusal::RateLimited => "rate_limited",
-            Refusal::TooLarge => "too_large",
-            Refusal::ProtocolError => "protocol_error",
-            Refusal::BadApiKey => "bad_api_key",
-            Refusal::BodyTooLarge => "body_too_large",
-        }
-    }
-
     const fn index(self) -> usize {
         self as usize
     }
@@ -222,6 +212,34 @@ mod tests {
     fn refusal_index_matches_table() {
         for (i, r) in Refusal::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
+        }
+    }
+
+    #[test]
+    fn refusal_names_are_distinct_snake_case() {
+        let mut names: Vec<&str> = Refusal::ALL.iter().map(|r| r.as_str()).collect();
+        for n in &names {
+            assert!(
+                !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{n}"
+            );
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Refusal::ALL.len(), "a name is used twice");
+    }
+
+    #[test]
+    fn each_refusal_counts_under_its_own_reason_only() {
+        let m = Metrics::default();
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            m.refuse(*r);
+            m.refuse(*r);
+            let counts: Vec<u64> = Refusal::ALL.iter().map(|x| m.refusals(*x)).collect();
+            let expected: Vec<u64> = (0..Refusal::ALL.len())
+                .map(|j| if j <= i { 2 } else { 0 })
+                .collect();
+            assert_eq!(counts, expected, "after refusing {r:?}");
         }
     }
 }
