@@ -8,80 +8,58 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-/// Why something was refused or dropped; one counter each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    BadHandshake,
-    BadOrigin,
-    BadToken,
-    UserCap,
-    IpCap,
-    HandshakeTimeout,
-    SlowConsumer,
-    RateLimited,
-    TooLarge,
-    ProtocolError,
-    BadApiKey,
-    BodyTooLarge,
-    /// A publication whose frame no connection queue could hold (413 / `too_large`).
-    PublicationTooLarge,
-    /// A client publication that would create one channel too many for its user.
-    ChannelBudget,
-    /// A socket that took no bytes for `ws.write_timeout_s` (closed as a slow consumer).
-    WriteStalled,
-    /// A connection asked for store work while its previous request was in flight.
-    StoreBusy,
-    /// Over `limits.http_connections` or `http_connections_per_ip`: refused at accept.
-    HttpConnCap,
-    /// A request body that did not arrive within `limits.http_body_timeout_s` (408).
-    BodyTimeout,
+/// Declares [`Refusal`], [`Refusal::ALL`] and the names from one table, so a reason
+/// cannot exist without a counter, a name and a place in `/api/stats` `refused`: adding a
+/// variant anywhere else than here does not compile.
+macro_rules! refusals {
+    ($($variant:ident => $name:literal,)+) => {
+        /// Why something was refused or dropped; one counter each.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Refusal {
+            $($variant,)+
+        }
+
+        impl Refusal {
+            /// Every reason, in declaration order: `index()` is the position here.
+            pub const ALL: [Refusal; [$($name),+].len()] = [$(Refusal::$variant),+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Refusal::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+refusals! {
+    BadHandshake => "bad_handshake",
+    BadOrigin => "bad_origin",
+    BadToken => "bad_token",
+    UserCap => "user_cap",
+    IpCap => "ip_cap",
+    HandshakeTimeout => "handshake_timeout",
+    SlowConsumer => "slow_consumer",
+    RateLimited => "rate_limited",
+    TooLarge => "too_large",
+    ProtocolError => "protocol_error",
+    BadApiKey => "bad_api_key",
+    BodyTooLarge => "body_too_large",
+    // A publication whose frame no connection queue could hold (413 / `too_large`).
+    PublicationTooLarge => "publication_too_large",
+    // A client publication that would create one channel too many for its user.
+    ChannelBudget => "channel_budget",
+    // A socket that took no bytes for `ws.write_timeout_s` (closed as a slow consumer).
+    WriteStalled => "write_stalled",
+    // A connection asked for store work while its previous request was in flight.
+    StoreBusy => "store_busy",
+    // Over `limits.http_connections` or `http_connections_per_ip`: refused at accept.
+    HttpConnCap => "http_conn_cap",
+    // A request body that did not arrive within `limits.http_body_timeout_s` (408).
+    BodyTimeout => "body_timeout",
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 18] = [
-        Refusal::BadHandshake,
-        Refusal::BadOrigin,
-        Refusal::BadToken,
-        Refusal::UserCap,
-        Refusal::IpCap,
-        Refusal::HandshakeTimeout,
-        Refusal::SlowConsumer,
-        Refusal::RateLimited,
-        Refusal::TooLarge,
-        Refusal::ProtocolError,
-        Refusal::BadApiKey,
-        Refusal::BodyTooLarge,
-        Refusal::PublicationTooLarge,
-        Refusal::ChannelBudget,
-        Refusal::WriteStalled,
-        Refusal::StoreBusy,
-        Refusal::HttpConnCap,
-        Refusal::BodyTimeout,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Refusal::BadHandshake => "bad_handshake",
-            Refusal::BadOrigin => "bad_origin",
-            Refusal::BadToken => "bad_token",
-            Refusal::UserCap => "user_cap",
-            Refusal::IpCap => "ip_cap",
-            Refusal::HandshakeTimeout => "handshake_timeout",
-            Refusal::SlowConsumer => "slow_consumer",
-            Refusal::RateLimited => "rate_limited",
-            Refusal::TooLarge => "too_large",
-            Refusal::ProtocolError => "protocol_error",
-            Refusal::BadApiKey => "bad_api_key",
-            Refusal::BodyTooLarge => "body_too_large",
-            Refusal::PublicationTooLarge => "publication_too_large",
-            Refusal::ChannelBudget => "channel_budget",
-            Refusal::WriteStalled => "write_stalled",
-            Refusal::StoreBusy => "store_busy",
-            Refusal::HttpConnCap => "http_conn_cap",
-            Refusal::BodyTimeout => "body_timeout",
-        }
-    }
-
     const fn index(self) -> usize {
         self as usize
     }
@@ -267,6 +245,34 @@ mod tests {
     fn refusal_index_matches_table() {
         for (i, r) in Refusal::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
+        }
+    }
+
+    #[test]
+    fn refusal_names_are_distinct_snake_case() {
+        let mut names: Vec<&str> = Refusal::ALL.iter().map(|r| r.as_str()).collect();
+        for n in &names {
+            assert!(
+                !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{n}"
+            );
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Refusal::ALL.len(), "a name is used twice");
+    }
+
+    #[test]
+    fn each_refusal_counts_under_its_own_reason_only() {
+        let m = Metrics::default();
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            m.refuse(*r);
+            m.refuse(*r);
+            let counts: Vec<u64> = Refusal::ALL.iter().map(|x| m.refusals(*x)).collect();
+            let expected: Vec<u64> = (0..Refusal::ALL.len())
+                .map(|j| if j <= i { 2 } else { 0 })
+                .collect();
+            assert_eq!(counts, expected, "after refusing {r:?}");
         }
     }
 }

@@ -207,13 +207,34 @@ mod tests {
             ..Default::default()
         };
         let v = Verifier::new(&cfg, SECRET).unwrap();
+        let with = |iss: Option<&str>, aud: Option<&str>| {
+            let mut c = claims(now_unix() + 60);
+            c.iss = iss.map(Into::into);
+            c.aud = aud.map(Into::into);
+            v.verify(&mint_hs256(SECRET, &c).unwrap())
+                .map(|id| id.user)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(with(Some("me"), Some("herald")), Ok(Arc::from("42")));
+        // Each claim is checked on its own: the other one being right does not help.
+        for (iss, aud, why) in [
+            (None, Some("herald"), "missing claim `iss`"),
+            (Some("me"), None, "missing claim `aud`"),
+            (Some("someone-else"), Some("herald"), "wrong issuer"),
+            (Some("me"), Some("another-app"), "wrong audience"),
+        ] {
+            assert_eq!(
+                with(iss, aud),
+                Err(format!("invalid token: {why}")),
+                "iss {iss:?}, aud {aud:?}"
+            );
+        }
+        // Unconfigured, neither is required nor checked.
+        let lax = Verifier::new(&AuthConfig::default(), SECRET).unwrap();
         let mut c = claims(now_unix() + 60);
-        assert!(v.verify(&mint_hs256(SECRET, &c).unwrap()).is_err());
-        c.iss = Some("me".into());
-        c.aud = Some("herald".into());
-        assert!(v.verify(&mint_hs256(SECRET, &c).unwrap()).is_ok());
-        c.aud = Some("other".into());
-        assert!(v.verify(&mint_hs256(SECRET, &c).unwrap()).is_err());
+        c.iss = Some("anyone".into());
+        c.aud = Some("anything".into());
+        assert!(lax.verify(&mint_hs256(SECRET, &c).unwrap()).is_ok());
     }
 
     #[test]

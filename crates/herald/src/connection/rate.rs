@@ -132,18 +132,104 @@ mod tests {
         );
     }
 
+    const STEP: Duration = Duration::from_millis(100);
+
+    /// One message every `STEP` from `from` while before `until`: each time and verdict.
+    fn flood(l: &mut InboundLimiter, from: Instant, until: Instant) -> Vec<(Instant, Verdict)> {
+        let mut out = Vec::new();
+        let mut t = from;
+        while t < until {
+            out.push((t, l.check(t)));
+            t += STEP;
+        }
+        out
+    }
+
+    /// Two messages at `at` (a refill lets at most one through), then a 5 s flood.
+    fn burst_then_flood(l: &mut InboundLimiter, at: Instant) -> Vec<(Instant, Verdict)> {
+        let mut run = vec![(at, l.check(at)), (at, l.check(at))];
+        run.extend(flood(l, at + STEP, at + Duration::from_secs(5)));
+        run
+    }
+
+    fn refused(v: &Verdict) -> bool {
+        matches!(v, Verdict::Refuse { .. })
+    }
+
+    /// The first verdict that is not `Allow`, and when.
+    fn first_limited(run: &[(Instant, Verdict)]) -> (Instant, &Verdict) {
+        let (t, v) = run
+            .iter()
+            .find(|(_, v)| *v != Verdict::Allow)
+            .expect("a flood at 10/s against 1/s is limited");
+        (*t, v)
+    }
+
+    /// A 1.5 s flood against 1/s: limited, never closed (shorter than `close_after`).
+    /// Returns the limiter and its last refusal.
+    fn limited_for_a_while(close_after: Duration) -> (InboundLimiter, Instant) {
+        let t0 = Instant::now();
+        let mut l = InboundLimiter::new(1, 1, close_after);
+        let run = flood(&mut l, t0, t0 + Duration::from_millis(1500));
+        assert!(run.iter().all(|(_, v)| *v != Verdict::Close), "{run:?}");
+        let last = run.iter().rev().find(|(_, v)| refused(v)).expect("refused");
+        (l, last.0)
+    }
+
     #[test]
     fn a_calm_second_resets_the_streak() {
+        let close_after = Duration::from_secs(2);
+        let (mut l, last_refusal) = limited_for_a_while(close_after);
+        // Exactly one calm second, then a new flood: its streak starts at its own first
+        // refusal, so it is closed `close_after` after that, not at once.
+        let resume = last_refusal + CALM;
+        let run = burst_then_flood(&mut l, resume);
+        let (start, first) = first_limited(&run);
+        assert_eq!(*first, Verdict::Refuse { notify: true }, "a new streak");
+        let (closed, _) = run
+            .iter()
+            .find(|(_, v)| *v == Verdict::Close)
+            .expect("the second flood is closed in the end");
+        assert!(
+            *closed >= start + close_after && *closed < start + close_after + 2 * STEP,
+            "closed {:?} after the new streak began, expected {close_after:?}",
+            *closed - start
+        );
+    }
+
+    #[test]
+    fn less_than_a_calm_second_keeps_the_streak() {
+        let close_after = Duration::from_secs(2);
+        let (mut l, last_refusal) = limited_for_a_while(close_after);
+        // A pause just short of a second: the streak that began 1.5 s ago goes on, and
+        // it is now older than `close_after`, so the next refusal closes.
+        let resume = last_refusal + CALM - Duration::from_millis(1);
+        let run = burst_then_flood(&mut l, resume);
+        assert_eq!(first_limited(&run), (resume, &Verdict::Close), "{run:?}");
+    }
+
+    #[test]
+    fn a_flood_is_told_once_a_second() {
         let t0 = Instant::now();
-        let mut l = InboundLimiter::new(1, 1, Duration::from_secs(2));
-        l.check(t0);
-        assert!(matches!(l.check(t0), Verdict::Refuse { .. }));
-        // 1.5 s of calm, then a short burst: the streak starts over.
-        assert_eq!(l.check(t0 + Duration::from_millis(1500)), Verdict::Allow);
-        assert!(matches!(
-            l.check(t0 + Duration::from_millis(2500)),
-            Verdict::Allow | Verdict::Refuse { .. }
-        ));
-        assert_ne!(l.check(t0 + Duration::from_millis(2600)), Verdict::Close);
+        let mut l = InboundLimiter::new(1, 1, Duration::from_secs(60));
+        let run = flood(&mut l, t0, t0 + Duration::from_secs(10));
+        let told: Vec<Instant> = run
+            .iter()
+            .filter(|(_, v)| *v == Verdict::Refuse { notify: true })
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(told[0], t0 + STEP, "the first refusal is told");
+        for pair in told.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap >= CALM && gap < CALM + 2 * STEP,
+                "error frames {gap:?} apart: {told:?}"
+            );
+        }
+        let end = t0 + Duration::from_secs(10);
+        assert!(
+            end - told[told.len() - 1] < CALM + 2 * STEP,
+            "told through to the end: {told:?}"
+        );
     }
 }

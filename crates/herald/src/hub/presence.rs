@@ -1,5 +1,8 @@
 //! User presence (seed 004): online while any connection is up; offline only after the
 //! grace period, so a reload (close, then connect within the grace) never reads offline.
+//!
+//! Every time-dependent method has an `_at(now)` twin so the grace can be tested with an
+//! explicit clock instead of sleeping; the plain methods read `Instant::now()`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,21 +31,43 @@ impl UserPresence {
     }
 
     pub fn last_disconnected(&self, user: &Arc<str>) {
-        self.lock().insert(user.clone(), Instant::now());
+        self.last_disconnected_at(user, Instant::now());
+    }
+
+    /// The user's last connection went away at `now`: the grace runs from here.
+    pub fn last_disconnected_at(&self, user: &Arc<str>, now: Instant) {
+        self.lock().insert(user.clone(), now);
     }
 
     /// Online given the number of live connections: any, or the last left within the grace.
     pub fn online(&self, user: &str, connections: usize) -> bool {
+        self.online_at(user, connections, Instant::now())
+    }
+
+    /// [`online`](Self::online) as seen at `now`.
+    pub fn online_at(&self, user: &str, connections: usize, now: Instant) -> bool {
         connections > 0
             || self
                 .lock()
                 .get(user)
-                .is_some_and(|t| t.elapsed() < self.grace)
+                .is_some_and(|t| now.saturating_duration_since(*t) < self.grace)
     }
 
     pub fn sweep(&self) {
+        self.sweep_at(Instant::now());
+    }
+
+    /// Forgets users whose grace ran out by `now`.
+    pub fn sweep_at(&self, now: Instant) {
         let grace = self.grace;
-        self.lock().retain(|_, t| t.elapsed() < grace);
+        self.lock()
+            .retain(|_, t| now.saturating_duration_since(*t) < grace);
+    }
+
+    /// How many users are still within their grace (for leak checks).
+    #[cfg(test)]
+    fn pending(&self) -> usize {
+        self.lock().len()
     }
 }
 
@@ -50,18 +75,76 @@ impl UserPresence {
 mod tests {
     use super::*;
 
+    const GRACE: Duration = Duration::from_secs(2);
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
-    fn offline_only_after_the_grace() {
-        let p = UserPresence::new(Duration::from_millis(50));
+    fn offline_exactly_when_the_grace_runs_out() {
+        let p = UserPresence::new(GRACE);
         let u: Arc<str> = Arc::from("u");
-        assert!(!p.online("u", 0));
-        assert!(p.online("u", 1));
-        p.last_disconnected(&u);
-        assert!(p.online("u", 0), "within the grace");
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(!p.online("u", 0));
-        p.last_disconnected(&u);
+        let t0 = Instant::now();
+        assert!(!p.online_at("u", 0, t0), "never connected");
+        assert!(p.online_at("u", 1, t0));
+        p.last_disconnected_at(&u, t0);
+        assert!(p.online_at("u", 0, t0), "just left");
+        assert!(
+            p.online_at("u", 0, t0 + GRACE - MS),
+            "last moment of the grace"
+        );
+        assert!(!p.online_at("u", 0, t0 + GRACE), "the grace is over");
+        assert!(p.online_at("u", 1, t0 + GRACE), "connections always count");
+        assert!(!p.online_at("v", 0, t0), "only that user");
+    }
+
+    #[test]
+    fn a_reload_restarts_the_grace_from_the_last_disconnect() {
+        let p = UserPresence::new(GRACE);
+        let u: Arc<str> = Arc::from("u");
+        let t0 = Instant::now();
+        p.last_disconnected_at(&u, t0);
+        // Reconnects halfway through the grace, and leaves again a second later.
+        let back = t0 + GRACE / 2;
         p.connected("u");
-        assert!(!p.online("u", 0), "a reconnect clears the pending offline");
+        assert!(
+            !p.online_at("u", 0, back),
+            "a reconnect clears the pending offline"
+        );
+        let gone = back + Duration::from_secs(1);
+        p.last_disconnected_at(&u, gone);
+        // Past the first disconnect's grace, still within the second one's.
+        assert!(p.online_at("u", 0, t0 + GRACE));
+        assert!(p.online_at("u", 0, gone + GRACE - MS));
+        assert!(!p.online_at("u", 0, gone + GRACE));
+    }
+
+    #[test]
+    fn sweep_forgets_only_the_expired() {
+        let p = UserPresence::new(GRACE);
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let t0 = Instant::now();
+        p.last_disconnected_at(&a, t0);
+        p.last_disconnected_at(&b, t0 + Duration::from_secs(1));
+        p.sweep_at(t0 + GRACE - MS);
+        assert_eq!(p.pending(), 2);
+        p.sweep_at(t0 + GRACE);
+        assert_eq!(p.pending(), 1, "a's grace is over, b's is not");
+        assert!(p.online_at("b", 0, t0 + GRACE));
+        p.sweep_at(t0 + GRACE + Duration::from_secs(1));
+        assert_eq!(p.pending(), 0);
+    }
+
+    #[test]
+    fn the_plain_methods_use_the_current_time() {
+        let p = UserPresence::new(Duration::from_secs(3600));
+        let u: Arc<str> = Arc::from("u");
+        p.last_disconnected(&u);
+        assert!(p.online("u", 0));
+        p.sweep();
+        assert_eq!(p.pending(), 1, "an hour's grace has not run out");
+        let p = UserPresence::new(Duration::ZERO);
+        p.last_disconnected(&u);
+        assert!(!p.online("u", 0), "no grace: offline at once");
+        p.sweep();
+        assert_eq!(p.pending(), 0);
     }
 }

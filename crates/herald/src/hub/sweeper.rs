@@ -53,3 +53,111 @@ pub fn sweep(hub: &Hub, ping: Option<&Frame>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Mutex;
+
+    use tokio::time::{Duration, Instant};
+
+    use super::*;
+    use crate::auth::Identity;
+    use crate::config::Config;
+    use crate::connection::outbox::{Batch, Outbox};
+    use crate::hub::{ConnHandle, Registration};
+    use crate::metrics::Metrics;
+    use crate::ws::frame::OP_PING;
+
+    fn hub(heartbeat_s: u64, leeway_s: u64) -> Arc<Hub> {
+        let mut cfg = Config::default();
+        cfg.ws.heartbeat_s = heartbeat_s;
+        cfg.auth.leeway_s = leeway_s;
+        Arc::new(Hub::new(&cfg, Arc::new(Metrics::default())))
+    }
+
+    fn connect(hub: &Hub, id: u64, expires_at: u64) -> Registration {
+        let user: Arc<str> = Arc::from(format!("u{id}"));
+        let handle = Arc::new(ConnHandle {
+            id,
+            conn_id: Arc::from(id.to_string()),
+            identity: Identity {
+                user: user.clone(),
+                device: None,
+                groups: vec![],
+                admin: false,
+                expires_at: Some(expires_at),
+            },
+            outbox: Arc::new(Outbox::new(16, 1 << 16)),
+            last_seen_ms: AtomicU64::new(hub.now_ms()),
+            expires_at: AtomicU64::new(expires_at),
+            channels: Mutex::new(HashSet::new()),
+            groups: Mutex::new(Vec::new()),
+        });
+        let admission = hub
+            .registry
+            .admit(&user, [127, 0, 0, 1].into())
+            .expect("under the caps");
+        hub.registry.register(admission, handle)
+    }
+
+    /// Everything queued on `outbox` right now, without waiting.
+    async fn take(outbox: &Outbox) -> Option<(Batch, Vec<Frame>)> {
+        let (mut control, mut data) = (Vec::new(), Vec::new());
+        tokio::select! {
+            biased;
+            b = outbox.next_batch(&mut control, &mut data) => {
+                control.extend(data.into_iter().map(|q| q.frame));
+                Some((b, control))
+            }
+            _ = std::future::ready(()) => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_go_out_every_heartbeat_and_not_between() {
+        let hub = hub(3, 0);
+        let reg = connect(&hub, 1, 0);
+        let stop = CancellationToken::new();
+        let sweeper = tokio::spawn(run(hub.clone(), stop.clone()));
+        let start = Instant::now();
+        let mut pinged = Vec::new();
+        for s in 1..=12u64 {
+            // Half-way between ticks: the tick due before has run, the next has not.
+            tokio::time::sleep_until(start + Duration::from_millis(s * 1000 - 500)).await;
+            if let Some((batch, frames)) = take(&reg.handle.outbox).await {
+                assert_eq!(batch, Batch::Write);
+                assert_eq!(frames, vec![Frame::new(OP_PING, b"")], "at {s} s");
+                pinged.push(s);
+            }
+        }
+        // The first ping within one heartbeat, then exactly one every heartbeat.
+        assert!(pinged[0] <= 3, "{pinged:?}");
+        let gaps: Vec<u64> = pinged.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps, vec![3; pinged.len() - 1], "{pinged:?}");
+        assert!(pinged.len() >= 3, "{pinged:?}");
+        stop.cancel();
+        sweeper.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_token_past_its_expiry_and_leeway_is_closed_with_4002() {
+        let hub = hub(25, 30);
+        let now = now_unix();
+        let expired = connect(&hub, 1, now - 30 - 2);
+        let within_leeway = connect(&hub, 2, now - 30 + 5);
+        let never = connect(&hub, 3, 0);
+        sweep(&hub, None);
+        assert!(expired.handle.outbox.is_closing());
+        let (batch, frames) = take(&expired.handle.outbox).await.unwrap();
+        assert_eq!(batch, Batch::Finish);
+        let code = CloseCode::TokenExpired;
+        assert_eq!(frames, vec![Frame::close(code.code(), code.reason())]);
+        assert!(
+            !within_leeway.handle.outbox.is_closing(),
+            "within the leeway"
+        );
+        assert!(!never.handle.outbox.is_closing(), "no expiry");
+    }
+}

@@ -56,6 +56,8 @@ async fn flood_gets_rate_limited_then_closed_with_1008() {
     })
     .await;
     let (mut ws, _) = s.connect("1").await;
+    // The server's streak starts at its first refusal, after this instant.
+    let flood_began = tokio::time::Instant::now();
     for _ in 0..10 {
         send_text(&mut ws, r#"{"type":"ping"}"#).await;
     }
@@ -90,6 +92,11 @@ async fn flood_gets_rate_limited_then_closed_with_1008() {
         }
     };
     assert_eq!(code, Some(1008));
+    assert!(
+        flood_began.elapsed() >= Duration::from_secs(2),
+        "closed {:?} into the flood, before rate_limit_close_after_s",
+        flood_began.elapsed()
+    );
     flood.abort();
     s.shutdown().await;
 }
@@ -169,6 +176,8 @@ async fn expired_token_closes_with_4002_unless_refreshed() {
 #[tokio::test]
 async fn slowloris_upgrade_is_dropped_after_the_handshake_timeout() {
     let s = TestServer::start_with(|c| c.limits.handshake_timeout_s = 1).await;
+    // The server's clock starts at accept, after this instant.
+    let started = tokio::time::Instant::now();
     let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
         .await
@@ -191,6 +200,11 @@ async fn slowloris_upgrade_is_dropped_after_the_handshake_timeout() {
             .unwrap_or(0);
         assert_eq!(rest, 0);
     }
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "dropped after {:?}, before the handshake timeout",
+        started.elapsed()
+    );
     eventually("the drop is counted", || async {
         s.stats().await["refused"]["handshake_timeout"] == 1
     })
