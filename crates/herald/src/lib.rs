@@ -10,6 +10,13 @@
 //! - [`http`]: the accept loop, routes and endpoints;
 //! - [`cli`]: the `herald` subcommands; [`bench`]: the load generator.
 
+// Nothing a client, a config file or the network controls may reach a panic: these are
+// denied in the library (tests may use them); each exception carries its reason.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 pub mod announce;
 pub mod auth;
 pub mod bench;

@@ -1,5 +1,7 @@
 //! The `herald` binary: parse the command line and dispatch.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use clap::Parser;
 use herald::cli::{self, Cli, Command};
 

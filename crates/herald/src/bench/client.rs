@@ -124,7 +124,10 @@ pub async fn connect(target: &Target, i: usize) -> Result<Conn, String> {
             Err(e) => return Err(format!("read upgrade: {}", e.kind())),
         }
     };
-    check_101(&buf[..head_len], &derive_accept(key.as_bytes()))?;
+    check_101(
+        buf.get(..head_len).unwrap_or_default(),
+        &derive_accept(key.as_bytes()),
+    )?;
     buf.advance(head_len);
 
     let mut conn = Conn {
@@ -167,7 +170,7 @@ fn error_code(frame: &[u8]) -> String {
         .and_then(|p| frame.get(p + CODE.len()..))
         .and_then(|rest| {
             let end = rest.iter().take(64).position(|&b| b == b'"')?;
-            std::str::from_utf8(&rest[..end]).ok()
+            std::str::from_utf8(rest.get(..end)?).ok()
         });
     code.unwrap_or("?").to_owned()
 }
@@ -306,7 +309,7 @@ fn masked(out: &mut BytesMut, opcode: u8, payload: &[u8]) {
     put_header(out, true, opcode, payload.len(), Some(key));
     let start = out.len();
     out.extend_from_slice(payload);
-    apply_mask(&mut out[start..], key, 0);
+    apply_mask(out.get_mut(start..).unwrap_or_default(), key, 0);
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> bool {

@@ -46,7 +46,7 @@ pub fn parse_stamp(text: &[u8]) -> Option<u64> {
         return None;
     }
     let mut n: u64 = 0;
-    for &b in &rest[..end] {
+    for &b in rest.get(..end)? {
         if !b.is_ascii_digit() {
             return None;
         }

@@ -1,7 +1,7 @@
 //! `herald publish`: calls `POST /api/publish` with the data dir's API key.
 
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::ConfigArgs;
 use crate::config::load::Overrides;
@@ -44,7 +44,8 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         )
     })?;
     let data: Value = serde_json::from_str(&args.data).unwrap_or(Value::String(args.data.clone()));
-    let mut body = json!({ "data": data });
+    let mut body = serde_json::Map::new();
+    body.insert("data".into(), data);
     for (k, v) in [
         ("channel", args.channel),
         ("user", args.user),
@@ -53,12 +54,13 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         ("exclude_conn", args.exclude_conn),
     ] {
         if let Some(v) = v {
-            body[k] = Value::String(v);
+            body.insert(k.into(), Value::String(v));
         }
     }
     if args.all {
-        body["all"] = Value::Bool(true);
+        body.insert("all".into(), Value::Bool(true));
     }
+    let body = Value::Object(body);
     let scheme = if cfg.tls.cert_file.is_some() {
         "https"
     } else {

@@ -198,8 +198,10 @@ pub async fn history(
         .iter()
         .map(|(a, acks)| {
             let mut v = json!(BroadcastBody::of(a));
-            v["active"] = json!(a.active);
-            v["acknowledgements"] = json!(acks);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("active".into(), json!(a.active));
+                o.insert("acknowledgements".into(), json!(acks));
+            }
             v
         })
         .collect();

@@ -87,11 +87,12 @@ pub async fn publish(
         .broker
         .publish(&app.hub, &publication, lane)
         .map_err(denied)?;
-    let mut body = json!({ "queued": delivered.queued });
-    if let Some((offset, epoch)) = delivered.position {
-        body["offset"] = json!(offset);
-        body["epoch"] = json!(&*epoch);
-    }
+    let body = match delivered.position {
+        Some((offset, epoch)) => {
+            json!({ "queued": delivered.queued, "offset": offset, "epoch": &*epoch })
+        }
+        None => json!({ "queued": delivered.queued }),
+    };
     Ok(Json(body))
 }
 

@@ -67,6 +67,10 @@ impl Index {
 
     fn shard(&self, key: &str) -> &RwLock<HashMap<Arc<str>, ConnMap>> {
         // SHARDS is non-zero and shard_of is taken modulo SHARDS.
+        #[allow(
+            clippy::indexing_slicing,
+            reason = "shard_of(..) < SHARDS == shards.len()"
+        )]
         &self.shards[shard_of(key)]
     }
 
@@ -159,7 +163,7 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let h = &self.handle;
         let r = &self.registry;
-        write(&r.conns[shard_of(&h.id)]).remove(&h.id);
+        write(r.conn_shard(h.id)).remove(&h.id);
         r.users.remove(&h.identity.user, h.id);
         for g in h.groups.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             r.groups.remove(g, h.id);
@@ -193,6 +197,14 @@ impl Registry {
         }
     }
 
+    fn conn_shard(&self, id: u64) -> &RwLock<ConnMap> {
+        #[allow(
+            clippy::indexing_slicing,
+            reason = "shard_of(..) < SHARDS == conns.len()"
+        )]
+        &self.conns[shard_of(&id)]
+    }
+
     /// Reserves a slot for `user` from `ip`, or says which cap is full. Check and
     /// reservation happen under one lock, so concurrent upgrades cannot overshoot.
     pub fn admit(self: &Arc<Self>, user: &Arc<str>, ip: IpAddr) -> Result<Admission, Refusal> {
@@ -217,7 +229,7 @@ impl Registry {
         admission: Admission,
         handle: Arc<ConnHandle>,
     ) -> Registration {
-        write(&self.conns[shard_of(&handle.id)]).insert(handle.id, handle.clone());
+        write(self.conn_shard(handle.id)).insert(handle.id, handle.clone());
         self.users.insert(&handle.identity.user, &handle);
         self.presence.connected(&handle.identity.user);
         for g in handle
@@ -271,7 +283,7 @@ impl Registry {
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<ConnHandle>> {
-        read(&self.conns[shard_of(&id)]).get(&id).cloned()
+        read(self.conn_shard(id)).get(&id).cloned()
     }
 
     pub fn connections(&self) -> usize {

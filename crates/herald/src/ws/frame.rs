@@ -38,7 +38,7 @@ impl Frame {
         while !reason.is_char_boundary(cut) {
             cut -= 1;
         }
-        payload.extend_from_slice(&reason.as_bytes()[..cut]);
+        payload.extend_from_slice(reason.as_bytes().get(..cut).unwrap_or_default());
         Frame::new(OP_CLOSE, &payload)
     }
 
@@ -92,8 +92,10 @@ pub fn put_header(out: &mut BytesMut, fin: bool, opcode: u8, len: usize, mask: O
 
 /// XORs `data` with the mask `key`, starting at payload offset `offset`.
 pub fn apply_mask(data: &mut [u8], key: [u8; 4], offset: usize) {
-    for (i, b) in data.iter_mut().enumerate() {
-        *b ^= key[(offset + i) & 3];
+    let mut k = key;
+    k.rotate_left(offset & 3);
+    for (b, m) in data.iter_mut().zip(k.iter().cycle()) {
+        *b ^= m;
     }
 }
 
@@ -156,8 +158,8 @@ pub fn parse_header(buf: &[u8], expect_masked: bool) -> Result<Option<Header>, H
         });
     }
     let (payload_len, mut pos) = match b1 & 0x7F {
-        126 => match buf.get(2..4) {
-            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+        126 => match buf.get(2..4).and_then(|b| <[u8; 2]>::try_from(b).ok()) {
+            Some(b) => (u64::from(u16::from_be_bytes(b)), 4),
             None => return Ok(None),
         },
         127 => match buf.get(2..10) {
@@ -175,10 +177,13 @@ pub fn parse_header(buf: &[u8], expect_masked: bool) -> Result<Option<Header>, H
         n => (u64::from(n), 2),
     };
     let mask = if masked {
-        match buf.get(pos..pos + 4) {
-            Some(b) => {
+        match buf
+            .get(pos..pos + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        {
+            Some(key) => {
                 pos += 4;
-                Some([b[0], b[1], b[2], b[3]])
+                Some(key)
             }
             None => return Ok(None),
         }
