@@ -29,6 +29,7 @@ pub mod hub;
 pub mod metrics;
 pub mod protocol;
 pub mod relay;
+pub mod reload;
 pub mod store;
 pub mod ws;
 
@@ -37,6 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -99,8 +101,10 @@ impl Node {
         ));
         let proxies = auth::proxy::TrustedProxies::new(&cfg.trusted_proxies);
         let app: App = Arc::new(AppState {
-            api_keys: ApiKeys::new(cfg.api.keys.iter().cloned().chain([api_key.clone()])),
-            cfg,
+            api_keys: ArcSwap::from_pointee(ApiKeys::new(
+                cfg.api.keys.iter().cloned().chain([api_key.clone()]),
+            )),
+            cfg: ArcSwap::from_pointee(cfg),
             hub: hub.clone(),
             broker: Arc::new(broker::MemoryBroker),
             store: store.clone(),
@@ -109,7 +113,7 @@ impl Node {
             api_verifier,
             draining: AtomicBool::new(false),
             http_caps,
-            proxies,
+            proxies: ArcSwap::from_pointee(proxies),
             store_probe: Default::default(),
             tracker: TaskTracker::new(),
             tls: tls.is_some(),
@@ -119,7 +123,7 @@ impl Node {
         let router = http::router::router(app.clone());
         let sweeper = tokio::spawn(hub::sweeper::run(hub.clone(), stop.clone()));
         let migrations = tokio::spawn(migrate_until_ready(store, stop.clone()));
-        let relay_cfg = app.cfg.relay.clone();
+        let relay_cfg = app.cfg().relay.clone();
         let relay = (!relay_cfg.redis_url.is_empty())
             .then(|| tokio::spawn(relay::redis::run(hub.clone(), relay_cfg, stop.clone())));
         let accept = tokio::spawn(http::server::accept_loop(
@@ -147,6 +151,12 @@ impl Node {
         })
     }
 
+    /// Applies a re-read configuration (`SIGHUP`): see [`reload::apply`]. Returns the
+    /// keys that changed but only take effect after a restart.
+    pub fn reload(&self, cfg: Config) -> Vec<&'static str> {
+        reload::apply(&self.app, &self.api_key, cfg)
+    }
+
     /// Waits (bounded) until the store is migrated; for tests and tools that need it.
     pub async fn store_ready(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
@@ -167,7 +177,7 @@ impl Node {
         self.stop.cancel();
         app.hub.close_all(CloseCode::GoingAway);
         app.tracker.close();
-        let limit = Duration::from_secs(app.cfg.shutdown_timeout_s);
+        let limit = Duration::from_secs(app.cfg().shutdown_timeout_s);
         if tokio::time::timeout(limit, app.tracker.wait())
             .await
             .is_err()

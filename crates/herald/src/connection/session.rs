@@ -201,7 +201,7 @@ impl Session {
             self.error(ErrorCode::BadRequest, &why, reference);
             return None;
         }
-        match self.hub.namespaces.resolve(channel) {
+        match self.hub.namespaces().resolve(channel) {
             Ok(ns) => Some(ns),
             Err(denied) => {
                 self.denied(denied, reference);
@@ -333,7 +333,7 @@ impl Session {
         for channel in channels {
             let allowed = self
                 .hub
-                .namespaces
+                .namespaces()
                 .resolve(&channel)
                 .is_ok_and(|ns| ns.may_subscribe(&self.rights).is_ok());
             if !allowed && self.hub.registry.untrack_subscription(&self.conn, &channel) {

@@ -54,7 +54,7 @@ pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError> 
             "missing API key or token",
         ));
     };
-    if app.api_keys.accepts(key) {
+    if app.api_keys.load().accepts(key) {
         return Ok(Caller::ApiKey);
     }
     app.api_verifier.verify(key).map(Caller::User).map_err(|_| {

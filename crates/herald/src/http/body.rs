@@ -15,7 +15,7 @@ use crate::metrics::Refusal;
 use crate::protocol::codes::ErrorCode;
 
 pub async fn read(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let limit = app.cfg.limits.http_body_bytes;
+    let limit = app.cfg().limits.http_body_bytes;
     let too_large = || {
         app.metrics.refuse(Refusal::BodyTooLarge);
         ApiError::new(
@@ -31,7 +31,7 @@ pub async fn read(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, A
     if announced.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let wait = Duration::from_secs(app.cfg.limits.http_body_timeout_s);
+    let wait = Duration::from_secs(app.cfg().limits.http_body_timeout_s);
     match tokio::time::timeout(wait, Limited::new(body, limit).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),

@@ -8,14 +8,15 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::metrics::Refusal;
 
 pub struct HttpConnCaps {
     counts: Mutex<Counts>,
-    per_node: usize,
-    per_ip: usize,
+    per_node: AtomicUsize,
+    per_ip: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -34,9 +35,15 @@ impl HttpConnCaps {
     pub fn new(per_node: usize, per_ip: usize) -> HttpConnCaps {
         HttpConnCaps {
             counts: Mutex::new(Counts::default()),
-            per_node,
-            per_ip,
+            per_node: AtomicUsize::new(per_node),
+            per_ip: AtomicUsize::new(per_ip),
         }
+    }
+
+    /// New caps for connections accepted from now on (a config reload).
+    pub fn set_caps(&self, per_node: usize, per_ip: usize) {
+        self.per_node.store(per_node, Relaxed);
+        self.per_ip.store(per_ip, Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, Counts> {
@@ -46,12 +53,12 @@ impl HttpConnCaps {
     /// A slot for a connection from `ip` (`None`: exempt from the per-IP cap).
     pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<HttpSlot, Refusal> {
         let mut c = self.lock();
-        if c.total >= self.per_node {
+        if c.total >= self.per_node.load(Relaxed) {
             return Err(Refusal::HttpConnCap);
         }
         if let Some(ip) = ip {
             let n = c.per_ip.entry(ip).or_insert(0);
-            if *n >= self.per_ip {
+            if *n >= self.per_ip.load(Relaxed) {
                 return Err(Refusal::HttpConnCap);
             }
             *n += 1;

@@ -16,6 +16,8 @@ pub mod tls;
 pub mod ws_upgrade;
 
 use std::sync::atomic::AtomicBool;
+
+use arc_swap::ArcSwap;
 use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
@@ -31,7 +33,9 @@ use crate::store::Store;
 
 /// Everything a request handler may need, shared by reference count.
 pub struct AppState {
-    pub cfg: Config,
+    /// The configuration in force: swapped whole by `SIGHUP` (see [`crate::reload`]);
+    /// keys that need a restart keep their start-up values.
+    pub cfg: ArcSwap<Config>,
     pub hub: Arc<Hub>,
     /// Where publications go: the local hub on one node, every node with Redis.
     pub broker: Arc<dyn Broker>,
@@ -42,12 +46,12 @@ pub struct AppState {
     pub verifier: Option<Arc<Verifier>>,
     /// Verifies admin JWTs on the HTTP API even when WebSocket auth is off.
     pub api_verifier: Arc<Verifier>,
-    pub api_keys: ApiKeys,
+    pub api_keys: ArcSwap<ApiKeys>,
     pub draining: AtomicBool,
     /// Open HTTP connections, per node and per IP.
     pub http_caps: Arc<conn_caps::HttpConnCaps>,
     /// Whose forwarded headers are believed.
-    pub proxies: TrustedProxies,
+    pub proxies: ArcSwap<TrustedProxies>,
     /// The last `/readyz` store probe.
     pub store_probe: stats::StoreProbe,
     /// Every connection task, so shutdown can wait for them.
@@ -58,3 +62,10 @@ pub struct AppState {
 }
 
 pub type App = Arc<AppState>;
+
+impl AppState {
+    /// The configuration now; hold it for one request or connection set-up, not longer.
+    pub fn cfg(&self) -> Arc<Config> {
+        self.cfg.load_full()
+    }
+}

@@ -33,7 +33,7 @@ pub async fn channel(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers)?;
     validate_channel(&name).map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;
-    let ns = app.hub.namespaces.resolve(&name).map_err(denied)?;
+    let ns = app.hub.namespaces().resolve(&name).map_err(denied)?;
     if !ns.config.presence {
         return Err(ApiError::new(
             ErrorCode::NotFound,

@@ -28,6 +28,6 @@ pub fn router(app: App) -> Router {
         r = r.route("/conformance/echo", get(conformance::echo));
     }
     r.fallback(error::not_found)
-        .layer(DefaultBodyLimit::max(app.cfg.limits.http_body_bytes))
+        .layer(DefaultBodyLimit::max(app.cfg().limits.http_body_bytes))
         .with_state(app)
 }

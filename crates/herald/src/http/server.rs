@@ -27,7 +27,6 @@ pub async fn accept_loop(
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
-    let handshake_timeout = Duration::from_secs(app.cfg.limits.handshake_timeout_s);
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -42,7 +41,7 @@ pub async fn accept_loop(
             },
         };
         // Trusted proxies carry many clients: only the per-node cap applies to them.
-        let ip = (!app.proxies.trusts(peer.ip())).then_some(peer.ip());
+        let ip = (!app.proxies.load().trusts(peer.ip())).then_some(peer.ip());
         let slot = match app.http_caps.admit(ip) {
             Ok(slot) => slot,
             Err(why) => {
@@ -52,6 +51,7 @@ pub async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
+        let handshake_timeout = Duration::from_secs(app.cfg().limits.handshake_timeout_s);
         let (app, router, tls, stop) = (app.clone(), router.clone(), tls.clone(), stop.clone());
         let tracker = app.tracker.clone();
         // Boxed: the task cell is then a pointer-sized shell. A finished task's cell can

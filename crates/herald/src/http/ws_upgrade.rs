@@ -127,7 +127,7 @@ fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiErro
     }
     // Behind a trusted load balancer the client's address, scheme and Host are the
     // forwarded ones (DESIGN §11); from anyone else the headers are ignored.
-    let client = app.proxies.client(peer, headers, app.tls);
+    let client = app.proxies.load().client(peer, headers, app.tls);
     let origin = headers
         .get(header::ORIGIN)
         .map(|v| v.to_str().unwrap_or("invalid"));
@@ -135,7 +135,7 @@ fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiErro
         .host
         .as_deref()
         .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()));
-    if !origin_allowed(origin, host, &app.cfg.allowed_origins, client.tls) {
+    if !origin_allowed(origin, host, &app.cfg().allowed_origins, client.tls) {
         app.metrics.refuse(Refusal::BadOrigin);
         return Err(ApiError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
@@ -181,7 +181,8 @@ async fn run(
 ) {
     let hub = app.hub.clone();
     let (id, conn_id) = hub.next_conn_id();
-    let ws = &app.cfg.ws;
+    let cfg = app.cfg();
+    let ws = &cfg.ws;
     let outbox = Arc::new(Outbox::new(ws.queue_messages, ws.queue_bytes));
     // `connected` is queued before registration, so it is always the first frame.
     let hello = frame_of(&Connected::new(

@@ -27,7 +27,7 @@ const LOW_WATER_DEN: usize = 8;
 /// Bytes held in history by every channel of the node.
 pub struct HistoryLedger {
     bytes: AtomicUsize,
-    budget: usize,
+    budget: AtomicUsize,
     evicting: Mutex<()>,
 }
 
@@ -35,7 +35,7 @@ impl HistoryLedger {
     pub fn new(budget: usize) -> HistoryLedger {
         HistoryLedger {
             bytes: AtomicUsize::new(0),
-            budget,
+            budget: AtomicUsize::new(budget),
             evicting: Mutex::new(()),
         }
     }
@@ -56,16 +56,20 @@ impl HistoryLedger {
     }
 
     pub fn budget(&self) -> usize {
-        self.budget
+        self.budget.load(Relaxed)
+    }
+
+    pub fn set_budget(&self, budget: usize) {
+        self.budget.store(budget, Relaxed);
     }
 
     pub fn over_budget(&self) -> bool {
-        self.bytes() > self.budget
+        self.bytes() > self.budget()
     }
 
     /// Where an eviction stops.
     pub fn low_water(&self) -> usize {
-        self.budget / LOW_WATER_DEN * LOW_WATER_NUM
+        self.budget() / LOW_WATER_DEN * LOW_WATER_NUM
     }
 
     /// The right to evict, if nobody else is evicting right now (they will bring the
@@ -78,15 +82,19 @@ impl HistoryLedger {
 /// How many channels each user's clients created by publishing and that still exist.
 pub struct Creations {
     per_user: Mutex<HashMap<Arc<str>, usize>>,
-    limit: usize,
+    limit: AtomicUsize,
 }
 
 impl Creations {
     pub fn new(limit: usize) -> Creations {
         Creations {
             per_user: Mutex::new(HashMap::new()),
-            limit,
+            limit: AtomicUsize::new(limit),
         }
+    }
+
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, usize>> {
@@ -97,7 +105,7 @@ impl Creations {
     pub fn try_reserve(&self, user: &Arc<str>) -> bool {
         let mut m = self.lock();
         let n = m.entry(user.clone()).or_insert(0);
-        if *n >= self.limit {
+        if *n >= self.limit.load(Relaxed) {
             if *n == 0 {
                 m.remove(user);
             }

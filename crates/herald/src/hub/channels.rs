@@ -18,6 +18,7 @@ use std::cmp::Reverse;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -196,7 +197,7 @@ impl Default for ChannelLimits {
 
 pub struct Channels {
     shards: Vec<RwLock<HashMap<Arc<str>, Arc<Channel>>>>,
-    max_frame: usize,
+    max_frame: AtomicUsize,
     pub ledger: HistoryLedger,
     pub creations: Creations,
 }
@@ -217,14 +218,21 @@ impl Channels {
     pub fn new(limits: ChannelLimits) -> Channels {
         Channels {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-            max_frame: limits.max_frame,
+            max_frame: AtomicUsize::new(limits.max_frame),
             ledger: HistoryLedger::new(limits.history_bytes),
             creations: Creations::new(limits.channels_per_user),
         }
     }
 
     pub fn max_frame(&self) -> usize {
-        self.max_frame
+        self.max_frame.load(Relaxed)
+    }
+
+    /// New limits from a config reload (publications from now on).
+    pub fn set_limits(&self, limits: ChannelLimits) {
+        self.max_frame.store(limits.max_frame, Relaxed);
+        self.ledger.set_budget(limits.history_bytes);
+        self.creations.set_limit(limits.channels_per_user);
     }
 
     fn shard(&self, name: &str) -> &RwLock<HashMap<Arc<str>, Arc<Channel>>> {
@@ -368,10 +376,11 @@ impl Channels {
     }
 
     fn check_size(&self, frame: &Frame) -> Result<(), Refused> {
-        if frame.len() > self.max_frame {
+        let limit = self.max_frame();
+        if frame.len() > limit {
             return Err(Refused::TooLarge {
                 frame: frame.len(),
-                limit: self.max_frame,
+                limit,
             });
         }
         Ok(())

@@ -114,7 +114,7 @@ impl Hub {
     pub fn publish_on_lane(&self, p: &Publication, lane: Lane<'_>) -> Result<Delivered, Denied> {
         let delivered = match &p.target {
             Target::Channel(name) => {
-                let ns = self.namespaces.resolve(name)?;
+                let ns = self.namespaces().resolve(name)?;
                 // The excluded connection's device is kept with the publication, so its
                 // next connection does not get it back in a replay.
                 let origin = p.exclude.conn.as_deref().and_then(|id| self.local_conn(id));

@@ -11,6 +11,8 @@ pub mod registry;
 pub mod sweeper;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,15 +25,16 @@ pub use registry::{Admission, ConnHandle, Registration, Registry};
 
 pub struct Hub {
     pub registry: Arc<Registry>,
-    pub namespaces: Namespaces,
+    /// Swapped by a config reload; a resolve sees one consistent set.
+    namespaces: ArcSwap<Namespaces>,
     pub metrics: Arc<Metrics>,
     pub node: String,
     /// Random per process, so connection ids are unique across restarts and nodes.
     node_tag: String,
     next_conn: AtomicU64,
     started: Instant,
-    pub heartbeat_s: u64,
-    pub idle_timeout_s: u64,
+    pub heartbeat_s: AtomicU64,
+    pub idle_timeout_s: AtomicU64,
     pub leeway_s: u64,
 }
 
@@ -48,16 +51,40 @@ impl Hub {
                     channels_per_user: cfg.limits.channels_per_user,
                 },
             )),
-            namespaces: Namespaces::new(&cfg.namespaces),
+            namespaces: ArcSwap::from_pointee(Namespaces::new(&cfg.namespaces)),
             metrics,
             node: cfg.node(),
             node_tag: format!("{:06x}", rand::random::<u32>() & 0xFF_FFFF),
             next_conn: AtomicU64::new(1),
             started: Instant::now(),
-            heartbeat_s: cfg.ws.heartbeat_s,
-            idle_timeout_s: cfg.ws.idle_timeout_s,
+            heartbeat_s: AtomicU64::new(cfg.ws.heartbeat_s),
+            idle_timeout_s: AtomicU64::new(cfg.ws.idle_timeout_s),
             leeway_s: cfg.auth.leeway_s,
         }
+    }
+
+    /// The namespaces in force now.
+    pub fn namespaces(&self) -> Arc<Namespaces> {
+        self.namespaces.load_full()
+    }
+
+    /// Applies what a reloaded config may change live: namespaces, connection caps,
+    /// channel budgets, heartbeat and idle timeout. Existing channels keep the
+    /// namespace settings they were created with until they are forgotten.
+    pub fn apply(&self, cfg: &Config) {
+        self.namespaces
+            .store(Arc::new(Namespaces::new(&cfg.namespaces)));
+        self.registry.set_caps(
+            cfg.limits.connections_per_user,
+            cfg.limits.connections_per_ip,
+        );
+        self.registry.channels.set_limits(ChannelLimits {
+            max_frame: cfg.ws.queue_bytes,
+            history_bytes: cfg.limits.history_bytes,
+            channels_per_user: cfg.limits.channels_per_user,
+        });
+        self.heartbeat_s.store(cfg.ws.heartbeat_s, Relaxed);
+        self.idle_timeout_s.store(cfg.ws.idle_timeout_s, Relaxed);
     }
 
     /// A fresh connection id such as `a1b2c3-17`.

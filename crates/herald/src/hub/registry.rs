@@ -10,7 +10,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::channels::{ChannelLimits, Channels};
@@ -114,8 +114,8 @@ pub struct Registry {
     pub channels: Channels,
     pub presence: UserPresence,
     counts: Mutex<Counts>,
-    max_per_user: usize,
-    max_per_ip: usize,
+    max_per_user: AtomicUsize,
+    max_per_ip: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -192,9 +192,15 @@ impl Registry {
             channels: Channels::new(channel_limits),
             presence: UserPresence::new(presence_grace),
             counts: Mutex::new(Counts::default()),
-            max_per_user,
-            max_per_ip,
+            max_per_user: AtomicUsize::new(max_per_user),
+            max_per_ip: AtomicUsize::new(max_per_ip),
         }
+    }
+
+    /// New caps for connections admitted from now on (a config reload).
+    pub fn set_caps(&self, per_user: usize, per_ip: usize) {
+        self.max_per_user.store(per_user, Relaxed);
+        self.max_per_ip.store(per_ip, Relaxed);
     }
 
     fn conn_shard(&self, id: u64) -> &RwLock<ConnMap> {
@@ -209,10 +215,10 @@ impl Registry {
     /// reservation happen under one lock, so concurrent upgrades cannot overshoot.
     pub fn admit(self: &Arc<Self>, user: &Arc<str>, ip: IpAddr) -> Result<Admission, Refusal> {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if c.per_user.get(user).copied().unwrap_or(0) >= self.max_per_user {
+        if c.per_user.get(user).copied().unwrap_or(0) >= self.max_per_user.load(Relaxed) {
             return Err(Refusal::UserCap);
         }
-        if c.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
+        if c.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip.load(Relaxed) {
             return Err(Refusal::IpCap);
         }
         *c.per_user.entry(user.clone()).or_default() += 1;

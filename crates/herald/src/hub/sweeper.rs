@@ -25,7 +25,7 @@ pub async fn run(hub: Arc<Hub>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         seconds += 1;
-        let send_ping = seconds.is_multiple_of(hub.heartbeat_s.max(1));
+        let send_ping = seconds.is_multiple_of(hub.heartbeat_s.load(Relaxed).max(1));
         sweep(&hub, send_ping.then_some(&ping));
     }
 }
@@ -36,7 +36,7 @@ pub fn sweep(hub: &Hub, ping: Option<&Frame>) {
     hub.registry.presence.sweep();
     let now_ms = hub.now_ms();
     let now = now_unix();
-    let idle_ms = hub.idle_timeout_s.saturating_mul(1000);
+    let idle_ms = hub.idle_timeout_s.load(Relaxed).saturating_mul(1000);
     hub.registry.for_each_conn(|c| {
         let exp = c.expires_at.load(Relaxed);
         if exp != 0 && now > exp.saturating_add(hub.leeway_s) {

@@ -78,7 +78,7 @@ fn token_mints_what_check_token_accepts() {
 async fn publish_command_reaches_clients_with_the_data_dir_key() {
     let s = crate::support::TestServer::start().await;
     let (mut ws, _) = s.connect("1").await;
-    let dir = s.node().app.cfg.data_dir.to_str().unwrap().to_owned();
+    let dir = s.node().app.cfg().data_dir.to_str().unwrap().to_owned();
     let url = format!("http://{}", s.addr);
     let out = tokio::task::spawn_blocking(move || {
         herald(&[

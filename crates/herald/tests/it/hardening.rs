@@ -946,3 +946,82 @@ async fn forwarder(
     });
     (addr, cut)
 }
+
+#[tokio::test]
+async fn sighup_reloads_what_can_change_live_and_refuses_a_bad_file() {
+    let dir = TempDir::new();
+    let file = dir.0.join("herald.toml");
+    let first_key = "key-one-0123456789abcdef";
+    std::fs::write(&file, format!("[api]\nkeys = [\"{first_key}\"]\n")).unwrap();
+    let served = serve_binary(
+        &dir,
+        &["--config", file.to_str().unwrap()],
+        std::process::Stdio::piped(),
+    );
+    let mut child = served.child;
+    let http = reqwest::Client::new();
+    let publish = |key: &'static str| {
+        let (http, url) = (http.clone(), format!("http://{}/api/publish", served.addr));
+        async move {
+            http.post(url)
+                .bearer_auth(key)
+                .json(&json!({"channel": "room:x", "data": 1}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    let hup = |pid: u32| {
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    assert_eq!(
+        publish(first_key).await,
+        404,
+        "namespace `room` not configured yet"
+    );
+    // A new key and a new namespace, live; `node_name` needs a restart and stays.
+    let second_key = "key-two-0123456789abcdef";
+    std::fs::write(
+        &file,
+        format!(
+            "node_name = \"renamed\"\n[api]\nkeys = [\"{second_key}\"]\n[namespaces.room]\nhistory_size = 10\n"
+        ),
+    )
+    .unwrap();
+    assert!(hup(child.id()).success());
+    eventually("the new key is accepted", || async {
+        publish(second_key).await == 200
+    })
+    .await;
+    assert_eq!(publish(first_key).await, 401, "the removed key is refused");
+    // An invalid file is refused; the node keeps running on what it had.
+    std::fs::write(&file, "[ws]\nheartbeat = \"typo\"\n").unwrap();
+    assert!(hup(child.id()).success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP must not kill the node"
+    );
+    assert_eq!(publish(second_key).await, 200);
+    unsafe_free_kill(&mut child);
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains("`node_name` changed but needs a restart"),
+        "{err}"
+    );
+    assert!(
+        err.contains("configuration refused, the running one stays"),
+        "{err}"
+    );
+}
