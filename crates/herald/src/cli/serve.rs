@@ -66,7 +66,7 @@ fn reload(
     args: &ServeArgs,
     flags: &Overrides,
     node: &Node,
-    set_log_level: Option<&(dyn Fn(&str) -> Result<(), String> + Send + Sync)>,
+    set_log_level: Option<&SetLogLevelFn>,
 ) {
     let cfg = match args.config.load(flags.clone()) {
         Ok(cfg) => cfg,
@@ -116,7 +116,8 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 }
 
 /// Sets a new log filter on the running subscriber (`SIGHUP`).
-pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+pub type SetLogLevelFn = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+pub type SetLogLevel = Box<SetLogLevelFn>;
 
 /// Installs the subscriber; returns how to change its filter later (None if another
 /// subscriber was already installed, as in tests).
