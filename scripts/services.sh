@@ -8,7 +8,8 @@
 # - Anything this helper starts is recorded and stopped again by
 #   services_stop (call it from an EXIT trap) unless KEEP_SERVICES=1.
 #   Nothing is ever stopped by process name: Redis and NATS by the PID they
-#   were started with, PostgreSQL through pg_ctlcluster (its postmaster PID).
+#   were started with, PostgreSQL (always a throwaway cluster of our own, see
+#   below) with pg_ctl on its data directory, which is then deleted.
 #
 # Every function returns non-zero on failure instead of relying on `set -e`
 # (callers run them inside `if`, where errexit does not apply).
@@ -18,7 +19,6 @@ SERVICES_REDIS_PIDFILE=/run/herald-test-redis.pid
 SERVICES_NATS_PIDFILE=/run/herald-test-nats.pid
 SERVICES_STARTED_REDIS_PID=""
 SERVICES_STARTED_NATS_PID=""
-SERVICES_STARTED_PG_CLUSTER=""
 
 svc_log() { printf '[services] %s\n' "$*" >&2; }
 
@@ -97,78 +97,135 @@ ensure_redis() {
 }
 
 # ----------------------------------------------------------- PostgreSQL ---
-svc_pg_version() {
-    # Newest installed cluster version, e.g. "15".
-    find /etc/postgresql -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null \
-        | sort -V | tail -n 1
+# A PostgreSQL that already accepts `postgres` without a password on
+# 127.0.0.1:$SERVICES_PG_PORT is used as it is. Otherwise this helper starts its
+# own throwaway cluster (initdb into a temp dir, trust auth, loopback only, a
+# free port) and services_stop stops and deletes it. The configuration of a
+# cluster this helper did not create is never touched.
+#
+# HERALD_TEST_PG_PORT: the port of the existing server to try (default 5432);
+# point it at a closed port to exercise the throwaway path.
+SERVICES_PG_PORT=${HERALD_TEST_PG_PORT:-5432}
+SERVICES_PG_URL=""
+SERVICES_PG_TMP=""  # the throwaway cluster's directory (data/, socket, log)
+SERVICES_PG_BIN=""
+
+svc_pg_ready() { pg_isready -q -h 127.0.0.1 -p "$1"; }
+
+svc_pg_psql() { # PORT DB SQL
+    psql -X -w -h 127.0.0.1 -p "$1" -U postgres -d "$2" -v ON_ERROR_STOP=1 -Atc "$3"
 }
 
-svc_pg_ready() { pg_isready -q -h 127.0.0.1 -p 5432; }
-
-svc_pg_psql() { # DB SQL
-    psql -X -w -h 127.0.0.1 -p 5432 -U postgres -d "$1" -v ON_ERROR_STOP=1 -Atc "$2"
+# svc_pg_accepts PORT: a server there lets `postgres` in without a password.
+svc_pg_accepts() {
+    svc_pg_ready "$1" && svc_pg_psql "$1" postgres 'select 1' >/dev/null 2>&1
 }
 
-svc_pg_trust_auth() {
-    local ver=$1 hba
-    hba=/etc/postgresql/$ver/main/pg_hba.conf
-    [ -f "$hba" ] || { svc_log "postgres: $hba missing"; return 1; }
-    svc_log "postgres: configuring trust auth on loopback in $hba"
-    cp -n "$hba" "$hba.orig" 2>/dev/null || true
-    cat >"$hba" <<'EOF'
-# Written by scripts/services.sh (herald test suite): trust on loopback only.
-local   all             all                                     trust
-host    all             all             127.0.0.1/32            trust
-host    all             all             ::1/128                 trust
-EOF
-    pg_ctlcluster --skip-systemctl-redirect "$ver" main reload || return 1
-    sleep 1
+svc_pg_create_test_db() { # PORT
+    if [ "$(svc_pg_psql "$1" postgres "select 1 from pg_database where datname = 'test'")" != 1 ]; then
+        svc_log "postgres: creating database test on port $1"
+        svc_pg_psql "$1" postgres 'create database test' >/dev/null || return 1
+    fi
+}
+
+# Newest installed server binaries, e.g. /usr/lib/postgresql/15/bin.
+svc_pg_bindir() {
+    local d
+    d=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -type d -name bin 2>/dev/null \
+        | sort -V | tail -n 1)
+    [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && printf '%s\n' "$d"
+}
+
+# Runs a server binary as the owner of the throwaway cluster: PostgreSQL
+# refuses to run as root, so root runs it as `postgres`.
+svc_pg_as_owner() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# A TCP port on 127.0.0.1 nothing listens on (checked, not reserved: the
+# caller retries if the server cannot bind it).
+svc_free_port() {
+    local p i
+    for ((i = 0; i < 50; i++)); do
+        p=$((20000 + RANDOM % 40000))
+        if ! svc_tcp_open 127.0.0.1 "$p"; then
+            printf '%s\n' "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+svc_pg_start_own() {
+    local bin tmp port try
+    bin=$(svc_pg_bindir) || { svc_log "postgres: no initdb/pg_ctl under /usr/lib/postgresql/*/bin"; return 1; }
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/herald-test-pg.XXXXXX") || return 1
+    SERVICES_PG_TMP=$tmp
+    SERVICES_PG_BIN=$bin
+    if [ "$(id -u)" -eq 0 ]; then
+        chown postgres: "$tmp" || return 1
+    fi
+    svc_log "postgres: creating a throwaway cluster in $tmp ($bin)"
+    svc_pg_as_owner "$bin/initdb" -D "$tmp/data" -U postgres --auth=trust \
+        -E UTF8 --locale=C --no-sync >"$tmp/initdb.log" 2>&1 || {
+        svc_log "postgres: initdb failed; log tail:"
+        tail -n 20 "$tmp/initdb.log" >&2
+        return 1
+    }
+    for ((try = 0; try < 3; try++)); do
+        port=$(svc_free_port) || { svc_log "postgres: no free port"; return 1; }
+        # fsync off: the data is thrown away anyway.
+        if svc_pg_as_owner "$bin/pg_ctl" -D "$tmp/data" -l "$tmp/server.log" -w -t 30 \
+            -o "-p $port -k $tmp -c listen_addresses=127.0.0.1 -c fsync=off" \
+            start >/dev/null; then
+            if ! svc_wait 30 svc_pg_accepts "$port"; then
+                svc_log "postgres: throwaway cluster not accepting connections; log tail:"
+                tail -n 20 "$tmp/server.log" >&2
+                return 1
+            fi
+            svc_pg_create_test_db "$port" || return 1
+            SERVICES_PG_URL=postgres://postgres@127.0.0.1:$port/test
+            svc_log "postgres: up (own throwaway cluster on port $port)"
+            return 0
+        fi
+        svc_log "postgres: start on port $port failed; log tail:"
+        tail -n 5 "$tmp/server.log" >&2 2>/dev/null || true
+    done
+    return 1
 }
 
 ensure_postgres() {
-    local ver
-    if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! command -v pg_isready >/dev/null 2>&1 \
-        || [ -z "$(svc_pg_version)" ]; then
-        svc_apt_install postgresql postgresql-client || { svc_log "postgres: install failed"; return 1; }
+    if ! command -v psql >/dev/null 2>&1 || ! command -v pg_isready >/dev/null 2>&1; then
+        svc_apt_install postgresql-client || { svc_log "postgres: client install failed"; return 1; }
     fi
-    ver=$(svc_pg_version)
-    if [ -z "$ver" ]; then
-        svc_log "postgres: no cluster under /etc/postgresql"
-        return 1
+    if svc_pg_accepts "$SERVICES_PG_PORT"; then
+        svc_pg_create_test_db "$SERVICES_PG_PORT" || return 1
+        SERVICES_PG_URL=postgres://postgres@127.0.0.1:$SERVICES_PG_PORT/test
+        svc_log "postgres: up (existing server on port $SERVICES_PG_PORT)"
+        return 0
     fi
-    if ! svc_pg_ready; then
-        if [ ! -d "/etc/postgresql/$ver/main" ]; then
-            svc_log "postgres: creating cluster $ver/main"
-            pg_createcluster "$ver" main || return 1
-        fi
-        if pg_ctlcluster --skip-systemctl-redirect "$ver" main status >/dev/null 2>&1; then
-            svc_log "postgres: cluster $ver/main is running but not ready yet; waiting"
-        else
-            svc_log "postgres: starting cluster $ver/main"
-            pg_ctlcluster --skip-systemctl-redirect "$ver" main start || {
-                svc_log "postgres: start failed"
-                return 1
-            }
-            SERVICES_STARTED_PG_CLUSTER=$ver
-        fi
-        if ! svc_wait 30 svc_pg_ready; then
-            svc_log "postgres: not ready after 30 s"
-            return 1
-        fi
+    svc_log "postgres: nothing on 127.0.0.1:$SERVICES_PG_PORT lets postgres in without a password"
+    if [ -z "$(svc_pg_bindir)" ]; then
+        svc_apt_install postgresql || { svc_log "postgres: install failed"; return 1; }
     fi
-    # Trust auth and a `test` database, as the test suite expects.
-    if ! svc_pg_psql postgres 'select 1' >/dev/null 2>&1; then
-        svc_pg_trust_auth "$ver" || return 1
-        if ! svc_pg_psql postgres 'select 1' >/dev/null; then
-            svc_log "postgres: cannot connect as postgres@127.0.0.1 without a password"
-            return 1
-        fi
+    svc_pg_start_own
+}
+
+# Stops and deletes the throwaway cluster, if this helper started one.
+svc_pg_stop_own() {
+    [ -n "$SERVICES_PG_TMP" ] || return 0
+    svc_log "postgres: stopping and deleting the throwaway cluster in $SERVICES_PG_TMP"
+    if [ -f "$SERVICES_PG_TMP/data/postmaster.pid" ]; then
+        svc_pg_as_owner "$SERVICES_PG_BIN/pg_ctl" -D "$SERVICES_PG_TMP/data" -m fast -w -t 30 \
+            stop >/dev/null 2>&1 || svc_log "postgres: pg_ctl stop failed"
     fi
-    if [ "$(svc_pg_psql postgres "select 1 from pg_database where datname = 'test'")" != 1 ]; then
-        svc_log "postgres: creating database test"
-        svc_pg_psql postgres 'create database test' >/dev/null || return 1
-    fi
-    svc_log "postgres: up${SERVICES_STARTED_PG_CLUSTER:+ (started cluster $ver/main)}"
+    rm -rf "$SERVICES_PG_TMP"
+    SERVICES_PG_TMP=""
+    SERVICES_PG_URL=""
 }
 
 # ----------------------------------------------------------------- NATS ---
@@ -211,7 +268,7 @@ ensure_services() {
     ensure_nats || svc_log "WARNING: NATS is not available (optional; continuing)"
     if [ "$rc" -eq 0 ]; then
         export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
-        export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+        export DATABASE_URL=${DATABASE_URL:-$SERVICES_PG_URL}
         if svc_nats_up; then
             export NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
         fi
@@ -235,17 +292,18 @@ svc_kill_pid() { # NAME PID
 # Stop whatever ensure_services started (not what was already running).
 services_stop() {
     if [ "${KEEP_SERVICES:-0}" = 1 ]; then
+        if [ -n "$SERVICES_PG_TMP" ]; then
+            local as=""
+            [ "$(id -u)" -eq 0 ] && as="runuser -u postgres -- "
+            svc_log "KEEP_SERVICES=1: throwaway postgres left running at $SERVICES_PG_URL; stop it" \
+                "with: ${as}$SERVICES_PG_BIN/pg_ctl -D $SERVICES_PG_TMP/data stop && rm -rf $SERVICES_PG_TMP"
+        fi
         return 0
     fi
     svc_kill_pid nats "$SERVICES_STARTED_NATS_PID"
     SERVICES_STARTED_NATS_PID=""
     svc_kill_pid redis "$SERVICES_STARTED_REDIS_PID"
     SERVICES_STARTED_REDIS_PID=""
-    if [ -n "$SERVICES_STARTED_PG_CLUSTER" ]; then
-        svc_log "stopping postgres cluster $SERVICES_STARTED_PG_CLUSTER/main"
-        pg_ctlcluster --skip-systemctl-redirect "$SERVICES_STARTED_PG_CLUSTER" main stop -m fast \
-            >/dev/null 2>&1 || true
-        SERVICES_STARTED_PG_CLUSTER=""
-    fi
+    svc_pg_stop_own
     rm -f "$SERVICES_REDIS_PIDFILE" "$SERVICES_NATS_PIDFILE"
 }

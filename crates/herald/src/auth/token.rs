@@ -4,33 +4,41 @@
 
 use axum::http::{header, HeaderMap};
 
-/// The token from `Authorization: Bearer`, the `herald_token` cookie, or `?token=`.
-/// (The Origin check has already passed, so a cookie here comes from an allowed origin.)
+/// The token from `Authorization: Bearer`, the `herald_token` cookie, or `?token=`, in
+/// that order; an empty one counts as absent, so it cannot shadow a real one further on.
+/// The scheme is case-insensitive (RFC 9110 §11.1). (The Origin check has already
+/// passed, so a cookie here comes from an allowed origin.)
 pub fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(v) = headers
+    if let Some(t) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
     {
-        if let Some(t) = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-        {
-            return Some(t.trim().to_owned());
-        }
+        return Some(t.to_owned());
     }
     for v in headers.get_all(header::COOKIE) {
         let Ok(s) = v.to_str() else { continue };
         for pair in s.split(';') {
             if let Some(t) = pair.trim().strip_prefix("herald_token=") {
-                return Some(t.to_owned());
+                if !t.is_empty() {
+                    return Some(t.to_owned());
+                }
             }
         }
     }
-    let query = query?;
-    query
+    query?
         .split('&')
-        .find_map(|kv| kv.strip_prefix("token="))
+        .filter_map(|kv| kv.strip_prefix("token="))
+        .find(|t| !t.is_empty())
         .map(percent_decode)
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value, trimmed; None for
+/// another scheme or an empty token.
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    let token = rest.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn percent_decode(s: &str) -> String {
@@ -80,5 +88,14 @@ mod tests {
         );
         assert_eq!(token_from(&h, Some("token=q")), Some("hdr".into()));
         assert_eq!(token_from(&HeaderMap::new(), Some("tokens=x")), None);
+        // An empty token does not shadow a real one; the scheme is case-insensitive.
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer  "));
+        assert_eq!(token_from(&h, None), Some("cookie".into()));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("BEARER t1"));
+        assert_eq!(token_from(&h, None), Some("t1".into()));
+        assert_eq!(
+            token_from(&HeaderMap::new(), Some("token=&token=q")),
+            Some("q".into())
+        );
     }
 }

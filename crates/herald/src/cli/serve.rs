@@ -62,12 +62,7 @@ pub fn raise_open_files_limit() {
 }
 
 /// `SIGHUP`: read the config again; an invalid one is refused and the running one stays.
-fn reload(
-    args: &ServeArgs,
-    flags: &Overrides,
-    node: &Node,
-    set_log_level: Option<&SetLogLevelFn>,
-) {
+fn reload(args: &ServeArgs, flags: &Overrides, node: &Node, set_log_level: Option<&SetLogLevelFn>) {
     let cfg = match args.config.load(flags.clone()) {
         Ok(cfg) => cfg,
         Err(e) => {

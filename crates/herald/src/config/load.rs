@@ -251,6 +251,25 @@ mod tests {
     }
 
     #[test]
+    fn values_that_would_panic_a_dependency_or_never_deliver_are_refused() {
+        let f = write("[limits]\nhandshake_timeout_s = 18446744073709551615\n");
+        let e = check_file(&f.0).unwrap_err().to_string();
+        assert!(e.contains("limits.handshake_timeout_s: at most"), "{e}");
+        let f = write("[ws]\nqueue_bytes = 65536\n");
+        let e = check_file(&f.0).unwrap_err().to_string();
+        assert!(
+            e.contains("ws.queue_bytes: must hold the largest client message"),
+            "{e}"
+        );
+        assert!(e.contains("at least limits.http_body_bytes"), "{e}");
+        let f = write("trusted_proxies = [\"10.0.0.0/40\"]\n");
+        let e = check_file(&f.0).unwrap_err().to_string();
+        assert!(e.contains("trusted_proxies"), "{e}");
+        let f = write("[namespaces.x]\nhistory_ttl_s = 99999999999\n");
+        assert!(check_file(&f.0).is_err());
+    }
+
+    #[test]
     fn unknown_environment_variables_are_named_and_ignored() {
         let env = vec![
             ("HERALD_SERVICE_HOST".to_owned(), "10.0.0.7".to_owned()),
