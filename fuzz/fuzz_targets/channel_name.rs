@@ -5,7 +5,7 @@
 //! picks where the name is split into a user id and a channel rest for `owns`.
 //!
 //! Checked: no panic; `validate_channel` accepts exactly 1..=256 bytes of
-//! `[A-Za-z0-9_.:@-]`; `resolve` splits at the first `:` (or puts the name in
+//! `[A-Za-z0-9_.:@-]` not starting with `default:`; `resolve` splits at the first `:` (or puts the name in
 //! `default`) and names only a namespace that exists; `owns` agrees with its
 //! documented rule (DESIGN §4: the rest is exactly the user id, no prefix rule).
 #![no_main]
@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
 
 fn check_validate(name: &str) {
     let spec = (1..=256).contains(&name.len())
+        && !name.starts_with("default:")
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.:@-".contains(&b));

@@ -222,6 +222,24 @@ impl Outbox {
         s.frames.len() + s.priority.len() + s.inflight_messages
     }
 
+    /// Takes every queued data frame at once, as a writer that wrote them all would: lets
+    /// a test read what a connection was sent without a socket or a runtime.
+    #[cfg(test)]
+    pub fn take_all_now(&self) -> Vec<Frame> {
+        let mut s = self.lock();
+        s.bytes = 0;
+        s.inflight_messages = 0;
+        s.inflight_bytes = 0;
+        let State {
+            priority, frames, ..
+        } = &mut *s;
+        priority
+            .drain(..)
+            .chain(frames.drain(..))
+            .map(|q| q.frame)
+            .collect()
+    }
+
     /// Waits until there is something to write and moves all of it into `control` and
     /// `data` (control first). Cancel-safe: nothing is taken before the wait completes.
     /// Calling it again means the previous batch was written: it stops counting.

@@ -136,7 +136,15 @@ impl Session {
         }
         let config = ns.config.clone();
         let name: Arc<str> = Arc::from(channel);
-        self.hub.registry.track_subscription(&self.conn, &name);
+        // A second subscribe on the same connection would replay what is already queued
+        // or delivered: duplicates. Refused, as Centrifugo does ("already subscribed").
+        if !self.hub.registry.track_subscription(&self.conn, &name) {
+            return self.error(
+                ErrorCode::BadRequest,
+                "already subscribed to this channel",
+                reference,
+            );
+        }
         let out = self
             .hub
             .registry
@@ -410,10 +418,15 @@ pub fn send_active_broadcast(
     });
 }
 
-/// Channel names: 1..=256 bytes of `[A-Za-z0-9_.:@-]` (DESIGN §12).
+/// Channel names: 1..=256 bytes of `[A-Za-z0-9_.:@-]` (DESIGN §12). The default
+/// namespace has no prefix: `default:news` would be a second name for `news`, a second
+/// channel that publications to the first never reach, so it is refused.
 pub fn validate_channel(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 256 {
         return Err("channel name must be 1 to 256 bytes".into());
+    }
+    if name.starts_with("default:") {
+        return Err("channels of the default namespace are written without `default:`".into());
     }
     if let Some(c) = name
         .chars()
@@ -432,6 +445,7 @@ mod tests {
         assert!(super::validate_channel("sync:42.tv").is_ok());
         assert!(super::validate_channel("").is_err());
         assert!(super::validate_channel("a b").is_err());
+        assert!(super::validate_channel("default:news").is_err());
         assert!(super::validate_channel(&"x".repeat(257)).is_err());
     }
 }

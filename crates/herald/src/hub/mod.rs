@@ -7,6 +7,8 @@ pub mod channels;
 pub mod fanout;
 pub mod namespace;
 pub mod presence;
+#[cfg(test)]
+mod prop_tests;
 pub mod registry;
 pub mod sweeper;
 

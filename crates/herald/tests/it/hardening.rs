@@ -862,6 +862,32 @@ async fn an_http_device_command_is_validated_targeted_and_not_kept() {
 }
 
 #[tokio::test]
+async fn a_second_subscribe_is_refused_not_replayed_twice() {
+    let s = TestServer::start().await;
+    let (mut ws, _) = s.connect("u").await;
+    let first = subscribe(&mut ws, "news", None).await;
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    s.publish(json!({"channel": "news", "data": 1})).await;
+    assert_eq!(next_json(&mut ws).await["offset"], 1);
+    let again = subscribe(&mut ws, "news", Some(json!({"offset": 0, "epoch": epoch}))).await;
+    assert_eq!(
+        (again["type"].as_str(), again["code"].as_str()),
+        (Some("error"), Some("bad_request")),
+        "{again}"
+    );
+    assert!(
+        drain_for(&mut ws, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "nothing replayed twice"
+    );
+    // `default:news` is not a second name for `news`.
+    let e = subscribe(&mut ws, "default:news", None).await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn epochs_are_64_bit() {
     let s = TestServer::start().await;
     let (mut ws, _) = s.connect("u").await;
