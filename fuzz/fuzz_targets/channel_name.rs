@@ -64,6 +64,9 @@ fn check_resolve(name: &str, cfg: &BTreeMap<String, NamespaceConfig>) {
             assert!(!cfg.contains_key(&ns), "{ns:?} exists but was refused");
         }
         Err(Denied::Forbidden(why)) => panic!("resolve({name:?}) forbade: {why}"),
+        Err(d @ (Denied::TooLarge(_) | Denied::ChannelBudget)) => {
+            panic!("resolve({name:?}) refused as a publication: {d:?}")
+        }
     }
 }
 
