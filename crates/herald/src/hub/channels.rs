@@ -68,7 +68,8 @@ struct State {
     /// Presence: user → how many of their connections are subscribed.
     members: HashMap<Arc<str>, usize>,
     /// Presence: users whose last connection left, and when (leave is announced after the grace).
-    leaving: HashMap<Arc<str>, Instant>,
+    /// (tokio's clock, so the grace is testable with paused time.)
+    leaving: HashMap<Arc<str>, tokio::time::Instant>,
 }
 
 pub struct Channel {
@@ -522,7 +523,7 @@ impl Channels {
         };
         if left {
             st.members.remove(user);
-            st.leaving.insert(user.clone(), Instant::now());
+            st.leaving.insert(user.clone(), tokio::time::Instant::now());
         }
     }
 
@@ -550,6 +551,7 @@ impl Channels {
     /// channels with nothing left in them.
     pub fn sweep(&self, grace: Duration) {
         let now = Instant::now();
+        let presence_now = tokio::time::Instant::now();
         for shard in &self.shards {
             let channels: Vec<Arc<Channel>> = shard
                 .read()
@@ -564,7 +566,7 @@ impl Channels {
                 let gone: Vec<Arc<str>> = st
                     .leaving
                     .iter()
-                    .filter(|(_, at)| now.saturating_duration_since(**at) >= grace)
+                    .filter(|(_, at)| presence_now.saturating_duration_since(**at) >= grace)
                     .map(|(u, _)| u.clone())
                     .collect();
                 for user in gone {

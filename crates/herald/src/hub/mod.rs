@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use arc_swap::ArcSwap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -34,7 +34,8 @@ pub struct Hub {
     /// Random per process, so connection ids are unique across restarts and nodes.
     node_tag: String,
     next_conn: AtomicU64,
-    started: Instant,
+    /// tokio's clock, so idle timeouts are testable with paused time.
+    started: tokio::time::Instant,
     pub heartbeat_s: AtomicU64,
     pub idle_timeout_s: AtomicU64,
     pub leeway_s: u64,
@@ -58,7 +59,7 @@ impl Hub {
             node: cfg.node(),
             node_tag: format!("{:06x}", rand::random::<u32>() & 0xFF_FFFF),
             next_conn: AtomicU64::new(1),
-            started: Instant::now(),
+            started: tokio::time::Instant::now(),
             heartbeat_s: AtomicU64::new(cfg.ws.heartbeat_s),
             idle_timeout_s: AtomicU64::new(cfg.ws.idle_timeout_s),
             leeway_s: cfg.auth.leeway_s,

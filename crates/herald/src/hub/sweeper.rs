@@ -57,7 +57,7 @@ pub fn sweep(hub: &Hub, ping: Option<&Frame>) {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     use std::sync::Mutex;
 
     use tokio::time::{Duration, Instant};
@@ -159,5 +159,71 @@ mod tests {
             "within the leeway"
         );
         assert!(!never.handle.outbox.is_closing(), "no expiry");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_close_after_the_timeout_and_activity_resets_it() {
+        let hub = hub(25, 0); // idle_timeout_s is 60 by default
+        let idle = connect(&hub, 1, 0);
+        let busy = connect(&hub, 2, 0);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        sweep(&hub, None);
+        assert!(!idle.handle.outbox.is_closing(), "59 s is not idle yet");
+        // A complete frame from `busy` now.
+        busy.handle.last_seen_ms.store(hub.now_ms(), Relaxed);
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        sweep(&hub, None);
+        let (batch, frames) = take(&idle.handle.outbox).await.expect("closed");
+        assert_eq!(batch, Batch::Finish);
+        assert_eq!(
+            frames,
+            vec![Frame::close(CloseCode::GoingAway.code(), "idle timeout")]
+        );
+        assert!(
+            !busy.handle.outbox.is_closing(),
+            "activity restarted its clock"
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
+        sweep(&hub, None);
+        assert!(busy.handle.outbox.is_closing());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_channel_leave_waits_for_the_grace_and_a_rejoin_cancels_it() {
+        let hub = hub(25, 0);
+        let grace = Duration::from_millis(2_000);
+        let ns = Arc::new(crate::config::NamespaceConfig {
+            presence: true,
+            ..Default::default()
+        });
+        let (stay, go) = (connect(&hub, 1, 0), connect(&hub, 2, 0));
+        let channels = &hub.registry.channels;
+        channels.subscribe(&stay.handle, "room:x", &ns, None, None);
+        channels.subscribe(&go.handle, "room:x", &ns, None, None);
+        let _ = take(&stay.handle.outbox).await; // subscribed + u2's join
+        let _ = take(&go.handle.outbox).await;
+        let leave = crate::protocol::server::presence_frame("room:x", "leave", "u2");
+        channels.unsubscribe(&go.handle, "room:x");
+        tokio::time::advance(grace - Duration::from_millis(1)).await;
+        channels.sweep(grace);
+        assert!(
+            take(&stay.handle.outbox).await.is_none(),
+            "no leave within the grace"
+        );
+        // A reload: back within the grace, no leave and no second join, ever.
+        channels.subscribe(&go.handle, "room:x", &ns, None, None);
+        tokio::time::advance(grace * 2).await;
+        channels.sweep(grace);
+        assert!(
+            take(&stay.handle.outbox).await.is_none(),
+            "a rejoin within the grace is silent"
+        );
+        channels.unsubscribe(&go.handle, "room:x");
+        tokio::time::advance(grace).await;
+        channels.sweep(grace);
+        let (_, frames) = take(&stay.handle.outbox)
+            .await
+            .expect("the leave, after the grace");
+        assert_eq!(frames, vec![leave]);
     }
 }
