@@ -122,6 +122,11 @@ pub enum Lane<'a> {
 }
 
 impl<'a> Lane<'a> {
+    /// Whether a publication on this lane is kept in `cfg`'s history.
+    pub fn keeps_history(self, cfg: &NamespaceConfig) -> bool {
+        cfg.has_history() && self == Lane::Normal
+    }
+
     /// The lane a `sync` event travels in.
     pub fn of_sync(event: &'a SyncEvent) -> Lane<'a> {
         match event {
@@ -296,7 +301,7 @@ impl Channels {
         cfg: &Arc<NamespaceConfig>,
         out: &Outgoing<'_>,
     ) -> Result<Published, Refused> {
-        let keep = cfg.has_history() && out.lane == Lane::Normal;
+        let keep = out.lane.keeps_history(cfg);
         let published = loop {
             let channel = match (keep, out.creator) {
                 (true, Some(user)) => self.get_or_create_by(name, cfg, user)?,

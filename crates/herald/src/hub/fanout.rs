@@ -115,13 +115,18 @@ impl Hub {
         let delivered = match &p.target {
             Target::Channel(name) => {
                 let ns = self.namespaces().resolve(name)?;
-                // The excluded connection's device is kept with the publication, so its
-                // next connection does not get it back in a replay.
-                let origin = p.exclude.conn.as_deref().and_then(|id| self.local_conn(id));
+                // Where the publication is stored, its exclusions are stored with it (the
+                // excluded connection's device too), so a replay leaves out the same.
+                let kept = if lane.keeps_history(&ns.config) {
+                    let origin = p.exclude.conn.as_deref().and_then(|id| self.local_conn(id));
+                    p.exclude.kept(origin.as_deref())
+                } else {
+                    None
+                };
                 let out = Outgoing {
                     data: &p.data,
                     exclude: &p.exclude,
-                    kept: p.exclude.kept(origin.as_deref()),
+                    kept,
                     lane,
                     accepted: p.accepted,
                     creator: p.creator.as_ref(),

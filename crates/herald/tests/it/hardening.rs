@@ -441,54 +441,52 @@ async fn open_http_connections_are_capped_per_ip() {
 
 // 6, 7 ──────────────────────────────────────────────────────────────────────────────
 
-#[tokio::test]
-async fn a_ping_flood_is_rate_limited_and_closed_with_1008() {
-    let s = TestServer::start_with(|c| {
+/// An anonymous node with a tight inbound limit: 5/s, burst 5, closed after 1 s of it.
+async fn flood_node() -> TestServer {
+    TestServer::start_with(|c| {
         c.auth.mode = herald::config::AuthMode::None;
         c.ws.rate_per_s = 5;
         c.ws.rate_burst = 5;
         c.ws.rate_limit_close_after_s = 1;
     })
-    .await;
-    let mut raw = Raw::upgrade(s.addr, "/ws").await;
-    let ping = masked(true, 0x9, b"p");
-    let mut code = None;
+    .await
+}
+
+/// Writes `unit` × `per_write` every 50 ms (far over the limit, for longer than
+/// `close_after`) until the server stops reading, then returns its close code.
+async fn flood(raw: &mut Raw, unit: &[u8], per_write: usize) -> Option<u16> {
+    let burst = unit.repeat(per_write);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    // 50 pings every 50 ms: ten times the limit, for longer than `close_after`.
     while tokio::time::Instant::now() < deadline {
-        if raw.tcp.write_all(&ping.repeat(50)).await.is_err() {
+        if raw.tcp.write_all(&burst).await.is_err() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if code.is_none() {
-        code = raw.close_code().await;
-    }
-    assert_eq!(code, Some(1008));
+    raw.close_code().await
+}
+
+#[tokio::test]
+async fn a_ping_flood_is_rate_limited_and_closed_with_1008() {
+    let s = flood_node().await;
+    let mut raw = Raw::upgrade(s.addr, "/ws").await;
+    assert_eq!(
+        flood(&mut raw, &masked(true, 0x9, b"p"), 50).await,
+        Some(1008)
+    );
     assert!(s.stats().await["refused"]["rate_limited"].as_u64() > Some(100));
     s.shutdown().await;
 }
 
 #[tokio::test]
 async fn empty_continuation_floods_count_too() {
-    let s = TestServer::start_with(|c| {
-        c.auth.mode = herald::config::AuthMode::None;
-        c.ws.rate_per_s = 5;
-        c.ws.rate_burst = 5;
-        c.ws.rate_limit_close_after_s = 1;
-    })
-    .await;
+    let s = flood_node().await;
     let mut raw = Raw::upgrade(s.addr, "/ws").await;
     raw.send(&masked(false, 0x1, b"")).await;
-    let empty = masked(false, 0x0, b"");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while tokio::time::Instant::now() < deadline {
-        if raw.tcp.write_all(&empty.repeat(100)).await.is_err() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(raw.close_code().await, Some(1008));
+    assert_eq!(
+        flood(&mut raw, &masked(false, 0x0, b""), 100).await,
+        Some(1008)
+    );
     s.shutdown().await;
 }
 
@@ -985,6 +983,22 @@ async fn sighup_reloads_what_can_change_live_and_refuses_a_bad_file() {
         std::process::Stdio::piped(),
     );
     let mut child = served.child;
+    // The node's log, collected as it is written, so the test can wait for a line.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (log, stderr) = (log.clone(), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        })
+    };
     let http = reqwest::Client::new();
     let publish = |key: &'static str| {
         let (http, url) = (http.clone(), format!("http://{}/api/publish", served.addr));
@@ -1027,21 +1041,19 @@ async fn sighup_reloads_what_can_change_live_and_refuses_a_bad_file() {
     // An invalid file is refused; the node keeps running on what it had.
     std::fs::write(&file, "[ws]\nheartbeat = \"typo\"\n").unwrap();
     assert!(hup(child.id()).success());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("the bad file is refused in the log", || {
+        let seen = log.lock().unwrap().contains("configuration refused");
+        async move { seen }
+    })
+    .await;
     assert!(
         child.try_wait().unwrap().is_none(),
         "SIGHUP must not kill the node"
     );
     assert_eq!(publish(second_key).await, 200);
     unsafe_free_kill(&mut child);
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let _ = reader.join();
+    let err = log.lock().unwrap().clone();
     assert!(
         err.contains("`node_name` changed but needs a restart"),
         "{err}"

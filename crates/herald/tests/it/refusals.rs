@@ -320,6 +320,27 @@ fn refusal_case(r: Refusal) -> (&'static str, fn(&mut Config)) {
     }
 }
 
+/// Publishes 64 KiB messages to a client that never reads until the server stops queueing
+/// to it (it was closed); `pace` slows down once the socket buffers must be full, so a
+/// write deadline has time to pass.
+async fn publish_to_a_stalled_client_until_closed(s: &TestServer, pace: bool) {
+    let (_stalled, _) = s.connect("stalled").await;
+    let pad = "x".repeat(64 * 1024);
+    for n in 0.. {
+        let (status, body) = s
+            .publish(json!({"user": "stalled", "data": {"n": n, "pad": pad}}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        if body["queued"] == 0 {
+            break; // closed
+        }
+        if pace && n > 200 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(n < 10_000, "the stalled client was never closed");
+    }
+}
+
 /// Provokes exactly one refusal of kind `r` on `s`.
 async fn provoke(r: Refusal, s: &TestServer) {
     match r {
@@ -362,18 +383,7 @@ async fn provoke(r: Refusal, s: &TestServer) {
         }
         Refusal::SlowConsumer => {
             // Never read: once the socket buffers are full, the queue of 2 overflows.
-            let (_stalled, _) = s.connect("stalled").await;
-            let pad = "x".repeat(64 * 1024);
-            for n in 0.. {
-                let (status, body) = s
-                    .publish(json!({"user": "stalled", "data": {"n": n, "pad": pad}}))
-                    .await;
-                assert_eq!(status, 200, "{body}");
-                if body["queued"] == 0 {
-                    break; // closed as a slow consumer
-                }
-                assert!(n < 10_000, "the stalled client was never closed");
-            }
+            publish_to_a_stalled_client_until_closed(s, false).await;
         }
         Refusal::RateLimited => {
             let (mut ws, _) = s.connect("1").await;
@@ -425,21 +435,7 @@ async fn provoke(r: Refusal, s: &TestServer) {
         Refusal::WriteStalled => {
             // Never read, with a queue too large to overflow: the socket stops taking
             // bytes and the write deadline closes it.
-            let (_stalled, _) = s.connect("stalled").await;
-            let pad = "x".repeat(64 * 1024);
-            for n in 0.. {
-                let (status, body) = s
-                    .publish(json!({"user": "stalled", "data": {"n": n, "pad": pad}}))
-                    .await;
-                assert_eq!(status, 200, "{body}");
-                if body["queued"] == 0 {
-                    break; // closed by the write deadline
-                }
-                if n > 200 {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                assert!(n < 10_000, "the stalled client was never closed");
-            }
+            publish_to_a_stalled_client_until_closed(s, true).await;
         }
         Refusal::StoreBusy => {
             use futures_util::SinkExt;
