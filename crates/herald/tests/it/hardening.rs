@@ -86,18 +86,6 @@ async fn owner_channels_match_the_whole_user_id() {
 
 // 2 ─────────────────────────────────────────────────────────────────────────────────
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn history_is_bounded_per_node_oldest_evicted_first() {
     const BUDGET: usize = 2 * 1024 * 1024;
@@ -107,7 +95,7 @@ async fn history_is_bounded_per_node_oldest_evicted_first() {
     })
     .await;
     let payload = "x".repeat(16 * 1024);
-    let before = rss_kib();
+    let before = rss_bytes() / 1024;
     let mut first = None;
     let mut last = None;
     // 1,500 channels × 16 KiB = 24 MiB offered, twelve times the budget.
@@ -132,7 +120,7 @@ async fn history_is_bounded_per_node_oldest_evicted_first() {
         "history held {held} > budget {BUDGET}"
     );
     assert!(held > 0);
-    let grown_mib = (rss_kib().saturating_sub(before)) / 1024;
+    let grown_mib = ((rss_bytes() / 1024).saturating_sub(before)) / 1024;
     assert!(
         grown_mib < 2 + 20,
         "RSS grew {grown_mib} MiB for a 2 MiB history budget"

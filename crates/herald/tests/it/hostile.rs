@@ -158,18 +158,6 @@ async fn hostile_idle_drip_is_closed() {
 // ---------------------------------------------------------------------------------------
 // The battery: everything above, in sequence, on one node, under a canary.
 
-/// This process's resident set, in bytes (nextest runs each test in its own process).
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .map(|v| v.trim().parse().unwrap())
-        .expect("VmRSS in /proc/self/status");
-    kb * 1024
-}
-
 /// Panics on this test's thread (which runs every task of the node: a current-thread
 /// runtime), counted by a hook. Tokio catches a task's panic, so without this a
 /// connection task that panicked would go unnoticed.

@@ -395,3 +395,15 @@ pub async fn sync_device(s: &TestServer, user: &str, name: &str) -> Ws {
     assert_eq!(next_json(&mut ws).await["type"], "subscribed");
     ws
 }
+
+/// This process's resident set, in bytes (nextest runs each test in its own process).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .map(|v| v.trim().parse().unwrap())
+        .expect("VmRSS in /proc/self/status");
+    kb * 1024
+}
