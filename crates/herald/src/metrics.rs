@@ -57,6 +57,8 @@ refusals! {
     HttpConnCap => "http_conn_cap",
     // A request body that did not arrive within `limits.http_body_timeout_s` (408).
     BodyTimeout => "body_timeout",
+    // A request head over `http::head_guard::HEAD_MAX` (431 with a JSON body).
+    HeadTooLarge => "head_too_large",
 }
 
 impl Refusal {

@@ -7,6 +7,7 @@ pub mod broadcasts;
 pub mod conformance;
 pub mod conn_caps;
 pub mod error;
+pub mod head_guard;
 pub mod presence;
 pub mod publish;
 pub mod router;

@@ -17,8 +17,13 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::error::ApiError;
+use super::head_guard::{self, HeadGuard};
 use super::App;
 use crate::metrics::Refusal;
+use crate::protocol::codes::ErrorCode;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 
 pub async fn accept_loop(
     listener: TcpListener,
@@ -64,7 +69,7 @@ pub async fn accept_loop(
             match tls {
                 None => {
                     serve_http(
-                        TokioIo::new(tcp),
+                        TokioIo::new(HeadGuard::new(tcp, app.metrics.clone())),
                         peer,
                         app,
                         router,
@@ -76,8 +81,9 @@ pub async fn accept_loop(
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
+                            let guarded = HeadGuard::new(stream, app.metrics.clone());
                             serve_http(
-                                TokioIo::new(stream),
+                                TokioIo::new(guarded),
                                 peer,
                                 app,
                                 router,
@@ -108,9 +114,27 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let metrics = app.metrics.clone();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
-        router.clone().oneshot(req.map(axum::body::Body::new))
+        let router = router.clone();
+        let oversized = head_guard::oversized(&req);
+        let metrics = metrics.clone();
+        async move {
+            if let Some(size) = oversized {
+                // A keep-alive head the guard under hyper did not count.
+                metrics.refuse(Refusal::HeadTooLarge);
+                let msg = format!(
+                    "request head of {size} bytes exceeds {}",
+                    head_guard::HEAD_MAX
+                );
+                return Ok(ApiError::new(ErrorCode::TooLarge, msg)
+                    .with_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+                    .closing()
+                    .into_response());
+            }
+            router.oneshot(req.map(axum::body::Body::new)).await
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use super::error::ApiError;
+use super::head_guard::HeadGuard;
 use super::App;
 use crate::auth::origin::origin_allowed;
 use crate::auth::token::token_from;
@@ -82,9 +83,9 @@ pub async fn drive_upgraded<H: Handler>(
     limits: Limits,
     metrics: Arc<Metrics>,
 ) {
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
+    match upgraded.downcast::<TokioIo<HeadGuard<TcpStream>>>() {
         Ok(parts) => {
-            let (r, w) = parts.io.into_inner().into_split();
+            let (r, w) = parts.io.into_inner().into_inner().into_split();
             // Copy what hyper read ahead, then let go of its buffer: `read_buf` is a slice
             // of hyper's 8 KiB read buffer and would otherwise live as long as the socket.
             let buf = BytesMut::from(&parts.read_buf[..]);

@@ -317,6 +317,7 @@ fn refusal_case(r: Refusal) -> (&'static str, fn(&mut Config)) {
         Refusal::StoreBusy => ("store_busy", |_| {}),
         Refusal::HttpConnCap => ("http_conn_cap", |c| c.limits.http_connections_per_ip = 2),
         Refusal::BodyTimeout => ("body_timeout", |c| c.limits.http_body_timeout_s = 1),
+        Refusal::HeadTooLarge => ("head_too_large", |_| {}),
     }
 }
 
@@ -486,6 +487,21 @@ async fn provoke(r: Refusal, s: &TestServer) {
             let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut got)).await;
             assert!(
                 got.starts_with(b"HTTP/1.1 408"),
+                "{}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+        Refusal::HeadTooLarge => {
+            let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+            let head = format!(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n\r\n",
+                "c".repeat(40_000)
+            );
+            let _ = tcp.write_all(head.as_bytes()).await;
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut got)).await;
+            assert!(
+                got.starts_with(b"HTTP/1.1 431"),
                 "{}",
                 String::from_utf8_lossy(&got)
             );

@@ -180,3 +180,59 @@ async fn hostile_http_slow_body_with_a_key_is_408_and_closed() {
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
     s.shutdown().await;
 }
+
+/// A request head of `cookie_bytes` of cookie, complete with its blank line.
+fn head_with_cookie(s: &TestServer, cookie_bytes: usize) -> Vec<u8> {
+    let mut head = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\nCookie: ", s.addr).into_bytes();
+    head.extend(std::iter::repeat_n(b'c', cookie_bytes));
+    head.extend(b"\r\n\r\n");
+    head
+}
+
+async fn assert_json_431(case: &str, tcp: &mut TcpStream) {
+    let (status, body, _) = read_response(tcp, Duration::from_secs(5)).await;
+    assert_eq!(status, 431, "{case}: {body}");
+    assert_eq!(body["error"], "too_large", "{case}: {body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("32768")),
+        "{case}: {body}"
+    );
+    let (_, rest) = read_until_dropped(tcp, Duration::from_secs(3)).await;
+    assert!(
+        rest.is_empty(),
+        "{case}: {}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+#[tokio::test]
+async fn hostile_http_oversized_heads_get_a_json_431() {
+    let s = hostile_node().await;
+    // Just over the limit, far over hyper's own buffer, and one that never ends: each
+    // on a fresh connection, each answered 431 with our JSON body and closed.
+    for (case, cookie) in [("40 KiB", 40 * 1024), ("1 MiB", 1 << 20)] {
+        let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+        // The guard answers before the client is done sending; a reset write is fine.
+        let _ = tcp.write_all(&head_with_cookie(&s, cookie)).await;
+        assert_json_431(case, &mut tcp).await;
+    }
+    // A keep-alive head over the limit after an ordinary request on the same connection.
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(&head_with_cookie(&s, 100)).await.unwrap();
+    let (status, _, _) = read_response(&mut tcp, Duration::from_secs(5)).await;
+    assert_eq!(status, 200);
+    tcp.write_all(&head_with_cookie(&s, 40 * 1024))
+        .await
+        .unwrap();
+    assert_json_431("keep-alive 40 KiB", &mut tcp).await;
+    // Just under the limit passes.
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(&head_with_cookie(&s, 30 * 1024))
+        .await
+        .unwrap();
+    let (status, _, _) = read_response(&mut tcp, Duration::from_secs(5)).await;
+    assert_eq!(status, 200);
+    s.shutdown().await;
+}
