@@ -92,7 +92,21 @@ impl Node {
         let api_verifier = Arc::new(Verifier::new(&cfg.auth, &hmac_secret)?);
         let verifier = (cfg.auth.mode == AuthMode::Jwt).then(|| api_verifier.clone());
         let metrics = Arc::new(Metrics::default());
-        let hub = Arc::new(Hub::new(&cfg, metrics.clone()));
+        let (hub, inlet) = Hub::new(&cfg, metrics.clone());
+        let stop = CancellationToken::new();
+        let (broker, broker_tasks): (Arc<dyn broker::Broker>, Vec<_>) =
+            if cfg.broker.url == "memory://" {
+                (Arc::new(broker::MemoryBroker::new(inlet)), Vec::new())
+            } else {
+                let (b, tasks) = broker::redis::RedisBroker::start(
+                    &cfg.broker.url,
+                    &cfg.broker.prefix,
+                    inlet,
+                    metrics.clone(),
+                    stop.clone(),
+                )?;
+                (b, tasks)
+            };
         let tls = http::server::tls_acceptor(&cfg)?;
         let store = store::open(&cfg.store.url, &cfg.data_dir)?;
         let http_caps = Arc::new(http::conn_caps::HttpConnCaps::new(
@@ -106,7 +120,7 @@ impl Node {
             )),
             cfg: ArcSwap::from_pointee(cfg),
             hub: hub.clone(),
-            broker: Arc::new(broker::MemoryBroker),
+            broker: broker.clone(),
             store: store.clone(),
             metrics,
             verifier,
@@ -119,13 +133,12 @@ impl Node {
             tls: tls.is_some(),
             conformance_echo: opts.conformance_echo,
         });
-        let stop = CancellationToken::new();
         let router = http::router::router(app.clone());
         let sweeper = tokio::spawn(hub::sweeper::run(hub.clone(), stop.clone()));
         let migrations = tokio::spawn(migrate_until_ready(store, stop.clone()));
         let relay_cfg = app.cfg().relay.clone();
         let relay = (!relay_cfg.redis_url.is_empty())
-            .then(|| tokio::spawn(relay::redis::run(hub.clone(), relay_cfg, stop.clone())));
+            .then(|| tokio::spawn(relay::redis::run(broker.clone(), relay_cfg, stop.clone())));
         let accept = tokio::spawn(http::server::accept_loop(
             listener,
             app.clone(),
@@ -139,6 +152,9 @@ impl Node {
             let _ = migrations.await;
             if let Some(relay) = relay {
                 let _ = relay.await;
+            }
+            for task in broker_tasks {
+                let _ = task.await;
             }
         });
         Ok(Node {

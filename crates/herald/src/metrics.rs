@@ -146,6 +146,12 @@ pub struct Metrics {
     /// Store operations that failed (the store was unreachable or erred).
     pub store_errors: AtomicU64,
     store_last_logged: AtomicU64,
+    /// Publications and announcements delivered to this node only (the broker was down).
+    pub degraded: AtomicU64,
+    /// Times the broker lost Redis (each outage once).
+    pub broker_outages: AtomicU64,
+    /// Messages from other nodes that did not parse (dropped).
+    pub broker_malformed: AtomicU64,
 }
 
 const LOG_EVERY_MS: u64 = 10_000;
@@ -163,6 +169,9 @@ impl Default for Metrics {
             latency: LatencyHistogram::default(),
             store_errors: AtomicU64::new(0),
             store_last_logged: AtomicU64::new(0),
+            degraded: AtomicU64::new(0),
+            broker_outages: AtomicU64::new(0),
+            broker_malformed: AtomicU64::new(0),
         }
     }
 }

@@ -1,33 +1,83 @@
-//! The seam between nodes (DESIGN §1, §9). A publication accepted on any node goes to the
-//! broker; the broker hands every publication, from this node or another, to the local
-//! hub. On one node (`memory://`) that is a direct call; the Redis engine of the
-//! scale-out issue implements the same trait.
+//! The seam between nodes (DESIGN §1, §9) and the one way into the hub: every
+//! publication — HTTP API, client `publish`, upstream relay, announcements — is handed to
+//! a [`Broker`], which alone holds the hub's [`Inlet`]. On one node (`memory://`) that is
+//! a direct call; the Redis broker carries each publication to every node, including
+//! this one, and each node frames it once for its own connections.
 
-use crate::hub::channels::Lane;
+pub mod envelope;
+pub mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
 use crate::hub::namespace::Denied;
-use crate::hub::{Delivered, Hub, Publication};
+use crate::hub::{Delivered, Hub, Inlet, Publication};
+use crate::ws::frame::Frame;
+
+/// A publication whose answer comes later (it went to another process first).
+pub type Pending = Pin<Box<dyn Future<Output = Result<Delivered, Denied>> + Send + 'static>>;
+
+/// The answer to a publication: now, or once the broker has it.
+pub enum Submitted {
+    Done(Result<Delivered, Denied>),
+    Pending(Pending),
+}
+
+impl Submitted {
+    pub async fn wait(self) -> Result<Delivered, Denied> {
+        match self {
+            Submitted::Done(r) => r,
+            Submitted::Pending(f) => f.await,
+        }
+    }
+}
+
+/// Whether cross-node delivery works right now (`/readyz`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    /// Only this node's clients are reached; the reason is for operators.
+    Degraded(&'static str),
+}
 
 pub trait Broker: Send + Sync {
-    /// Delivers a publication to every node's subscribers; returns what it reached here.
-    /// `lane` sends a channel publication to one device's priority lane instead.
-    fn publish(
-        &self,
-        hub: &Hub,
-        publication: &Publication,
-        lane: Lane<'_>,
-    ) -> Result<Delivered, Denied>;
+    /// Delivers `p` to the connections it targets on every node; the answer says what
+    /// it reached here and, on a channel with history, its offset and epoch.
+    fn publish(&self, p: Publication) -> Submitted;
+
+    /// Queues an announcement event's frame to every connection on every node.
+    fn announce(&self, frame_text: &[u8]);
+
+    fn health(&self) -> Health {
+        Health::Up
+    }
+
+    /// The hub this broker delivers into.
+    fn hub(&self) -> &Arc<Hub>;
 }
 
 /// One process: publishing is delivering locally.
-pub struct MemoryBroker;
+pub struct MemoryBroker {
+    inlet: Inlet,
+}
+
+impl MemoryBroker {
+    pub fn new(inlet: Inlet) -> MemoryBroker {
+        MemoryBroker { inlet }
+    }
+}
 
 impl Broker for MemoryBroker {
-    fn publish(
-        &self,
-        hub: &Hub,
-        publication: &Publication,
-        lane: Lane<'_>,
-    ) -> Result<Delivered, Denied> {
-        hub.publish_on_lane(publication, lane)
+    fn publish(&self, p: Publication) -> Submitted {
+        Submitted::Done(self.inlet.deliver(&p, None))
+    }
+
+    fn announce(&self, frame_text: &[u8]) {
+        self.inlet.send_to_all(&Frame::text(frame_text));
+    }
+
+    fn hub(&self) -> &Arc<Hub> {
+        self.inlet.hub()
     }
 }

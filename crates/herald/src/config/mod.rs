@@ -197,13 +197,18 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
+    /// `memory://` (one node) or `redis://[:password@]host:port[/db]` / `rediss://…`.
     pub url: String,
+    /// Prefix of every Redis key and channel herald uses (several deployments can share
+    /// one Redis).
+    pub prefix: String,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             url: "memory://".into(),
+            prefix: "herald".into(),
         }
     }
 }
@@ -403,10 +408,12 @@ impl Config {
             _ => errs.push("tls: set both tls.cert_file and tls.key_file, or neither".into()),
         }
         if self.broker.url != "memory://" {
-            errs.push(format!(
-                "broker.url: `{}` is not available in this build; use memory:// (redis:// arrives with scale-out)",
-                self.broker.url
-            ));
+            if let Err(why) = crate::broker::redis::validate_url(&self.broker.url) {
+                errs.push(format!("broker.url: {why}"));
+            }
+        }
+        if self.broker.prefix.is_empty() || self.broker.prefix.contains(char::is_whitespace) {
+            errs.push("broker.prefix: must be non-empty, without spaces".into());
         }
         if !(self.store.url.is_empty()
             || self.store.url.starts_with("sqlite://")

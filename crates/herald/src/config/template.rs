@@ -88,8 +88,11 @@ channels_per_user = 100
 # key_file = "/etc/herald/key.pem"
 
 [broker]
-# "memory://" (one node). redis:// arrives with scale-out.
+# "memory://": one node. Several nodes share one Redis (docs/scaling.md):
+# "redis://host:6379", "redis://:password@host:6379/0", or "rediss://…" for TLS.
 url = "memory://"
+# Prefix of every Redis key and channel herald uses.
+prefix = "herald"
 
 [store]
 # Empty = sqlite://<data_dir>/herald.db; or postgres://user@host/db.

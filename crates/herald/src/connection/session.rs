@@ -14,10 +14,10 @@ use super::outbox::{Outbox, Push};
 use super::rate::{InboundLimiter, Verdict};
 use crate::auth::jwt::Verifier;
 use crate::auth::Identity;
+use crate::broker::{Broker, Submitted};
 use crate::config::namespaces::SYNC;
-use crate::hub::channels::Lane;
 use crate::hub::namespace::{Denied, Resolved};
-use crate::hub::{ConnHandle, Exclude, Hub, Publication, Target};
+use crate::hub::{ConnHandle, Exclude, Hub, Publication, Route, Target};
 use crate::metrics::Refusal;
 use crate::protocol::client::{self, ClientMessage, Inbound, Since};
 use crate::protocol::codes::{CloseCode, ErrorCode};
@@ -35,6 +35,10 @@ pub struct SessionLimits {
 
 pub struct Session {
     hub: Arc<Hub>,
+    broker: Arc<dyn Broker>,
+    /// Publications whose answer comes later, acked in order by one task (started on
+    /// the first such publication; an idle connection holds nothing for it).
+    acks: Option<tokio::sync::mpsc::UnboundedSender<(Submitted, Option<Value>)>>,
     store: Arc<dyn Store>,
     conn: Arc<ConnHandle>,
     /// What this connection may do now: the token's rights, replaced by `refresh`.
@@ -48,14 +52,16 @@ pub struct Session {
 
 impl Session {
     pub fn new(
-        hub: Arc<Hub>,
+        broker: Arc<dyn Broker>,
         store: Arc<dyn Store>,
         conn: Arc<ConnHandle>,
         verifier: Option<Arc<Verifier>>,
         limits: &SessionLimits,
     ) -> Session {
         Session {
-            hub,
+            hub: broker.hub().clone(),
+            broker,
+            acks: None,
             store,
             rights: conn.identity.clone(),
             conn,
@@ -188,19 +194,36 @@ impl Session {
                 user: None,
                 conn: Some(self.conn.conn_id.to_string()),
                 device: None,
+                conn_device: None,
             },
             data: raw,
             accepted: Instant::now(),
             creator: Some(self.conn.identity.user.clone()),
+            route: event.as_ref().map_or(Route::Normal, Route::of_sync),
         };
-        let lane = event.as_ref().map_or(Lane::Normal, Lane::of_sync);
-        match self.hub.publish_on_lane(&publication, lane) {
-            Ok(d) => self.reply(server::ack_frame(
-                reference,
-                d.position.map(|(offset, _)| offset),
-            )),
-            Err(denied) => self.denied(denied, reference),
+        match (self.broker.publish(publication), &self.acks) {
+            (Submitted::Done(result), None) => self.reply(answer_frame(result, reference)),
+            (submitted, _) => self.ack_later(submitted, reference),
         }
+    }
+
+    /// Hands a publication's answer to the connection's ack task, so that acks keep
+    /// the order of the publications however their answers arrive.
+    fn ack_later(&mut self, submitted: Submitted, reference: Option<&Value>) {
+        let acks = self.acks.get_or_insert_with(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Submitted, Option<Value>)>();
+            let (hub, conn) = (self.hub.clone(), self.conn.clone());
+            tokio::spawn(async move {
+                while let Some((submitted, reference)) = rx.recv().await {
+                    let frame = answer_frame(submitted.wait().await, reference.as_ref());
+                    if conn.outbox.try_push(frame, Instant::now()) == Push::Full {
+                        hub.close_slow_consumer(&conn);
+                    }
+                }
+            });
+            tx
+        });
+        let _ = acks.send((submitted, reference.cloned()));
     }
 
     /// A valid channel name in a configured namespace, or `None` after answering the error.
@@ -219,20 +242,8 @@ impl Session {
     }
 
     fn denied(&self, denied: Denied, reference: Option<&Value>) {
-        match denied {
-            Denied::UnknownNamespace(ns) => self.error(
-                ErrorCode::NotFound,
-                &format!("namespace `{ns}` is not configured"),
-                reference,
-            ),
-            Denied::Forbidden(why) => self.error(ErrorCode::Forbidden, why, reference),
-            Denied::TooLarge(why) => self.error(ErrorCode::TooLarge, &why, reference),
-            Denied::ChannelBudget => self.error(
-                ErrorCode::RateLimited,
-                "too many channels created by this user; publish to an existing one",
-                reference,
-            ),
-        }
+        let (code, message) = denied.answer();
+        self.error(code, &message, reference);
     }
 
     /// Claims the connection's one store slot: a client cannot queue up store work
@@ -435,6 +446,17 @@ pub fn validate_channel(name: &str) -> Result<(), String> {
         return Err(format!("channel name may not contain {c:?}"));
     }
     Ok(())
+}
+
+/// `ack` with the offset, or the `error` a refused publication gets.
+fn answer_frame(result: Result<crate::hub::Delivered, Denied>, reference: Option<&Value>) -> Frame {
+    match result {
+        Ok(d) => server::ack_frame(reference, d.position.map(|(offset, _)| offset)),
+        Err(denied) => {
+            let (code, message) = denied.answer();
+            server::error_frame(code, &message, reference)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -66,8 +66,8 @@ pub async fn create(
         })
         .await
         .map_err(|e| store_failure(&app, e))?;
-    app.hub
-        .send_to_all(&broadcast_frame("new_broadcast", &created));
+    app.broker
+        .announce(broadcast_frame("new_broadcast", &created).payload());
     let body = json!({
         "id": created.id,
         "character_count": chars,
@@ -86,7 +86,7 @@ pub async fn clear(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
         .map_err(|e| store_failure(&app, e))?
     {
         Some(a) => {
-            app.hub.send_to_all(&broadcast_cleared_frame());
+            app.broker.announce(broadcast_cleared_frame().payload());
             Ok(Json(json!({"cleared": true, "id": a.id})))
         }
         None => Ok(Json(json!({"cleared": false}))),

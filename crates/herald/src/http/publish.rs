@@ -16,8 +16,8 @@ use super::error::ApiError;
 use super::App;
 use crate::config::namespaces::SYNC;
 use crate::connection::session::validate_channel;
-use crate::hub::channels::Lane;
 use crate::hub::namespace::Denied;
+use crate::hub::Route;
 use crate::hub::{Exclude, Publication, Target};
 use crate::protocol::codes::ErrorCode;
 use crate::protocol::sync;
@@ -77,15 +77,18 @@ pub async fn publish(
             user: req.exclude_user,
             conn: req.exclude_conn,
             device: None,
+            conn_device: None,
         },
         data: req.data,
         accepted,
         creator: None,
+        route: event.as_ref().map_or(Route::Normal, Route::of_sync),
     };
-    let lane = event.as_ref().map_or(Lane::Normal, Lane::of_sync);
     let delivered = app
         .broker
-        .publish(&app.hub, &publication, lane)
+        .publish(publication)
+        .wait()
+        .await
         .map_err(denied)?;
     let body = match delivered.position {
         Some((offset, epoch)) => {
@@ -96,18 +99,8 @@ pub async fn publish(
     Ok(Json(body))
 }
 
-/// A publication the namespace rules refuse.
+/// A publication the namespace rules or the broker refuse.
 pub fn denied(d: Denied) -> ApiError {
-    match d {
-        Denied::UnknownNamespace(ns) => ApiError::new(
-            ErrorCode::NotFound,
-            format!("namespace `{ns}` is not configured"),
-        ),
-        Denied::Forbidden(why) => ApiError::new(ErrorCode::Forbidden, why),
-        Denied::TooLarge(why) => ApiError::new(ErrorCode::TooLarge, why),
-        Denied::ChannelBudget => ApiError::new(
-            ErrorCode::RateLimited,
-            "too many channels created by this user",
-        ),
-    }
+    let (code, message) = d.answer();
+    ApiError::new(code, message)
 }

@@ -28,6 +28,7 @@ pub async fn stats(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
         "slow_consumer_disconnects": m.slow_consumer_disconnects.load(Relaxed),
         "refused": crate::metrics::Refusal::ALL.iter().map(|r| (r.as_str().to_owned(), Value::from(m.refusals(*r)))).collect::<serde_json::Map<_, _>>(),
         "latency_ms": {"p50": lat.quantile_ms(0.50), "p95": lat.quantile_ms(0.95), "p99": lat.quantile_ms(0.99)},
+        "broker": {"degraded": m.degraded.load(Relaxed), "outages": m.broker_outages.load(Relaxed), "malformed": m.broker_malformed.load(Relaxed)},
     })))
 }
 
@@ -60,21 +61,29 @@ pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Value>) {
     } else {
         "unavailable"
     };
+    let broker = match app.broker.health() {
+        crate::broker::Health::Up => "ok".to_owned(),
+        crate::broker::Health::Degraded(why) => format!("degraded: {why}"),
+    };
+    // A broker outage leaves the node serving its own clients: still ready (taking
+    // every node out of the balancer at once would turn it into a full outage).
     let status = if app.draining.load(Relaxed) {
         "draining"
     } else if store != "ok" {
         "not_ready"
+    } else if broker != "ok" {
+        "degraded"
     } else {
         "ready"
     };
-    let code = if status == "ready" {
+    let code = if matches!(status, "ready" | "degraded") {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         code,
-        Json(json!({"status": status, "broker": "ok", "store": store})),
+        Json(json!({"status": status, "broker": broker, "store": store})),
     )
 }
 

@@ -237,7 +237,7 @@ async fn run(
         max_subscriptions: ws.max_subscriptions,
     };
     let mut session = Session::new(
-        hub.clone(),
+        app.broker.clone(),
         app.store.clone(),
         handle,
         app.verifier.clone(),

@@ -149,6 +149,9 @@ pub struct Outgoing<'a> {
     pub accepted: Instant,
     /// A client publication's user (channel creation budget).
     pub creator: Option<&'a Arc<str>>,
+    /// The offset and epoch a shared history (the Redis broker) assigned; None: this
+    /// channel assigns them.
+    pub position: Option<(u64, &'a Arc<str>)>,
 }
 
 #[derive(Default)]
@@ -159,6 +162,9 @@ pub struct Published {
     pub dropped: usize,
     /// Connections whose queue overflowed under the `disconnect` policy.
     pub slow: Vec<Arc<ConnHandle>>,
+    /// Subscribers that missed publications this node never saw (a gap in assigned
+    /// offsets, or a new epoch): they are closed with 4003 to recover with `since`.
+    pub resync: Vec<Arc<ConnHandle>>,
 }
 
 #[derive(Default)]
@@ -293,6 +299,17 @@ impl Channels {
         Ok(channel)
     }
 
+    /// Creates `name` for `creator` ahead of its first publication, so the channel
+    /// budget is checked before a shared history assigns it an offset.
+    pub fn reserve(
+        &self,
+        name: &str,
+        cfg: &Arc<NamespaceConfig>,
+        creator: &Arc<str>,
+    ) -> Result<(), Refused> {
+        self.get_or_create_by(name, cfg, creator).map(drop)
+    }
+
     /// Publishes on `name`: offset, history, one frame for all subscribers. A frame no
     /// queue could hold is refused before it takes an offset or enters history.
     pub fn publish(
@@ -321,7 +338,19 @@ impl Channels {
             }
             let mut result = Published::default();
             let frame = if keep {
-                let offset = st.last_offset + 1;
+                let offset = match out.position {
+                    None => st.last_offset + 1,
+                    Some((offset, epoch)) => {
+                        match follow(&mut st, offset, epoch, &self.ledger) {
+                            Follow::Next => {}
+                            Follow::Seen => return Ok(Published::default()),
+                            Follow::Gap => {
+                                result.resync = st.subscribers.values().cloned().collect();
+                            }
+                        }
+                        offset
+                    }
+                };
                 let position = Position {
                     offset,
                     epoch: &st.epoch,
@@ -352,7 +381,7 @@ impl Channels {
                 frame
             };
             for c in st.subscribers.values() {
-                if out.exclude.excludes(c) {
+                if out.exclude.excludes(c) || result.resync.iter().any(|r| r.id == c.id) {
                     continue;
                 }
                 let push = match out.lane {
@@ -618,6 +647,41 @@ impl Channels {
 }
 
 /// Drops history older than the namespace's TTL.
+/// How an assigned position relates to what this node's copy of a channel holds.
+enum Follow {
+    /// The next offset: append.
+    Next,
+    /// Already held (a duplicate): drop.
+    Seen,
+    /// Offsets were missed, or the epoch changed: what is held no longer continues
+    /// into this publication. The held history is dropped and subscribers must resync.
+    Gap,
+}
+
+/// Brings `st` to just before `offset` in `epoch`. A channel that never had a
+/// publication here adopts the shared position without a gap.
+fn follow(st: &mut State, offset: u64, epoch: &Arc<str>, ledger: &HistoryLedger) -> Follow {
+    let fresh = st.last_offset == 0 && st.history.is_empty();
+    if *st.epoch == **epoch && !fresh {
+        if offset <= st.last_offset {
+            return Follow::Seen;
+        }
+        if offset == st.last_offset + 1 {
+            return Follow::Next;
+        }
+    }
+    while let Some(old) = st.history.pop_front() {
+        ledger.sub(old.cost());
+    }
+    st.epoch = epoch.clone();
+    st.last_offset = offset.saturating_sub(1);
+    if fresh {
+        Follow::Next
+    } else {
+        Follow::Gap
+    }
+}
+
 fn trim(st: &mut State, cfg: &NamespaceConfig, now: Instant, ledger: &HistoryLedger) {
     let ttl = Duration::from_secs(cfg.history_ttl_s);
     while st

@@ -32,6 +32,9 @@ pub struct Exclude {
     pub conn: Option<String>,
     /// Connections whose token names this device (the upstream relay's sender).
     pub device: Option<String>,
+    /// The user and device of the connection `conn` names, resolved where it lives, so a
+    /// node that does not hold it can still keep it out of a replay.
+    pub conn_device: Option<(Arc<str>, Arc<str>)>,
 }
 
 impl Exclude {
@@ -46,12 +49,9 @@ impl Exclude {
     /// connection `conn` names, if it is on this node: its next connection is the same
     /// user on the same device. None when nothing needs keeping.
     pub fn kept(&self, origin: Option<&ConnHandle>) -> Option<Arc<KeptExclusion>> {
-        let conn_device = origin.and_then(|c| {
-            c.identity
-                .device
-                .as_ref()
-                .map(|d| (c.identity.user.clone(), d.clone()))
-        });
+        let conn_device = origin
+            .and_then(conn_device)
+            .or_else(|| self.conn_device.clone());
         let kept = KeptExclusion {
             user: self.user.as_deref().map(Arc::from),
             device: self.device.as_deref().map(Arc::from),
@@ -59,6 +59,14 @@ impl Exclude {
         };
         (kept != KeptExclusion::default()).then(|| Arc::new(kept))
     }
+}
+
+/// A connection's user and device, when its token names a device.
+pub fn conn_device(c: &ConnHandle) -> Option<(Arc<str>, Arc<str>)> {
+    c.identity
+        .device
+        .as_ref()
+        .map(|d| (c.identity.user.clone(), d.clone()))
 }
 
 /// The exclusions of a stored publication, applied again when it is replayed: by user,
@@ -93,6 +101,68 @@ pub struct Publication {
     /// The user whose client published it: a channel it creates counts against that
     /// user's `limits.channels_per_user`. None for the HTTP API and the relay.
     pub creator: Option<Arc<str>>,
+    pub route: Route,
+}
+
+/// How a channel publication travels: the normal way, or as a `device_command` on the
+/// priority lane (optionally to one device). The owned form of [`Lane`], so it can cross
+/// nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Route {
+    #[default]
+    Normal,
+    Command(Option<String>),
+}
+
+impl Route {
+    pub fn lane(&self) -> Lane<'_> {
+        match self {
+            Route::Normal => Lane::Normal,
+            Route::Command(d) => Lane::Command(d.as_deref()),
+        }
+    }
+
+    /// The route a `sync` event travels.
+    pub fn of_sync(event: &crate::protocol::sync::SyncEvent) -> Route {
+        match Lane::of_sync(event) {
+            Lane::Normal => Route::Normal,
+            Lane::Command(d) => Route::Command(d.map(str::to_owned)),
+        }
+    }
+}
+
+/// The one way into the hub's fan-out, held by the broker alone (DESIGN §9: every
+/// publication enters through the broker). [`Hub::new`] hands it out once; nothing else
+/// can publish, so no path can stay node-local by mistake.
+pub struct Inlet {
+    hub: Arc<Hub>,
+}
+
+impl Inlet {
+    pub(super) fn new(hub: Arc<Hub>) -> Inlet {
+        Inlet { hub }
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Delivers a publication to every local connection its target names. `position`
+    /// is the offset and epoch the broker assigned (a shared history); None lets this
+    /// node's channel assign them.
+    pub fn deliver(
+        &self,
+        p: &Publication,
+        position: Option<(u64, &Arc<str>)>,
+    ) -> Result<Delivered, Denied> {
+        self.hub.deliver(p, position)
+    }
+
+    /// Queues a server frame (an announcement event) to every local connection.
+    pub fn send_to_all(&self, frame: &Frame) -> usize {
+        self.hub
+            .deliver_to(&Target::All, &Exclude::default(), frame, Instant::now())
+    }
 }
 
 /// What a publication reached on this node.
@@ -105,13 +175,51 @@ pub struct Delivered {
 }
 
 impl Hub {
-    /// Delivers a publication to every local connection its target names.
-    pub fn publish(&self, p: &Publication) -> Result<Delivered, Denied> {
-        self.publish_on_lane(p, Lane::Normal)
+    /// What a broker checks before a publication leaves this node, so that no node
+    /// refuses what another accepted: the namespace, the frame size (with the widest
+    /// position) and the creator's channel budget.
+    /// Answers the history the publication needs (size, TTL in seconds), if any.
+    pub fn admit(&self, p: &Publication) -> Result<Option<(usize, u64)>, Denied> {
+        let Target::Channel(name) = &p.target else {
+            let frame = pub_frame(None, None, &p.data);
+            return self.fits(&frame).map(|()| None);
+        };
+        let ns = self.namespaces().resolve(name)?;
+        let keep = p.route.lane().keeps_history(&ns.config);
+        let widest = "f".repeat(16);
+        let position = keep.then_some(crate::protocol::server::Position {
+            offset: u64::MAX,
+            epoch: &widest,
+        });
+        self.fits(&pub_frame(Some(name), position, &p.data))?;
+        if let (true, Some(user)) = (keep, &p.creator) {
+            self.registry
+                .channels
+                .reserve(name, &ns.config, user)
+                .map_err(|r| self.refused(r))?;
+        }
+        Ok(keep.then_some((ns.config.history_size, ns.config.history_ttl_s)))
     }
 
-    /// As [`Hub::publish`]; a channel publication can go to one device's priority lane.
-    pub fn publish_on_lane(&self, p: &Publication, lane: Lane<'_>) -> Result<Delivered, Denied> {
+    fn fits(&self, frame: &Frame) -> Result<(), Denied> {
+        let limit = self.registry.channels.max_frame();
+        if frame.len() > limit {
+            return Err(self.refused(Refused::TooLarge {
+                frame: frame.len(),
+                limit,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Delivers a publication to every local connection its target names (through the
+    /// [`Inlet`] only).
+    fn deliver(
+        &self,
+        p: &Publication,
+        position: Option<(u64, &Arc<str>)>,
+    ) -> Result<Delivered, Denied> {
+        let lane = p.route.lane();
         let delivered = match &p.target {
             Target::Channel(name) => {
                 let ns = self.namespaces().resolve(name)?;
@@ -130,6 +238,7 @@ impl Hub {
                     lane,
                     accepted: p.accepted,
                     creator: p.creator.as_ref(),
+                    position,
                 };
                 let out: Published = self
                     .registry
@@ -138,6 +247,9 @@ impl Hub {
                     .map_err(|r| self.refused(r))?;
                 for c in &out.slow {
                     self.close_slow_consumer(c);
+                }
+                for c in &out.resync {
+                    self.close_for_resync(c);
                 }
                 if out.dropped > 0 {
                     self.metrics.dropped.fetch_add(out.dropped as u64, Relaxed);
@@ -157,7 +269,7 @@ impl Hub {
                     }));
                 }
                 Delivered {
-                    queued: self.deliver(other, &p.exclude, &frame, p.accepted),
+                    queued: self.deliver_to(other, &p.exclude, &frame, p.accepted),
                     position: None,
                 }
             }
@@ -186,9 +298,9 @@ impl Hub {
     }
 
     /// Queues `frame` to every local connection `target` names (not channels, which
-    /// go through [`Hub::publish`] for offsets and history), except `exclude`.
+    /// go through [`Hub::deliver`] for offsets and history), except `exclude`.
     /// Connections whose queue is full are closed with 4000 (slow consumer) and counted.
-    fn deliver(
+    fn deliver_to(
         &self,
         target: &Target,
         exclude: &Exclude,
@@ -219,9 +331,15 @@ impl Hub {
         queued
     }
 
-    /// Queues a server frame (an announcement) to every local connection.
-    pub fn send_to_all(&self, frame: &Frame) -> usize {
-        self.deliver(&Target::All, &Exclude::default(), frame, Instant::now())
+    /// Closes a subscriber that missed publications this node can no longer replay
+    /// (a gap in a shared history's offsets): 4003, so it reconnects with `since`.
+    fn close_for_resync(&self, c: &ConnHandle) {
+        let code = CloseCode::Resync;
+        if c.outbox
+            .close(Some(Frame::close(code.code(), code.reason())), false)
+        {
+            tracing::info!(conn_id = %c.conn_id, "missed publications on a channel: closed with 4003");
+        }
     }
 
     /// Closes a connection whose queue overflowed: queued data is dropped, 4000 is sent.

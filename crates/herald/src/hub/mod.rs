@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use channels::ChannelLimits;
-pub use fanout::{Delivered, Exclude, Publication, Target};
+pub use fanout::{Delivered, Exclude, Inlet, Publication, Route, Target};
 pub use namespace::Namespaces;
 pub use registry::{Admission, ConnHandle, Registration, Registry};
 
@@ -42,7 +42,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Hub {
+    /// The hub, and the one [`Inlet`] that publishes into it (for the broker).
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> (Arc<Hub>, Inlet) {
+        let hub = Arc::new(Hub::build(cfg, metrics));
+        (hub.clone(), Inlet::new(hub))
+    }
+
+    fn build(cfg: &Config, metrics: Arc<Metrics>) -> Hub {
         Hub {
             registry: Arc::new(Registry::new(
                 cfg.limits.connections_per_user,
@@ -94,6 +100,11 @@ impl Hub {
     pub fn next_conn_id(&self) -> (u64, Arc<str>) {
         let n = self.next_conn.fetch_add(1, Relaxed);
         (n, Arc::from(format!("{}-{n}", self.node_tag)))
+    }
+
+    /// This process's random tag (the prefix of its connection ids).
+    pub fn node_tag(&self) -> &str {
+        &self.node_tag
     }
 
     /// The local connection with this id (`<node tag>-<n>`), if it is on this node.

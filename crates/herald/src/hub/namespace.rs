@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::auth::Identity;
 use crate::config::namespaces::DEFAULT;
 use crate::config::{NamespaceConfig, PublishRule, SubscribeRule};
+use crate::protocol::codes::ErrorCode;
 
 /// The namespaces of a node, resolved once from config.
 pub struct Namespaces {
@@ -28,6 +29,27 @@ pub enum Denied {
     TooLarge(String),
     /// The publishing user already created `limits.channels_per_user` channels.
     ChannelBudget,
+    /// The broker could not carry it (a channel with history while Redis is down).
+    Unavailable(&'static str),
+}
+
+impl Denied {
+    /// The one answer to this refusal, over HTTP (status from the code) and WebSocket.
+    pub fn answer(self) -> (ErrorCode, String) {
+        match self {
+            Denied::UnknownNamespace(ns) => (
+                ErrorCode::NotFound,
+                format!("namespace `{ns}` is not configured"),
+            ),
+            Denied::Forbidden(why) => (ErrorCode::Forbidden, why.to_owned()),
+            Denied::TooLarge(why) => (ErrorCode::TooLarge, why),
+            Denied::ChannelBudget => (
+                ErrorCode::RateLimited,
+                "too many channels created by this user; publish to an existing one".to_owned(),
+            ),
+            Denied::Unavailable(why) => (ErrorCode::Unavailable, why.to_owned()),
+        }
+    }
 }
 
 impl Namespaces {

@@ -429,6 +429,7 @@ impl World {
             lane: Lane::Normal,
             accepted,
             creator: None,
+            position: None,
         };
         let published = self
             .channels

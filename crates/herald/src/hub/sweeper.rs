@@ -74,7 +74,7 @@ mod tests {
         let mut cfg = Config::default();
         cfg.ws.heartbeat_s = heartbeat_s;
         cfg.auth.leeway_s = leeway_s;
-        Arc::new(Hub::new(&cfg, Arc::new(Metrics::default())))
+        Hub::new(&cfg, Arc::new(Metrics::default())).0
     }
 
     fn connect(hub: &Hub, id: u64, expires_at: u64) -> Registration {

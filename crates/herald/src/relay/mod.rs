@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use crate::broker::{Broker, Submitted};
 use crate::connection::session::validate_channel;
-use crate::hub::channels::Lane;
-use crate::hub::{Exclude, Hub, Publication, Target};
+use crate::hub::{Exclude, Publication, Route, Target};
 use crate::protocol::sync::from_upstream;
 
 /// Why an upstream message was not relayed (logged, never fatal).
@@ -27,14 +27,14 @@ pub enum Skipped {
     Event(String),
 }
 
-/// Relays one upstream message; returns how many local connections it reached.
+/// Relays one upstream message through the broker; the answer says what it reached.
 pub fn relay(
-    hub: &Hub,
+    broker: &dyn Broker,
     prefix: &str,
     suffix: &str,
     bus_channel: &str,
     payload: &[u8],
-) -> Result<usize, Skipped> {
+) -> Result<Submitted, Skipped> {
     let user = bus_channel
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_suffix(suffix))
@@ -56,11 +56,9 @@ pub fn relay(
         data,
         accepted: Instant::now(),
         creator: None,
+        route: Route::of_sync(&event),
     };
-    let lane = Lane::of_sync(&event);
-    hub.publish_on_lane(&publication, lane)
-        .map(|d| d.queued)
-        .map_err(|_| Skipped::Event("the sync namespace is not configured".into()))
+    Ok(broker.publish(publication))
 }
 
 /// Splits a pattern like `user.*.sync` around its one `*`.

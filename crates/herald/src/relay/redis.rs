@@ -10,13 +10,13 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{relay, split_pattern};
+use crate::broker::Broker;
 use crate::config::RelayConfig;
-use crate::hub::Hub;
 
-pub async fn run(hub: Arc<Hub>, cfg: RelayConfig, stop: CancellationToken) {
+pub async fn run(broker: Arc<dyn Broker>, cfg: RelayConfig, stop: CancellationToken) {
     let mut delay = Duration::from_millis(250);
     loop {
-        match session(&hub, &cfg, &stop).await {
+        match session(broker.as_ref(), &cfg, &stop).await {
             Ok(()) => return,
             Err(e) => tracing::warn!("sync relay: {e}; reconnecting in {delay:?}"),
         }
@@ -30,7 +30,7 @@ pub async fn run(hub: Arc<Hub>, cfg: RelayConfig, stop: CancellationToken) {
 
 /// One connection's life; `Ok` only when asked to stop.
 async fn session(
-    hub: &Hub,
+    broker: &dyn Broker,
     cfg: &RelayConfig,
     stop: &CancellationToken,
 ) -> Result<(), redis::RedisError> {
@@ -51,16 +51,21 @@ async fn session(
                 "pub/sub connection closed",
             )));
         };
-        if let Err(skipped) = relay(
-            hub,
+        let relayed = relay(
+            broker,
             prefix,
             suffix,
             msg.get_channel_name(),
             msg.get_payload_bytes(),
-        ) {
+        );
+        let outcome = match relayed {
+            Ok(submitted) => submitted.wait().await.err().map(|d| d.answer().1),
+            Err(skipped) => Some(skipped.to_string()),
+        };
+        if let Some(why) = outcome {
             tracing::info!(
                 channel = msg.get_channel_name(),
-                "sync relay skipped a message: {skipped}"
+                "sync relay skipped a message: {why}"
             );
         }
     }

@@ -46,6 +46,16 @@ impl Frame {
         &self.0
     }
 
+    /// The payload after the (unmasked, server) header.
+    pub fn payload(&self) -> &[u8] {
+        let header = match self.0.get(1).map(|b| b & 0x7f) {
+            Some(126) => 4,
+            Some(127) => 10,
+            _ => 2,
+        };
+        self.0.get(header..).unwrap_or_default()
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

@@ -15,5 +15,6 @@ mod limits;
 mod presence;
 mod refusals;
 mod relay;
+mod scale_out;
 mod sync;
 mod tls;

@@ -1,0 +1,240 @@
+//! The message between nodes: `v1|<offset>|<epoch>|<json body>`. The position sits in
+//! front so the Redis script that assigns it can write it without parsing JSON; offset
+//! and epoch are empty for a publication without history. The body names the origin
+//! node and its sequence number (so the origin recognises its own echo), the target,
+//! the exclusions, the route and the payload, or an announcement frame. A message that
+//! does not parse is dropped and counted by the receiver, never trusted.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::hub::{Exclude, Publication, Route, Target};
+
+pub const VERSION: &str = "v1";
+
+#[derive(Serialize, Deserialize, Default)]
+pub struct Body {
+    /// Origin node tag and its sequence number for this message.
+    pub n: String,
+    pub s: u64,
+    /// Target kind (`a`ll, `u`ser, `g`roup, `c`hannel) and its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xc: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xd: Option<String>,
+    /// The excluded connection's user and device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xcd: Option<(String, String)>,
+    /// A `device_command` lane; the inner value is the target device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<CommandLane>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d: Option<Box<RawValue>>,
+    /// An announcement event: the text of the frame for every connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct CommandLane {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// A decoded message.
+pub struct Envelope {
+    pub position: Option<(u64, Arc<str>)>,
+    pub body: Body,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Malformed {
+    #[error("unknown envelope version")]
+    Version,
+    #[error("bad position")]
+    Position,
+    #[error("bad body: {0}")]
+    Body(String),
+}
+
+impl Body {
+    pub fn of_publication(node: &str, seq: u64, p: &Publication) -> Body {
+        let (t, id) = match &p.target {
+            Target::All => ("a", None),
+            Target::User(u) => ("u", Some(u.clone())),
+            Target::Group(g) => ("g", Some(g.clone())),
+            Target::Channel(c) => ("c", Some(c.clone())),
+        };
+        Body {
+            n: node.to_owned(),
+            s: seq,
+            t: Some(t.to_owned()),
+            id,
+            xu: p.exclude.user.clone(),
+            xc: p.exclude.conn.clone(),
+            xd: p.exclude.device.clone(),
+            xcd: p
+                .exclude
+                .conn_device
+                .as_ref()
+                .map(|(u, d)| (u.to_string(), d.to_string())),
+            cmd: match &p.route {
+                Route::Normal => None,
+                Route::Command(device) => Some(CommandLane {
+                    device: device.clone(),
+                }),
+            },
+            d: Some(p.data.clone()),
+            f: None,
+        }
+    }
+
+    pub fn of_frame(node: &str, seq: u64, text: String) -> Body {
+        Body {
+            n: node.to_owned(),
+            s: seq,
+            f: Some(text),
+            ..Body::default()
+        }
+    }
+
+    /// The publication this body carries (None for an announcement frame).
+    pub fn into_publication(self) -> Result<Option<Publication>, Malformed> {
+        let Some(data) = self.d else {
+            return match self.f {
+                Some(_) => Ok(None),
+                None => Err(Malformed::Body("neither data nor frame".into())),
+            };
+        };
+        let id = || {
+            self.id
+                .clone()
+                .ok_or_else(|| Malformed::Body("target without a name".into()))
+        };
+        let target = match self.t.as_deref() {
+            Some("a") => Target::All,
+            Some("u") => Target::User(id()?),
+            Some("g") => Target::Group(id()?),
+            Some("c") => Target::Channel(id()?),
+            _ => return Err(Malformed::Body("unknown target kind".into())),
+        };
+        Ok(Some(Publication {
+            target,
+            exclude: Exclude {
+                user: self.xu,
+                conn: self.xc,
+                device: self.xd,
+                conn_device: self.xcd.map(|(u, d)| (Arc::from(u), Arc::from(d))),
+            },
+            data,
+            accepted: std::time::Instant::now(),
+            creator: None,
+            route: match self.cmd {
+                None => Route::Normal,
+                Some(c) => Route::Command(c.device),
+            },
+        }))
+    }
+}
+
+/// `v1|||<body>`: the form without a position (the script adds one for history).
+pub fn encode(body: &Body) -> String {
+    let json = serde_json::to_string(body).unwrap_or_default();
+    format!("{VERSION}|||{json}")
+}
+
+/// The JSON part alone, for the history script that writes the header itself.
+pub fn encode_body(body: &Body) -> String {
+    serde_json::to_string(body).unwrap_or_default()
+}
+
+pub fn decode(raw: &[u8]) -> Result<Envelope, Malformed> {
+    let text = std::str::from_utf8(raw).map_err(|_| Malformed::Body("not UTF-8".into()))?;
+    let mut parts = text.splitn(4, '|');
+    if parts.next() != Some(VERSION) {
+        return Err(Malformed::Version);
+    }
+    let (offset, epoch) = (parts.next(), parts.next());
+    let json = parts.next().ok_or(Malformed::Position)?;
+    let position = match (offset, epoch) {
+        (Some(""), Some("")) => None,
+        (Some(o), Some(e)) if !e.is_empty() && e.len() <= 64 => {
+            let o: u64 = o.parse().map_err(|_| Malformed::Position)?;
+            Some((o, Arc::from(e)))
+        }
+        _ => return Err(Malformed::Position),
+    };
+    let body: Body = serde_json::from_str(json).map_err(|e| Malformed::Body(e.to_string()))?;
+    Ok(Envelope { position, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publication() -> Publication {
+        Publication {
+            target: Target::Channel("news:1".into()),
+            exclude: Exclude {
+                user: Some("u1".into()),
+                conn: Some("abc-1".into()),
+                device: None,
+                conn_device: Some((Arc::from("u2"), Arc::from("tv"))),
+            },
+            data: serde_json::value::to_raw_value(&serde_json::json!({"x": "a|b"})).unwrap(),
+            accepted: std::time::Instant::now(),
+            creator: None,
+            route: Route::Command(Some("tv".into())),
+        }
+    }
+
+    #[test]
+    fn a_publication_round_trips() {
+        let raw = encode(&Body::of_publication("n1", 7, &publication()));
+        let env = decode(raw.as_bytes()).unwrap();
+        assert_eq!(env.position, None);
+        assert_eq!((env.body.n.as_str(), env.body.s), ("n1", 7));
+        let p = env.body.into_publication().unwrap().unwrap();
+        let want = publication();
+        assert_eq!(p.target, want.target);
+        assert_eq!(p.exclude, want.exclude);
+        assert_eq!(p.route, want.route);
+        assert_eq!(p.data.get(), want.data.get());
+    }
+
+    #[test]
+    fn a_position_written_in_front_is_read() {
+        let body = encode_body(&Body::of_publication("n1", 1, &publication()));
+        let raw = format!("v1|42|00ff|{body}");
+        let env = decode(raw.as_bytes()).unwrap();
+        assert_eq!(env.position, Some((42, Arc::from("00ff"))));
+    }
+
+    #[test]
+    fn malformed_messages_are_refused_not_trusted() {
+        for raw in [
+            "",
+            "v2|||{}",
+            "v1|x|e|{}",
+            "v1|1||{}",
+            "v1|||",
+            "v1|||{\"n\":1}",
+            "v1|||[]",
+        ] {
+            assert!(decode(raw.as_bytes()).is_err(), "{raw}");
+        }
+        let no_payload = decode(br#"v1|||{"n":"a","s":1}"#).unwrap();
+        assert!(no_payload.body.into_publication().is_err());
+        let bad_target = decode(br#"v1|||{"n":"a","s":1,"t":"z","d":1}"#).unwrap();
+        assert!(bad_target.body.into_publication().is_err());
+        assert!(decode(&[0xff, 0xfe]).is_err());
+    }
+}

@@ -1,0 +1,19 @@
+-- One publication on a channel with history (DESIGN §9), atomically: the channel's next
+-- offset (its epoch created on first use), the envelope appended to the capped stream,
+-- both keys' lifetimes refreshed, and the envelope published with its position in front.
+-- KEYS[1] = meta hash, KEYS[2] = history stream
+-- ARGV[1] = bus channel, ARGV[2] = envelope body (JSON), ARGV[3] = history size,
+-- ARGV[4] = history TTL (s), ARGV[5] = epoch to use if the channel has none,
+-- ARGV[6] = meta TTL (s)
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('HSET', KEYS[1], 'e', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+local message = 'v1|' .. offset .. '|' .. epoch .. '|' .. ARGV[2]
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-1', 'm', message)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[1], message)
+return {offset, epoch}

@@ -1,0 +1,445 @@
+//! Scale-out (DESIGN §9): three nodes on ephemeral ports sharing the real Redis on this
+//! machine (`REDIS_URL`, default `redis://127.0.0.1:6379`), each test under its own key
+//! prefix. The outage test runs its own `redis-server` on a free port so it can kill it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use herald::config::{Config, NamespaceConfig, PublishRule};
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// Polls `f` until it holds or `within` passes; whether it held.
+async fn until<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>>(
+    within: Duration,
+    mut f: F,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The settings every node of one test cluster shares: Redis, a prefix of its own, one
+/// signing secret, and two extra namespaces (`live` without history, `room` where
+/// clients publish).
+fn cluster_config(c: &mut Config, url: &str, prefix: &str) {
+    c.broker.url = url.to_owned();
+    c.broker.prefix = prefix.to_owned();
+    c.auth.hmac_secret = Some(format!("{prefix}-secret-for-tests-only-0123456789"));
+    c.namespaces.insert(
+        "live".into(),
+        NamespaceConfig {
+            history_size: 0,
+            ..NamespaceConfig::default()
+        },
+    );
+    c.namespaces.insert(
+        "room".into(),
+        NamespaceConfig {
+            publish: PublishRule::Any,
+            ..NamespaceConfig::default()
+        },
+    );
+}
+
+async fn cluster_at(url: &str, n: usize) -> Vec<TestServer> {
+    let prefix = format!("herald-it-{:08x}", rand::random::<u32>());
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(TestServer::start_with(|c| cluster_config(c, url, &prefix)).await);
+    }
+    for s in &nodes {
+        let ready = until(WAIT, || async {
+            s.get_json("/readyz").await.1["broker"] == "ok"
+        });
+        assert!(ready.await, "node subscribed to the bus");
+    }
+    nodes
+}
+
+async fn cluster(n: usize) -> Vec<TestServer> {
+    cluster_at(&redis_url(), n).await
+}
+
+async fn subscribe(ws: &mut Ws, channel: &str, since: Option<(u64, &str)>) -> Value {
+    let mut msg = json!({"type": "subscribe", "channel": channel});
+    if let Some((offset, epoch)) = since {
+        msg["since"] = json!({"offset": offset, "epoch": epoch});
+    }
+    send_text(ws, &msg.to_string()).await;
+    loop {
+        let reply = next_json(ws).await;
+        if reply["type"] == "subscribed" {
+            return reply;
+        }
+        assert_ne!(reply["type"], "error", "{reply}");
+    }
+}
+
+async fn next_pub(ws: &mut Ws) -> Value {
+    loop {
+        let m = next_json(ws).await;
+        if m["type"] == "pub" {
+            return m;
+        }
+    }
+}
+
+/// The next `pub` within a short wait, or None: for "this one got nothing".
+async fn maybe_pub(ws: &mut Ws) -> Option<Value> {
+    tokio::time::timeout(Duration::from_millis(400), next_pub(ws))
+        .await
+        .ok()
+}
+
+/// Publishes through `s` and a marker to `user` after it; the marker arriving first
+/// proves `ws` got nothing before it.
+async fn assert_nothing_before_marker(s: &TestServer, ws: &mut Ws, user: &str) {
+    let (status, _) = s.publish(json!({"user": user, "data": "marker"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        next_pub(ws).await["data"],
+        "marker",
+        "{user} got nothing else"
+    );
+}
+
+#[tokio::test]
+async fn a_publication_on_one_node_reaches_every_node_for_every_target() {
+    let nodes = cluster(3).await;
+    let token = |s: &TestServer, user: &str, groups: &[&str]| {
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        s.token_with(user, |c| c.groups = groups)
+    };
+    // alice on nodes 0 and 1, bob (group ops) on node 2, carol (ops) on node 0.
+    let (mut alice0, hello) = nodes[0]
+        .connect_token(&token(&nodes[0], "alice", &[]))
+        .await;
+    let alice0_conn = hello["conn_id"].as_str().unwrap().to_owned();
+    let (mut alice1, _) = nodes[1]
+        .connect_token(&token(&nodes[1], "alice", &[]))
+        .await;
+    let (mut bob2, _) = nodes[2]
+        .connect_token(&token(&nodes[2], "bob", &["ops"]))
+        .await;
+    let (mut carol0, _) = nodes[0]
+        .connect_token(&token(&nodes[0], "carol", &["ops"]))
+        .await;
+    for ws in [&mut alice0, &mut alice1, &mut bob2, &mut carol0] {
+        subscribe(ws, "news", None).await;
+        subscribe(ws, "live:x", None).await;
+    }
+    let origin = &nodes[1];
+
+    // all
+    let (status, body) = origin.publish(json!({"all": true, "data": "to all"})).await;
+    assert_eq!(status, 200, "{body}");
+    for ws in [&mut alice0, &mut alice1, &mut bob2, &mut carol0] {
+        assert_eq!(next_pub(ws).await["data"], "to all");
+    }
+    // user: both of alice's connections, on two nodes, and nobody else
+    origin
+        .publish(json!({"user": "alice", "data": "to alice"}))
+        .await;
+    assert_eq!(next_pub(&mut alice0).await["data"], "to alice");
+    assert_eq!(next_pub(&mut alice1).await["data"], "to alice");
+    // group
+    origin
+        .publish(json!({"group": "ops", "data": "to ops"}))
+        .await;
+    assert_eq!(next_pub(&mut bob2).await["data"], "to ops");
+    assert_eq!(next_pub(&mut carol0).await["data"], "to ops");
+    assert_nothing_before_marker(origin, &mut alice0, "alice").await;
+    assert_eq!(next_pub(&mut alice1).await["data"], "marker");
+    // a channel with history: the same offset and epoch on every node
+    let (status, body) = origin
+        .publish(json!({"channel": "news", "data": "n1"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (offset, epoch) = (body["offset"].clone(), body["epoch"].clone());
+    assert_eq!(offset, 1, "{body}");
+    for ws in [&mut alice0, &mut alice1, &mut bob2, &mut carol0] {
+        let m = next_pub(ws).await;
+        assert_eq!(
+            (&m["data"], &m["offset"], &m["epoch"]),
+            (&json!("n1"), &offset, &epoch)
+        );
+    }
+    // a channel without history, excluding a user and a connection on another node
+    origin
+        .publish(json!({"channel": "live:x", "data": "l1", "exclude_user": "bob", "exclude_conn": alice0_conn}))
+        .await;
+    assert_eq!(next_pub(&mut alice1).await["data"], "l1");
+    assert_eq!(next_pub(&mut carol0).await["data"], "l1");
+    assert!(maybe_pub(&mut bob2).await.is_none(), "bob was excluded");
+    assert_nothing_before_marker(origin, &mut alice0, "alice").await;
+    assert_eq!(next_pub(&mut alice1).await["data"], "marker");
+
+    // A client's `publish` on node 1 reaches subscribers on nodes 0 and 2.
+    let (mut dave1, _) = nodes[1].connect("dave").await;
+    let (mut erin0, _) = nodes[0].connect("erin").await;
+    let (mut fay2, _) = nodes[2].connect("fay").await;
+    for ws in [&mut dave1, &mut erin0, &mut fay2] {
+        subscribe(ws, "room:1", None).await;
+    }
+    send_text(
+        &mut dave1,
+        &json!({"type": "publish", "channel": "room:1", "data": "hi", "ref": 9}).to_string(),
+    )
+    .await;
+    let ack = next_json(&mut dave1).await;
+    assert_eq!(
+        (&ack["type"], &ack["ref"]),
+        (&json!("ack"), &json!(9)),
+        "{ack}"
+    );
+    assert_eq!(ack["offset"], 1, "{ack}");
+    assert!(
+        maybe_pub(&mut dave1).await.is_none(),
+        "not echoed to its publisher"
+    );
+    assert_eq!(next_pub(&mut erin0).await["data"], "hi");
+    assert_eq!(next_pub(&mut fay2).await["data"], "hi");
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn recovery_on_another_node_under_a_publish_storm_is_exact() {
+    let nodes = cluster(3).await;
+    let total: u64 = 200;
+    for round in 0..10u64 {
+        let channel = format!("storm-{round}");
+        let (mut watcher, _) = nodes[0].connect("w").await;
+        subscribe(&mut watcher, &channel, None).await;
+        let (http, addr, key, ch) = (
+            nodes[1].http.clone(),
+            nodes[1].addr,
+            nodes[1].api_key.clone(),
+            channel.clone(),
+        );
+        let publisher = tokio::spawn(async move {
+            for n in 1..=total {
+                let res = http
+                    .post(format!("http://{addr}/api/publish"))
+                    .bearer_auth(&key)
+                    .json(&json!({"channel": ch, "data": n}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status().as_u16(), 200);
+            }
+        });
+        // Mid-storm, a client that was on node 0 comes back on node 2 with `since`.
+        let mut seen = next_pub(&mut watcher).await;
+        while seen["offset"].as_u64().unwrap() < 10 + round {
+            seen = next_pub(&mut watcher).await;
+        }
+        let since = seen["offset"].as_u64().unwrap() - 5;
+        let epoch = seen["epoch"].as_str().unwrap().to_owned();
+        let other = &nodes[2 - (round as usize % 2)];
+        let (mut late, _) = other.connect("late").await;
+        let sub = subscribe(&mut late, &channel, Some((since, &epoch))).await;
+        assert_eq!(sub["recovered"], true, "round {round}: {sub}");
+        let mut expect = since + 1;
+        while expect <= total {
+            let m = next_pub(&mut late).await;
+            assert_eq!(
+                m["offset"].as_u64(),
+                Some(expect),
+                "round {round}: gap or duplicate"
+            );
+            expect += 1;
+        }
+        publisher.await.unwrap();
+        assert_nothing_before_marker(other, &mut late, "late").await;
+    }
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_message_on_the_bus_is_dropped_and_counted() {
+    let nodes = cluster(2).await;
+    let prefix = nodes[0].node().app.cfg().broker.prefix.clone();
+    let (mut a, _) = nodes[0].connect("a").await;
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for junk in [
+        "",
+        "v2|||{}",
+        "v1|x||{}",
+        "v1|||not json",
+        "v1|||{\"n\":\"x\",\"s\":1,\"t\":\"q\",\"d\":1}",
+    ] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(format!("{prefix}:bus"))
+            .arg(junk)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let counted = until(WAIT, || async {
+        nodes[0].stats().await["broker"]["malformed"] == 5
+    });
+    assert!(counted.await, "{}", nodes[0].stats().await);
+    // And the node still carries real publications from the other one.
+    nodes[1].publish(json!({"user": "a", "data": "ok"})).await;
+    assert_eq!(next_pub(&mut a).await["data"], "ok");
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
+
+/// A `redis-server` of this test's own on a free port, so it can be killed.
+struct OwnRedis {
+    child: Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start_on(port: u16) -> OwnRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        OwnRedis { child, port }
+    }
+
+    fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        OwnRedis::start_on(port)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn wait_up(&self) {
+        let url = self.url();
+        let up = until(WAIT, || async {
+            match redis::Client::open(url.as_str()) {
+                Ok(c) => c.get_multiplexed_async_connection().await.is_ok(),
+                Err(_) => false,
+            }
+        });
+        assert!(up.await, "own redis-server up");
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn a_redis_outage_is_not_an_outage() {
+    let mut redis = OwnRedis::start();
+    redis.wait_up().await;
+    let nodes = cluster_at(&redis.url(), 2).await;
+    let (mut a0, _) = nodes[0].connect("a").await;
+    let (mut b1, _) = nodes[1].connect("b").await;
+    subscribe(&mut a0, "live:x", None).await;
+    subscribe(&mut b1, "live:x", None).await;
+    nodes[0]
+        .publish(json!({"channel": "live:x", "data": "before"}))
+        .await;
+    assert_eq!(next_pub(&mut a0).await["data"], "before");
+    assert_eq!(next_pub(&mut b1).await["data"], "before");
+
+    redis.kill();
+    let degraded = until(WAIT, || async {
+        nodes[0].get_json("/readyz").await.1["status"] == "degraded"
+    });
+    assert!(degraded.await, "{}", nodes[0].get_json("/readyz").await.1);
+    let (status, _) = nodes[0].get_json("/healthz").await;
+    assert_eq!(status, 200);
+    let (status, _) = nodes[0].get_json("/readyz").await;
+    assert_eq!(status, 200, "degraded is still serving");
+    // Local delivery goes on; a channel with history refuses what it cannot keep.
+    let (status, body) = nodes[0]
+        .publish(json!({"channel": "live:x", "data": "during"}))
+        .await;
+    assert_eq!((status, &body["queued"]), (200, &json!(1)), "{body}");
+    assert_eq!(next_pub(&mut a0).await["data"], "during");
+    let (status, body) = nodes[0]
+        .publish(json!({"channel": "news", "data": "kept?"}))
+        .await;
+    assert_eq!(
+        (status, &body["error"]),
+        (503, &json!("unavailable")),
+        "{body}"
+    );
+    let stats = nodes[0].stats().await;
+    assert!(stats["broker"]["degraded"].as_u64() >= Some(1), "{stats}");
+    assert_eq!(stats["broker"]["outages"], 1, "{stats}");
+
+    // Redis returns on the same port: cross-node delivery resumes without a restart.
+    let redis = OwnRedis::start_on(redis.port);
+    redis.wait_up().await;
+    let resumed = until(Duration::from_secs(20), || async {
+        nodes[0].get_json("/readyz").await.1["status"] == "ready"
+            && nodes[1].get_json("/readyz").await.1["status"] == "ready"
+    });
+    assert!(resumed.await, "{}", nodes[0].get_json("/readyz").await.1);
+    nodes[0]
+        .publish(json!({"channel": "live:x", "data": "after"}))
+        .await;
+    assert_eq!(next_pub(&mut a0).await["data"], "after");
+    assert_eq!(next_pub(&mut b1).await["data"], "after");
+    let (status, body) = nodes[1]
+        .publish(json!({"channel": "news", "data": "kept"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Frozen, not closed: detected by the probe's timeout.
+    redis.signal("-STOP");
+    let frozen = until(WAIT, || async {
+        nodes[0].get_json("/readyz").await.1["status"] == "degraded"
+    });
+    let detected = frozen.await;
+    redis.signal("-CONT");
+    assert!(detected, "a frozen Redis is detected");
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
