@@ -92,23 +92,25 @@ impl Node {
         let api_verifier = Arc::new(Verifier::new(&cfg.auth, &hmac_secret)?);
         let verifier = (cfg.auth.mode == AuthMode::Jwt).then(|| api_verifier.clone());
         let metrics = Arc::new(Metrics::default());
+        let store = store::open(&cfg.store.url, &cfg.data_dir)?;
         let (hub, inlet) = Hub::new(&cfg, metrics.clone());
         let stop = CancellationToken::new();
         let (broker, broker_tasks): (Arc<dyn broker::Broker>, Vec<_>) =
             if cfg.broker.url == "memory://" {
                 (Arc::new(broker::MemoryBroker::new(inlet)), Vec::new())
             } else {
+                let store = store.clone();
                 let (b, tasks) = broker::redis::RedisBroker::start(
                     &cfg.broker.url,
                     &cfg.broker.prefix,
                     inlet,
                     metrics.clone(),
+                    Box::new(move || store.forget_active()),
                     stop.clone(),
                 )?;
                 (b, tasks)
             };
         let tls = http::server::tls_acceptor(&cfg)?;
-        let store = store::open(&cfg.store.url, &cfg.data_dir)?;
         let http_caps = Arc::new(http::conn_caps::HttpConnCaps::new(
             cfg.limits.http_connections,
             cfg.limits.http_connections_per_ip,

@@ -4,6 +4,7 @@
 //! a direct call; the Redis broker carries each publication to every node, including
 //! this one, and each node frames it once for its own connections.
 
+pub mod cluster;
 pub mod envelope;
 pub mod redis;
 
@@ -51,6 +52,12 @@ pub trait Broker: Send + Sync {
 
     fn health(&self) -> Health {
         Health::Up
+    }
+
+    /// The view of all nodes (presence, totals); None on one node, where the hub's
+    /// own view is the cluster's.
+    fn cluster(&self) -> Option<&Arc<cluster::ClusterView>> {
+        None
     }
 
     /// The hub this broker delivers into.

@@ -24,6 +24,7 @@ use redis::{PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::{self, ClusterView};
 use super::envelope::{self, Body};
 use super::{Broker, Health, Submitted};
 use crate::hub::fanout::conn_device;
@@ -59,8 +60,12 @@ struct Waiter {
     answer: oneshot::Sender<Result<Delivered, Denied>>,
 }
 
+/// Called when another node's announcement event arrives (the store forgets its cache).
+pub type OnAnnouncement = Box<dyn Fn() + Send + Sync>;
+
 struct Shared {
     inlet: Inlet,
+    on_announcement: OnAnnouncement,
     metrics: Arc<Metrics>,
     node: String,
     bus: String,
@@ -77,6 +82,7 @@ struct Shared {
 pub struct RedisBroker {
     shared: Arc<Shared>,
     jobs: mpsc::Sender<Job>,
+    cluster: Arc<ClusterView>,
 }
 
 fn client(url: &str) -> RedisResult<redis::Client> {
@@ -116,6 +122,7 @@ impl RedisBroker {
         prefix: &str,
         inlet: Inlet,
         metrics: Arc<Metrics>,
+        on_announcement: OnAnnouncement,
         stop: CancellationToken,
     ) -> anyhow::Result<(Arc<RedisBroker>, Vec<tokio::task::JoinHandle<()>>)> {
         let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
@@ -130,6 +137,7 @@ impl RedisBroker {
         let shared = Arc::new(Shared {
             node: inlet.hub().node_tag().to_owned(),
             inlet,
+            on_announcement,
             metrics,
             bus: format!("{prefix}:bus"),
             prefix: prefix.to_owned(),
@@ -139,7 +147,13 @@ impl RedisBroker {
             answering: AtomicBool::new(false),
             down_since_logged: AtomicBool::new(false),
         });
+        let view = Arc::new(ClusterView::new(commands.clone(), prefix, &shared.node));
         let tasks = vec![
+            tokio::spawn(cluster::sync_loop(
+                shared.inlet.hub().clone(),
+                view.clone(),
+                stop.clone(),
+            )),
             tokio::spawn(send_loop(
                 shared.clone(),
                 commands.clone(),
@@ -149,7 +163,12 @@ impl RedisBroker {
             tokio::spawn(receive_loop(shared.clone(), pubsub, push_rx, stop.clone())),
             tokio::spawn(probe_loop(shared.clone(), commands, stop)),
         ];
-        Ok((Arc::new(RedisBroker { shared, jobs }), tasks))
+        let broker = RedisBroker {
+            shared,
+            jobs,
+            cluster: view,
+        };
+        Ok((Arc::new(broker), tasks))
     }
 }
 
@@ -308,6 +327,10 @@ impl Broker for RedisBroker {
 
     fn hub(&self) -> &Arc<Hub> {
         self.shared.inlet.hub()
+    }
+
+    fn cluster(&self) -> Option<&Arc<ClusterView>> {
+        Some(&self.cluster)
     }
 }
 
@@ -472,6 +495,7 @@ fn receive(s: &Shared, payload: &[u8]) {
         return;
     }
     if let Some(text) = &env.body.f {
+        (s.on_announcement)();
         s.inlet.send_to_all(&Frame::text(text.as_bytes()));
         return;
     }

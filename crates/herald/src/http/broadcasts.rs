@@ -72,7 +72,7 @@ pub async fn create(
         "id": created.id,
         "character_count": chars,
         "max_characters": MAX_CHARACTERS,
-        "sent_to_users": app.hub.registry.users(),
+        "sent_to_users": connected_users(&app).await,
     });
     Ok((StatusCode::CREATED, Json(body)))
 }
@@ -159,8 +159,7 @@ pub async fn stats(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
     Ok(Json(json!({"stats": {
         "broadcasts_today": today,
         "active_broadcast": active.is_some(),
-        // One node: the cluster is this node (scale-out makes this cluster-wide).
-        "connected_users": app.hub.registry.users(),
+        "connected_users": connected_users(&app).await,
         "max_characters": MAX_CHARACTERS,
     }})))
 }
@@ -206,4 +205,13 @@ pub async fn history(
         })
         .collect();
     Ok(Json(json!({"broadcasts": list, "next": next})))
+}
+
+/// Users connected on all nodes (this node's count when Redis cannot say).
+async fn connected_users(app: &App) -> u64 {
+    let local = app.hub.registry.users() as u64;
+    match app.broker.cluster() {
+        Some(view) => view.totals().await.map_or(local, |t| t.users),
+        None => local,
+    }
 }

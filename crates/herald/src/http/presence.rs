@@ -18,6 +18,12 @@ pub async fn user(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers)?;
+    if let Some(cluster) = app.broker.cluster() {
+        let (online, connections) = cluster.user(&id).await.map_err(unavailable)?;
+        return Ok(Json(
+            json!({"user_id": id, "online": online, "connections": connections}),
+        ));
+    }
     let registry = &app.hub.registry;
     let connections = registry.users.count(&id);
     let online = registry.presence.online(&id, connections);
@@ -41,6 +47,14 @@ pub async fn channel(
         ));
     }
     let channels = &app.hub.registry.channels;
+    if let Some(cluster) = app.broker.cluster() {
+        let users = cluster.channel(&name).await.map_err(unavailable)?;
+        // Connections are this node's: a count over nodes would need a key per
+        // connection; users are the cluster's.
+        return Ok(Json(
+            json!({"channel": name, "users": users, "connections": channels.subscriber_count(&name)}),
+        ));
+    }
     let users: Vec<String> = channels
         .presence(&name)
         .iter()
@@ -49,4 +63,12 @@ pub async fn channel(
     Ok(Json(
         json!({"channel": name, "users": users, "connections": channels.subscriber_count(&name)}),
     ))
+}
+
+/// The cluster view could not be read (Redis is down): 503, never a wrong "offline".
+pub fn unavailable(e: redis::RedisError) -> ApiError {
+    ApiError::new(
+        ErrorCode::Unavailable,
+        format!("the cluster view (Redis) is unreachable: {e}"),
+    )
 }

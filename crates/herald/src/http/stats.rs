@@ -18,10 +18,16 @@ pub async fn stats(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
     let (connections, users) = (hub.registry.connections(), hub.registry.users());
     let m = &app.metrics;
     let lat = &m.latency;
+    let cluster = match app.broker.cluster() {
+        None => json!({"nodes": 1, "connections": connections, "users": users}),
+        Some(view) => match view.totals().await {
+            Ok(t) => json!({"nodes": t.nodes, "connections": t.connections, "users": t.users}),
+            Err(e) => json!({"error": format!("the cluster view (Redis) is unreachable: {e}")}),
+        },
+    };
     Ok(Json(json!({
         "node": {"name": hub.node, "connections": connections, "users": users, "channels": hub.registry.channels.len(), "history_bytes": hub.registry.channels.ledger.bytes(), "http_connections": app.http_caps.open()},
-        // One node: the cluster is this node (scale-out adds the others).
-        "cluster": {"nodes": 1, "connections": connections, "users": users},
+        "cluster": cluster,
         "publications": m.publications.load(Relaxed),
         "deliveries": m.deliveries.load(Relaxed),
         "dropped": m.dropped.load(Relaxed),

@@ -577,6 +577,33 @@ impl Channels {
         users
     }
 
+    /// Every channel with presence and its present users (for the cluster view).
+    pub fn presence_snapshot(&self) -> Vec<(Arc<str>, Vec<Arc<str>>)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let channels: Vec<Arc<Channel>> = shard
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter(|c| c.cfg.presence)
+                .cloned()
+                .collect();
+            for channel in channels {
+                let st = channel.lock();
+                let users: Vec<Arc<str>> = st
+                    .members
+                    .keys()
+                    .chain(st.leaving.keys())
+                    .cloned()
+                    .collect();
+                if !users.is_empty() {
+                    out.push((channel.name.clone(), users));
+                }
+            }
+        }
+        out
+    }
+
     pub fn subscriber_count(&self, name: &str) -> usize {
         self.get(name).map_or(0, |c| c.lock().subscribers.len())
     }

@@ -53,6 +53,16 @@ impl UserPresence {
                 .is_some_and(|t| now.saturating_duration_since(*t) < self.grace)
     }
 
+    /// Users without a connection who are still online (within the grace).
+    pub fn in_grace(&self) -> Vec<Arc<str>> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) < self.grace)
+            .map(|(u, _)| u.clone())
+            .collect()
+    }
+
     pub fn sweep(&self) {
         self.sweep_at(Instant::now());
     }

@@ -105,6 +105,15 @@ impl Index {
     pub fn keys(&self) -> usize {
         self.shards.iter().map(|s| read(s).len()).sum()
     }
+
+    /// Every key with its number of connections (one shard locked at a time).
+    pub fn counts(&self) -> Vec<(Arc<str>, usize)> {
+        let mut out = Vec::with_capacity(self.keys());
+        for shard in &self.shards {
+            out.extend(read(shard).iter().map(|(k, m)| (k.clone(), m.len())));
+        }
+        out
+    }
 }
 
 pub struct Registry {

@@ -80,6 +80,8 @@ pub trait Store: Send + Sync {
     /// Whether the database answers now (`/readyz`): migrated at start-up and reachable
     /// since, not just the former.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Another node created or cleared an announcement: forget any cached answer.
+    fn forget_active(&self) {}
 }
 
 /// Opens the store named by `url` (empty = SQLite in `data_dir`). Connections are made

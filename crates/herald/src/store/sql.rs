@@ -316,6 +316,10 @@ impl Store for SqlStore {
         self.ready.load(Ordering::Acquire)
     }
 
+    fn forget_active(&self) {
+        self.cache(None);
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             self.check_ready()?;

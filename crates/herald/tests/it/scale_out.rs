@@ -44,6 +44,13 @@ fn cluster_config(c: &mut Config, url: &str, prefix: &str) {
         },
     );
     c.namespaces.insert(
+        "lobby".into(),
+        NamespaceConfig {
+            presence: true,
+            ..NamespaceConfig::default()
+        },
+    );
+    c.namespaces.insert(
         "room".into(),
         NamespaceConfig {
             publish: PublishRule::Any,
@@ -442,4 +449,232 @@ async fn a_redis_outage_is_not_an_outage() {
     for s in nodes {
         s.shutdown().await;
     }
+}
+
+async fn presence_of(s: &TestServer, user: &str) -> Value {
+    let (status, body) = s.get_json(&format!("/api/presence/users/{user}")).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn presence_and_stats_answer_for_every_node() {
+    let nodes = cluster(3).await;
+    let (alice, _) = nodes[0].connect("alice").await;
+    let (_alice_too, _) = nodes[1].connect("alice").await;
+    let (_bob, _) = nodes[1].connect("bob").await;
+    let seen = until(WAIT, || async {
+        let p = presence_of(&nodes[2], "alice").await;
+        p["online"] == true && p["connections"] == 2
+    });
+    assert!(seen.await, "{}", presence_of(&nodes[2], "alice").await);
+    let totals = until(WAIT, || async {
+        let c = &nodes[2].stats().await["cluster"];
+        c["nodes"] == 3 && c["connections"] == 3 && c["users"] == 2
+    });
+    assert!(totals.await, "{}", nodes[2].stats().await);
+
+    // A reload that lands on another node never reads offline anywhere.
+    drop(alice);
+    drop(_alice_too);
+    let (_back, _) = nodes[2].connect("alice").await;
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        for s in &nodes {
+            assert_eq!(presence_of(s, "alice").await["online"], true, "no flap");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Gone for good: offline on every node after the grace (2 s), not before.
+    drop(_back);
+    let left = tokio::time::Instant::now();
+    let offline = until(WAIT, || async {
+        presence_of(&nodes[0], "alice").await["online"] == false
+    });
+    assert!(offline.await, "offline after the grace");
+    assert!(
+        left.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        left.elapsed()
+    );
+
+    // Channel presence lists the users of every node.
+    let (mut c0, _) = nodes[0].connect("carol").await;
+    let (mut d1, _) = nodes[1].connect("dave").await;
+    for ws in [&mut c0, &mut d1] {
+        subscribe(ws, "lobby:1", None).await;
+    }
+    let listed = until(WAIT, || async {
+        let (_, body) = nodes[2].get_json("/api/channels/lobby:1/presence").await;
+        body["users"] == json!(["carol", "dave"])
+    });
+    assert!(
+        listed.await,
+        "{}",
+        nodes[2].get_json("/api/channels/lobby:1/presence").await.1
+    );
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
+
+/// `herald serve` as a child process in the cluster, so it can be SIGKILLed.
+fn serve_in_cluster(dir: &TempDir, prefix: &str) -> Served {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir.0)
+        .env("HERALD_BROKER__URL", redis_url())
+        .env("HERALD_BROKER__PREFIX", prefix)
+        .env(
+            "HERALD_AUTH__HMAC_SECRET",
+            format!("{prefix}-secret-for-tests-only-0123456789"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .find_map(|l| l.ok().filter(|l| l.contains("listening on")))
+        .expect("the server prints its address");
+    let addr = line.rsplit("://").next().unwrap().trim().to_owned();
+    Served {
+        child,
+        addr,
+        secret: format!("{prefix}-secret-for-tests-only-0123456789"),
+    }
+}
+
+#[tokio::test]
+async fn a_sigkilled_node_s_users_go_offline_within_the_bound() {
+    let nodes = cluster(1).await;
+    let prefix = nodes[0].node().app.cfg().broker.prefix.clone();
+    let dir = TempDir::new();
+    let mut doomed = serve_in_cluster(&dir, &prefix);
+    let url = format!(
+        "ws://{}/ws?token={}",
+        doomed.addr,
+        mint(&doomed.secret, "ghost")
+    );
+    let (mut ghost, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    let _ = next_json(&mut ghost).await; // connected
+    let online = until(WAIT, || async {
+        presence_of(&nodes[0], "ghost").await["online"] == true
+    });
+    assert!(online.await, "the other node sees the ghost");
+    let status = Command::new("kill")
+        .args(["-KILL", &doomed.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = doomed.child.wait();
+    let killed = tokio::time::Instant::now();
+    // Stated bound (docs/scaling.md): node TTL 5 s + one sync (0.5 s).
+    let offline = until(Duration::from_secs(8), || async {
+        presence_of(&nodes[0], "ghost").await["online"] == false
+    });
+    assert!(offline.await, "offline within the bound");
+    assert!(
+        killed.elapsed() <= Duration::from_millis(6_500),
+        "{:?}",
+        killed.elapsed()
+    );
+    let c = &nodes[0].stats().await["cluster"];
+    assert_eq!(c["nodes"], 1, "{c}");
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn announcements_across_three_nodes_on_postgres() {
+    use crate::announcements::{Engine, TestStore};
+    let store = TestStore::new(Engine::Postgres).await;
+    let prefix = format!("herald-it-{:08x}", rand::random::<u32>());
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let mut cfg = store.config();
+        cluster_config(&mut cfg, &redis_url(), &prefix);
+        let dir = TempDir::new();
+        cfg.data_dir = dir.0.clone();
+        nodes.push(TestServer::start_cfg(cfg, dir).await);
+    }
+    let mut users = Vec::new();
+    for (i, s) in nodes.iter().enumerate() {
+        users.push(s.connect(&format!("u{i}")).await.0);
+    }
+    let admin = nodes[0].token_with("boss", |c| c.admin = true);
+    let (status, body) = nodes[0]
+        .post_json(
+            "/api/broadcasts",
+            &admin,
+            json!({"message": "hello all", "type": "info"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    for ws in &mut users {
+        let m = next_json(ws).await;
+        assert_eq!(
+            (&m["type"], &m["broadcast"]["id"]),
+            (&json!("new_broadcast"), &json!(id))
+        );
+    }
+    // u1 acknowledges on node 1; reconnecting on node 2 it is not shown again.
+    send_text(
+        &mut users[1],
+        &json!({"type": "acknowledge_broadcast", "broadcast_id": id}).to_string(),
+    )
+    .await;
+    let acked = until(WAIT, || async {
+        let (mut again, _) = nodes[2].connect("u1").await;
+        send_text(&mut again, r#"{"type":"get_active_broadcast"}"#).await;
+        nodes[2]
+            .publish(json!({"user": "u1", "data": "marker"}))
+            .await;
+        // Each connection first gets u1's marker or the announcement.
+        loop {
+            let m = next_json(&mut again).await;
+            match m["type"].as_str() {
+                Some("pub") => return true,
+                Some("active_broadcast") => return false,
+                _ => {}
+            }
+        }
+    });
+    assert!(acked.await, "the ack made on node 1 holds on node 2");
+    // And a user who did not acknowledge still gets it on connect, on any node.
+    let (mut fresh, _) = nodes[1].connect("u9").await;
+    let m = next_json(&mut fresh).await;
+    assert_eq!(m["type"], "active_broadcast", "{m}");
+    // Cleared on node 2: every node's users hear it.
+    let (status, body) = nodes[2]
+        .post_json("/api/broadcasts/clear", &admin, json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for ws in users.iter_mut().chain([&mut fresh]) {
+        loop {
+            let m = next_json(ws).await;
+            if m["type"] == "broadcast_cleared" {
+                break;
+            }
+        }
+    }
+    // u0, u1 (on two nodes), u2, u9: four users over three nodes, within a sync.
+    let counted = until(WAIT, || async {
+        nodes[0].get_json("/api/broadcasts/stats").await.1["stats"]["connected_users"] == 4
+    });
+    assert!(
+        counted.await,
+        "{}",
+        nodes[0].get_json("/api/broadcasts/stats").await.1
+    );
+    for s in nodes {
+        s.shutdown().await;
+    }
+    store.drop_database().await;
 }

@@ -1,0 +1,315 @@
+//! The cluster-wide view over Redis (DESIGN §8, §9): which users are online and with how
+//! many connections, who is present on a channel, and the node, connection and user
+//! totals — on every node, for all nodes.
+//!
+//! Each node writes its own state and reads everyone's. Every [`SYNC_EVERY`] it compares
+//! what its hub holds (users with their connection counts, users in their offline
+//! grace, channel members) with what it last wrote, writes the difference, and beats its
+//! heart (`P:nodes`, a sorted set scored by Redis's clock). A node whose heart has not
+//! beaten for [`NODE_TTL_MS`] is dead: readers ignore it at once, and the next heartbeat
+//! of any node removes what it left behind. So a SIGKILLed node's users read offline
+//! within `NODE_TTL_MS` plus one sync. A Redis that lost its data (restarted without
+//! persistence) is noticed by the heartbeat, and the node writes everything again.
+//!
+//! Keys (`P` = `broker.prefix`): `P:nodes`; `P:node:<tag>:users` (set) and
+//! `P:node:<tag>:stats` (hash); `P:user:<id>` (hash node tag → connections, 0 in the
+//! grace); `P:online` (hash user → nodes it is on); `P:chp:<channel>` (hash
+//! `<tag>|<user>` → 1).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{RedisResult, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::Hub;
+
+pub const SYNC_EVERY: Duration = Duration::from_millis(500);
+pub const NODE_TTL_MS: u64 = 5_000;
+const KEY_TTL_S: u64 = 24 * 3600;
+
+const USER_UP: &str = r"
+local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if added == 1 then
+  redis.call('SADD', KEYS[2], ARGV[3])
+  redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+end
+return added";
+
+const USER_DOWN: &str = r"
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('SREM', KEYS[2], ARGV[2])
+  if redis.call('HINCRBY', KEYS[3], ARGV[2], -1) <= 0 then
+    redis.call('HDEL', KEYS[3], ARGV[2])
+  end
+end
+return 0";
+
+/// Beats this node's heart, writes its totals, clears dead nodes; 1 if Redis knew us.
+const HEARTBEAT: &str = r"
+local p, tag, ttl = ARGV[1], ARGV[2], tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local known = redis.call('ZSCORE', p .. ':nodes', tag)
+redis.call('ZADD', p .. ':nodes', now, tag)
+local stats = p .. ':node:' .. tag .. ':stats'
+redis.call('HSET', stats, 'connections', ARGV[3], 'users', ARGV[4])
+redis.call('PEXPIRE', stats, ttl)
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', p .. ':nodes', '-inf', now - ttl)) do
+  local set = p .. ':node:' .. dead .. ':users'
+  for _, user in ipairs(redis.call('SMEMBERS', set)) do
+    redis.call('HDEL', p .. ':user:' .. user, dead)
+    if redis.call('HINCRBY', p .. ':online', user, -1) <= 0 then
+      redis.call('HDEL', p .. ':online', user)
+    end
+  end
+  redis.call('DEL', set)
+  redis.call('ZREM', p .. ':nodes', dead)
+end
+if known then return 1 else return 0 end";
+
+/// The fields of hash KEYS[1] whose node (the field up to `|`) is alive.
+const ALIVE_FIELDS: &str = r"
+local p, ttl = ARGV[1], tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local alive = {}
+for _, tag in ipairs(redis.call('ZRANGEBYSCORE', p .. ':nodes', now - ttl, '+inf')) do
+  alive[tag] = true
+end
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local tag = string.match(all[i], '^[^|]+')
+  if alive[tag] then
+    table.insert(out, all[i])
+    table.insert(out, all[i + 1])
+  end
+end
+return out";
+
+/// Alive nodes, their connections summed, and the distinct users online.
+const TOTALS: &str = r"
+local p, ttl = ARGV[1], tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nodes = redis.call('ZRANGEBYSCORE', p .. ':nodes', now - ttl, '+inf')
+local connections = 0
+for _, tag in ipairs(nodes) do
+  connections = connections + tonumber(redis.call('HGET', p .. ':node:' .. tag .. ':stats', 'connections') or '0')
+end
+return {#nodes, connections, redis.call('HLEN', p .. ':online')}";
+
+/// Totals for `/api/stats` `cluster` and announcement stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub nodes: u64,
+    pub connections: u64,
+    pub users: u64,
+}
+
+pub struct ClusterView {
+    conn: ConnectionManager,
+    prefix: String,
+    tag: String,
+}
+
+fn eval(script: &str, keys: &[&str], args: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(keys.len());
+    for k in keys {
+        cmd.arg(*k);
+    }
+    for a in args {
+        cmd.arg(*a);
+    }
+    cmd
+}
+
+impl ClusterView {
+    pub fn new(conn: ConnectionManager, prefix: &str, tag: &str) -> ClusterView {
+        ClusterView {
+            conn,
+            prefix: prefix.to_owned(),
+            tag: tag.to_owned(),
+        }
+    }
+
+    fn ttl(&self) -> String {
+        NODE_TTL_MS.to_string()
+    }
+
+    /// Online anywhere, and the connections on all nodes.
+    pub async fn user(&self, user: &str) -> RedisResult<(bool, u64)> {
+        let key = format!("{}:user:{user}", self.prefix);
+        let fields: Vec<String> = eval(ALIVE_FIELDS, &[&key], &[&self.prefix, &self.ttl()])
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let connections = fields
+            .chunks(2)
+            .filter_map(|kv| kv.get(1)?.parse::<u64>().ok())
+            .sum();
+        Ok((!fields.is_empty(), connections))
+    }
+
+    /// The users present on `channel` on any node, sorted.
+    pub async fn channel(&self, channel: &str) -> RedisResult<Vec<String>> {
+        let key = format!("{}:chp:{channel}", self.prefix);
+        let fields: Vec<String> = eval(ALIVE_FIELDS, &[&key], &[&self.prefix, &self.ttl()])
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let mut users: Vec<String> = fields
+            .chunks(2)
+            .filter_map(|kv| Some(kv.first()?.split_once('|')?.1.to_owned()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        users.sort();
+        Ok(users)
+    }
+
+    pub async fn totals(&self) -> RedisResult<Totals> {
+        let (nodes, connections, users): (u64, u64, u64) =
+            eval(TOTALS, &[], &[&self.prefix, &self.ttl()])
+                .query_async(&mut self.conn.clone())
+                .await?;
+        Ok(Totals {
+            nodes,
+            connections,
+            users,
+        })
+    }
+}
+
+/// What this node last wrote to Redis.
+#[derive(Default)]
+struct Written {
+    users: HashMap<Arc<str>, usize>,
+    members: HashSet<(Arc<str>, Arc<str>)>,
+}
+
+/// Writes this node's presence and totals every [`SYNC_EVERY`] until `stop`.
+pub async fn sync_loop(hub: Arc<Hub>, view: Arc<ClusterView>, stop: CancellationToken) {
+    let mut written = Written::default();
+    let mut conn = view.conn.clone();
+    loop {
+        match sync_once(&hub, &view, &mut conn, &mut written).await {
+            Ok(true) => {}
+            // Redis did not know us (first beat, or it lost its data): write it all.
+            Ok(false) => written = Written::default(),
+            Err(e) => {
+                tracing::debug!("cluster view: sync failed: {e}");
+                written = Written::default();
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(SYNC_EVERY) => {}
+        }
+    }
+    // Leaving cleanly: what this node held is gone at once, not after the TTL.
+    let mut pipe = redis::pipe();
+    for user in written.users.keys() {
+        pipe.add_command(user_down(&view, user));
+    }
+    for (channel, user) in &written.members {
+        pipe.add_command(member(&view, channel, user, false));
+    }
+    pipe.zrem(format!("{}:nodes", view.prefix), &view.tag);
+    let _: RedisResult<Value> = pipe.query_async(&mut conn).await;
+}
+
+fn user_down(view: &ClusterView, user: &str) -> redis::Cmd {
+    let p = &view.prefix;
+    eval(
+        USER_DOWN,
+        &[
+            &format!("{p}:user:{user}"),
+            &format!("{p}:node:{}:users", view.tag),
+            &format!("{p}:online"),
+        ],
+        &[&view.tag, user],
+    )
+}
+
+const MEMBER_UP: &str = r"
+redis.call('HSET', KEYS[1], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 0";
+
+fn member(view: &ClusterView, channel: &str, user: &str, present: bool) -> redis::Cmd {
+    let key = format!("{}:chp:{channel}", view.prefix);
+    let field = format!("{}|{user}", view.tag);
+    if present {
+        // The key's lifetime is refreshed with every join: a channel idle for a day is
+        // forgotten.
+        eval(MEMBER_UP, &[&key], &[&field, &KEY_TTL_S.to_string()])
+    } else {
+        let mut c = redis::cmd("HDEL");
+        c.arg(&key).arg(field);
+        c
+    }
+}
+
+/// One round: returns whether Redis already knew this node.
+async fn sync_once(
+    hub: &Hub,
+    view: &ClusterView,
+    conn: &mut ConnectionManager,
+    written: &mut Written,
+) -> RedisResult<bool> {
+    let p = &view.prefix;
+    let registry = &hub.registry;
+    let mut users: HashMap<Arc<str>, usize> = registry.users.counts().into_iter().collect();
+    for user in registry.presence.in_grace() {
+        users.entry(user).or_insert(0);
+    }
+    let members: HashSet<(Arc<str>, Arc<str>)> = registry
+        .channels
+        .presence_snapshot()
+        .into_iter()
+        .flat_map(|(c, us)| us.into_iter().map(move |u| (c.clone(), u)))
+        .collect();
+    let mut pipe = redis::pipe();
+    for (user, n) in &users {
+        if written.users.get(user) != Some(n) {
+            pipe.add_command(eval(
+                USER_UP,
+                &[
+                    &format!("{p}:user:{user}"),
+                    &format!("{p}:node:{}:users", view.tag),
+                    &format!("{p}:online"),
+                ],
+                &[&view.tag, &n.to_string(), user, &KEY_TTL_S.to_string()],
+            ));
+        }
+    }
+    for user in written.users.keys().filter(|u| !users.contains_key(*u)) {
+        pipe.add_command(user_down(view, user));
+    }
+    for (channel, user) in members.difference(&written.members) {
+        pipe.add_command(member(view, channel, user, true));
+    }
+    for (channel, user) in written.members.difference(&members) {
+        pipe.add_command(member(view, channel, user, false));
+    }
+    pipe.add_command(eval(
+        HEARTBEAT,
+        &[],
+        &[
+            p,
+            &view.tag,
+            &registry.connections().to_string(),
+            &users.len().to_string(),
+            &NODE_TTL_MS.to_string(),
+        ],
+    ));
+    let results: Vec<Value> = pipe.query_async(conn).await?;
+    let known = matches!(results.last(), Some(Value::Int(1)));
+    written.users = users;
+    written.members = members;
+    Ok(known)
+}
