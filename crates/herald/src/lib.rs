@@ -139,8 +139,19 @@ impl Node {
         let sweeper = tokio::spawn(hub::sweeper::run(hub.clone(), stop.clone()));
         let migrations = tokio::spawn(migrate_until_ready(store, stop.clone()));
         let relay_cfg = app.cfg().relay.clone();
-        let relay = (!relay_cfg.redis_url.is_empty())
-            .then(|| tokio::spawn(relay::redis::run(broker.clone(), relay_cfg, stop.clone())));
+        let relay = (!relay_cfg.redis_url.is_empty()).then(|| {
+            // Several nodes on one bus: each upstream message is relayed by one.
+            let cfg = app.cfg();
+            let dedup = (cfg.broker.url != "memory://").then(|| cfg.broker.prefix.clone());
+            let metrics = app.metrics.clone();
+            tokio::spawn(relay::redis::run(
+                broker.clone(),
+                relay_cfg,
+                dedup,
+                metrics,
+                stop.clone(),
+            ))
+        });
         let accept = tokio::spawn(http::server::accept_loop(
             listener,
             app.clone(),

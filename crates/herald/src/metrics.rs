@@ -152,6 +152,8 @@ pub struct Metrics {
     pub broker_outages: AtomicU64,
     /// Messages from other nodes that did not parse (dropped).
     pub broker_malformed: AtomicU64,
+    /// The upstream relay is subscribed to its bus (`/readyz`).
+    pub relay_subscribed: std::sync::atomic::AtomicBool,
 }
 
 const LOG_EVERY_MS: u64 = 10_000;
@@ -172,6 +174,7 @@ impl Default for Metrics {
             degraded: AtomicU64::new(0),
             broker_outages: AtomicU64::new(0),
             broker_malformed: AtomicU64::new(0),
+            relay_subscribed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }

@@ -87,10 +87,12 @@ pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Value>) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        code,
-        Json(json!({"status": status, "broker": broker, "store": store})),
-    )
+    let mut body = json!({"status": status, "broker": broker, "store": store});
+    if !app.cfg().relay.redis_url.is_empty() {
+        let subscribed = app.metrics.relay_subscribed.load(Relaxed);
+        body["relay"] = json!(if subscribed { "ok" } else { "connecting" });
+    }
+    (code, Json(body))
 }
 
 /// The last store probe and when it was taken.

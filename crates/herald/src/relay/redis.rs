@@ -1,24 +1,79 @@
-//! The Redis side of the relay: `PSUBSCRIBE` to the configured pattern, relay each
-//! message, and on any connection loss reconnect with capped backoff (a dedicated pub/sub
-//! connection does not reconnect by itself). Messages published while disconnected are
-//! lost by Redis pub/sub; devices recover them from channel history with `since`.
+//! The Redis side of the relay: `PSUBSCRIBE` to the configured pattern on a managed
+//! connection (`ConnectionManager` with a push sender: it reconnects with jittered
+//! backoff and resubscribes by itself) and relay each message. Messages published while
+//! disconnected are lost by Redis pub/sub; devices recover them from channel history
+//! with `since`.
+//!
+//! Every node of a cluster subscribes, so every node receives each upstream message.
+//! Only one relays it: the first to `SET <prefix>:relay:<digest> NX` (kept 10 s) wins,
+//! so each event reaches each device once, not once per node, and no node is special
+//! (one that dies loses nothing the others do not relay). The cost: the same event,
+//! byte for byte, on the same bus channel twice within 10 s is relayed once — harmless
+//! for sync state, which such a repeat would not change.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{PushInfo, PushKind, Value};
+use sha1::{Digest, Sha1};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{relay, split_pattern};
 use crate::broker::Broker;
 use crate::config::RelayConfig;
+use crate::metrics::Metrics;
 
-pub async fn run(broker: Arc<dyn Broker>, cfg: RelayConfig, stop: CancellationToken) {
+/// How long an upstream message is remembered as relayed.
+const DEDUP_MS: u64 = 10_000;
+
+/// Runs the relay until `stop`. `dedup_prefix` is set when several nodes share the
+/// bus (a Redis broker): the key prefix for the once-per-cluster claim.
+pub async fn run(
+    broker: Arc<dyn Broker>,
+    cfg: RelayConfig,
+    dedup_prefix: Option<String>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let (tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
+    let manager = redis::IntoConnectionInfo::into_connection_info(cfg.redis_url.as_str())
+        .and_then(|info| {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            redis::Client::open(info.set_redis_settings(settings))
+        })
+        .and_then(|client| {
+            let config = ConnectionManagerConfig::new()
+                .set_min_delay(Duration::from_millis(100))
+                .set_max_delay(Duration::from_secs(5))
+                .set_response_timeout(Some(Duration::from_secs(1)))
+                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_push_sender(tx)
+                .set_automatic_resubscription();
+            ConnectionManager::new_lazy_with_config(client, config)
+        });
+    let mut conn = match manager {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::error!("sync relay: {e}; not relaying");
+            return;
+        }
+    };
+    // Subscribe, retrying until Redis is there; the manager resubscribes after that.
     let mut delay = Duration::from_millis(250);
     loop {
-        match session(broker.as_ref(), &cfg, &stop).await {
-            Ok(()) => return,
-            Err(e) => tracing::warn!("sync relay: {e}; reconnecting in {delay:?}"),
+        let subscribed = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = conn.psubscribe(&cfg.redis_pattern) => r,
+        };
+        match subscribed {
+            Ok(()) => break,
+            Err(e) => tracing::warn!("sync relay: {e}; retrying in {delay:?}"),
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -26,47 +81,68 @@ pub async fn run(broker: Arc<dyn Broker>, cfg: RelayConfig, stop: CancellationTo
         }
         delay = (delay * 2).min(Duration::from_secs(10));
     }
-}
-
-/// One connection's life; `Ok` only when asked to stop.
-async fn session(
-    broker: &dyn Broker,
-    cfg: &RelayConfig,
-    stop: &CancellationToken,
-) -> Result<(), redis::RedisError> {
-    let client = redis::Client::open(cfg.redis_url.as_str())?;
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.psubscribe(&cfg.redis_pattern).await?;
     tracing::info!(pattern = %cfg.redis_pattern, "sync relay subscribed");
+    metrics.relay_subscribed.store(true, Relaxed);
     let (prefix, suffix) = split_pattern(&cfg.redis_pattern);
-    let mut messages = pubsub.on_message();
     loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            msg = messages.next() => msg,
+        let push = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = pushes.recv() => match p { Some(p) => p, None => return },
         };
-        let Some(msg) = msg else {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "pub/sub connection closed",
-            )));
+        match push.kind {
+            PushKind::PMessage => {}
+            PushKind::PSubscribe => {
+                metrics.relay_subscribed.store(true, Relaxed);
+                continue;
+            }
+            PushKind::Disconnection => {
+                metrics.relay_subscribed.store(false, Relaxed);
+                tracing::warn!("sync relay: connection lost; reconnecting");
+                let mut c = conn.clone();
+                tokio::spawn(async move {
+                    let _: redis::RedisResult<Value> = redis::cmd("PING").query_async(&mut c).await;
+                });
+                continue;
+            }
+            _ => continue,
+        }
+        // [pattern, channel, payload]
+        let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+            (push.data.get(1), push.data.get(2))
+        else {
+            continue;
         };
-        let relayed = relay(
-            broker,
-            prefix,
-            suffix,
-            msg.get_channel_name(),
-            msg.get_payload_bytes(),
-        );
-        let outcome = match relayed {
+        let channel = String::from_utf8_lossy(channel);
+        if let Some(p) = &dedup_prefix {
+            if !claim(&mut conn, p, &channel, payload).await {
+                continue;
+            }
+        }
+        let outcome = match relay(broker.as_ref(), prefix, suffix, &channel, payload) {
             Ok(submitted) => submitted.wait().await.err().map(|d| d.answer().1),
             Err(skipped) => Some(skipped.to_string()),
         };
         if let Some(why) = outcome {
-            tracing::info!(
-                channel = msg.get_channel_name(),
-                "sync relay skipped a message: {why}"
-            );
+            tracing::info!(channel = %channel, "sync relay skipped a message: {why}");
         }
     }
+}
+
+/// Whether this node is the one to relay this message (first to claim it). A claim
+/// that cannot be made (Redis trouble) relays: a duplicate beats a loss.
+async fn claim(conn: &mut ConnectionManager, prefix: &str, channel: &str, payload: &[u8]) -> bool {
+    let mut digest = Sha1::new();
+    digest.update(channel.as_bytes());
+    digest.update([0u8]);
+    digest.update(payload);
+    let key = format!("{prefix}:relay:{:x}", digest.finalize());
+    let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
+        .arg(key)
+        .arg(1)
+        .arg("NX")
+        .arg("PX")
+        .arg(DEDUP_MS)
+        .query_async(conn)
+        .await;
+    !matches!(set, Ok(None))
 }

@@ -678,3 +678,85 @@ async fn announcements_across_three_nodes_on_postgres() {
     }
     store.drop_database().await;
 }
+
+#[tokio::test]
+async fn an_upstream_event_reaches_each_device_once_not_once_per_node() {
+    let tag = format!("herald-it-{:08x}", rand::random::<u32>());
+    let pattern = format!("{tag}.user.*.sync");
+    let prefix = format!("{tag}-cluster");
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let (p, pat) = (prefix.clone(), pattern.clone());
+        nodes.push(
+            TestServer::start_with(move |c| {
+                cluster_config(c, &redis_url(), &p);
+                c.relay.redis_url = redis_url();
+                c.relay.redis_pattern = pat;
+            })
+            .await,
+        );
+    }
+    let mut tv = sync_device(&nodes[0], "42", "tv").await;
+    let mut phone = sync_device(&nodes[1], "42", "phone").await;
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let bus = format!("{tag}.user.42.sync");
+    // Every node's relay subscribes asynchronously: wait until all three say so.
+    for s in &nodes {
+        let ok = until(WAIT, || async {
+            s.get_json("/readyz").await.1["relay"] == "ok"
+        });
+        assert!(ok.await, "relay subscribed");
+    }
+    // Probe until a message makes it through to both devices, then drain.
+    let mut through = false;
+    for n in 0..100 {
+        let probe = json!({"type": "watchlist_update", "content_id": format!("probe-{n}"), "action": "add"});
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&bus)
+            .arg(probe.to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if tokio::time::timeout(Duration::from_millis(100), next_pub(&mut tv))
+            .await
+            .is_ok()
+        {
+            through = true;
+            break;
+        }
+    }
+    assert!(through, "the relays subscribed");
+    for ws in [&mut tv, &mut phone] {
+        while maybe_pub(ws).await.is_some() {}
+    }
+    for n in 0..5 {
+        let event =
+            json!({"type": "watchlist_update", "content_id": format!("c{n}"), "action": "add"});
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&bus)
+            .arg(event.to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    for ws in [&mut tv, &mut phone] {
+        for n in 0..5 {
+            assert_eq!(next_pub(ws).await["data"]["content_id"], format!("c{n}"));
+        }
+    }
+    let (status, _) = nodes[2]
+        .publish(json!({"channel": "sync:42", "data": {"type": "watchlist_update", "content_id": "marker", "action": "add"}}))
+        .await;
+    assert_eq!(status, 200);
+    for ws in [&mut tv, &mut phone] {
+        assert_eq!(
+            next_pub(ws).await["data"]["content_id"],
+            "marker",
+            "each event once, not once per node"
+        );
+    }
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
