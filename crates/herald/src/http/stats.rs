@@ -87,12 +87,16 @@ pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Value>) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let mut body = json!({"status": status, "broker": broker, "store": store});
+    let mut body = serde_json::Map::new();
+    body.insert("status".into(), json!(status));
+    body.insert("broker".into(), json!(broker));
+    body.insert("store".into(), json!(store));
     if !app.cfg().relay.redis_url.is_empty() {
         let subscribed = app.metrics.relay_subscribed.load(Relaxed);
-        body["relay"] = json!(if subscribed { "ok" } else { "connecting" });
+        let relay = if subscribed { "ok" } else { "connecting" };
+        body.insert("relay".into(), json!(relay));
     }
-    (code, Json(body))
+    (code, Json(Value::Object(body)))
 }
 
 /// The last store probe and when it was taken.
