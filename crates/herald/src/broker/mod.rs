@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod envelope;
+pub mod gap;
 pub mod redis;
 
 use std::future::Future;

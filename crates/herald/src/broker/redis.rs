@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster::{self, ClusterView};
 use super::envelope::{self, Body};
+use super::gap;
 use super::{Broker, Health, Submitted};
 use crate::hub::fanout::conn_device;
 use crate::hub::namespace::Denied;
@@ -160,7 +161,13 @@ impl RedisBroker {
                 jobs_rx,
                 stop.clone(),
             )),
-            tokio::spawn(receive_loop(shared.clone(), pubsub, push_rx, stop.clone())),
+            tokio::spawn(receive_loop(
+                shared.clone(),
+                pubsub,
+                commands.clone(),
+                push_rx,
+                stop.clone(),
+            )),
             tokio::spawn(probe_loop(shared.clone(), commands, stop)),
         ];
         let broker = RedisBroker {
@@ -419,9 +426,11 @@ fn answered(s: &Shared, seq: u64, result: RedisResult<Value>) {
 async fn receive_loop(
     s: Arc<Shared>,
     mut pubsub: ConnectionManager,
+    mut commands: ConnectionManager,
     mut pushes: mpsc::UnboundedReceiver<PushInfo>,
     stop: CancellationToken,
 ) {
+    let mut was_lost = false;
     let mut delay = Duration::from_millis(100);
     loop {
         let subscribed = tokio::select! {
@@ -449,7 +458,7 @@ async fn receive_loop(
         match push.kind {
             PushKind::Message => {
                 if let [_channel, Value::BulkString(payload)] = push.data.as_slice() {
-                    receive(&s, payload);
+                    receive(&s, &mut commands, payload).await;
                 } else {
                     s.metrics.broker_malformed.fetch_add(1, Relaxed);
                 }
@@ -457,8 +466,13 @@ async fn receive_loop(
             PushKind::Subscribe => {
                 s.subscribed.store(true, Relaxed);
                 s.recovered();
+                if std::mem::take(&mut was_lost) {
+                    // What was published while we were away is in the shared history.
+                    gap::catch_up(&s.inlet, &mut commands, &s.prefix).await;
+                }
             }
             PushKind::Disconnection => {
+                was_lost = true;
                 s.subscribed.store(false, Relaxed);
                 s.outage("the pub/sub connection was lost");
                 // Nothing may arrive for a while: have the manager reconnect (and so
@@ -475,7 +489,7 @@ async fn receive_loop(
 
 /// One message from the bus: this node's own echo settles its waiter; any other is
 /// delivered to local connections. A message that does not parse is counted, dropped.
-fn receive(s: &Shared, payload: &[u8]) {
+async fn receive(s: &Shared, commands: &mut ConnectionManager, payload: &[u8]) {
     let env = match envelope::decode(payload) {
         Ok(env) => env,
         Err(e) => {
@@ -484,6 +498,29 @@ fn receive(s: &Shared, payload: &[u8]) {
             return;
         }
     };
+    if let (Some((offset, epoch)), Some("c"), Some(name)) =
+        (&env.position, env.body.t.as_deref(), env.body.id.as_deref())
+    {
+        // Offsets between what we hold and this one were missed: fetch them first.
+        let channels = &s.inlet.hub().registry.channels;
+        if let Some((top, held)) = channels.top(name) {
+            if held == *epoch && *offset > top + 1 {
+                let filled = gap::fill(
+                    &s.inlet,
+                    commands,
+                    &s.prefix,
+                    name,
+                    top + 1,
+                    offset - 1,
+                    epoch,
+                )
+                .await;
+                if let Err(e) = filled {
+                    tracing::warn!(channel = %name, "could not fill a gap: {e}");
+                }
+            }
+        }
+    }
     let position = env.position.as_ref().map(|(o, e)| (*o, e));
     if env.body.n == s.node {
         // Ours: deliver the original (it keeps its creator and accept time), once. Our

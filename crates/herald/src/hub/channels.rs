@@ -577,6 +577,41 @@ impl Channels {
         users
     }
 
+    /// The connections subscribed to `name`.
+    pub fn subscribers_of(&self, name: &str) -> Vec<Arc<ConnHandle>> {
+        self.get(name)
+            .map(|c| c.lock().subscribers.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The last offset and epoch of `name` here, once it has had a publication.
+    pub fn top(&self, name: &str) -> Option<(u64, Arc<str>)> {
+        let channel = self.get(name)?;
+        let st = channel.lock();
+        (st.last_offset > 0).then(|| (st.last_offset, st.epoch.clone()))
+    }
+
+    /// Channels with subscribers and a position: their name, last offset and epoch
+    /// (what a node checks against the shared history after a broker outage).
+    pub fn tops(&self) -> Vec<(Arc<str>, u64, Arc<str>)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let channels: Vec<Arc<Channel>> = shard
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for channel in channels {
+                let st = channel.lock();
+                if st.last_offset > 0 && !st.subscribers.is_empty() {
+                    out.push((channel.name.clone(), st.last_offset, st.epoch.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// Every channel with presence and its present users (for the cluster view).
     pub fn presence_snapshot(&self) -> Vec<(Arc<str>, Vec<Arc<str>>)> {
         let mut out = Vec::new();

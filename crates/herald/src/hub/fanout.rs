@@ -158,6 +158,14 @@ impl Inlet {
         self.hub.deliver(p, position)
     }
 
+    /// Closes the subscribers of `channel` with 4003: the shared history they follow
+    /// restarted (a new epoch), so they must recover with `since` or start over.
+    pub fn resync(&self, channel: &str) {
+        for c in self.hub.registry.channels.subscribers_of(channel) {
+            self.hub.close_for_resync(&c);
+        }
+    }
+
     /// Queues a server frame (an announcement event) to every local connection.
     pub fn send_to_all(&self, frame: &Frame) -> usize {
         self.hub
