@@ -1,13 +1,18 @@
 //! herald: a self-hosted real-time broadcast server.
 //!
 //! Module map (ARCHITECTURE.md has the long version):
-//! - [`config`]: layered configuration and its validation;
-//! - [`auth`]: JWT, API keys, Origin;
+//! - [`config`]: layered configuration and its validation; [`reload`]: what `SIGHUP`
+//!   changes live;
+//! - [`auth`]: JWT, API keys, Origin, trusted proxies;
+//! - [`protocol`]: the wire types and the code tables;
 //! - [`ws`]: the RFC 6455 codec and handshake (ours: frame once, share the bytes);
 //! - [`connection`]: one socket's reader, writer, bounded outbox and session;
-//! - [`hub`]: the registry and fan-out;
-//! - [`broker`]: the seam between nodes;
+//! - [`hub`]: the registry, channels and fan-out;
+//! - [`broker`]: the seam between nodes and the one way into the hub (memory or Redis);
+//! - [`relay`]: upstream device events from Redis into `sync:` channels;
+//! - [`store`]: announcements in SQLite or Postgres; [`announce`]: their rules;
 //! - [`http`]: the accept loop, routes and endpoints;
+//! - [`metrics`]: counters, refusals, latency;
 //! - [`cli`]: the `herald` subcommands; [`bench`]: the load generator.
 
 // Nothing a client, a config file or the network controls may reach a panic: these are
