@@ -88,9 +88,17 @@ pub struct BenchArgs {
     /// Start an in-process node (temporary data dir) instead of using --url.
     #[arg(long)]
     pub spawn_server: bool,
-    /// PID of an external server, to read its RSS before and after the clients connect.
+    /// PID of an external server, to read its RSS before and after the clients connect
+    /// and its CPU time; repeat it for every node of a cluster (CPU is summed, RSS is the
+    /// first one's).
     #[arg(long, conflicts_with = "spawn_server")]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
+    /// Other nodes of the same cluster (`http://host:port`, repeatable): clients are
+    /// spread round-robin over `--url` and these; publications go to `--url`, so most
+    /// deliveries cross nodes. Expected deliveries are then publications × clients (a
+    /// node's `queued` counts only its own clients).
+    #[arg(long = "spread-url", value_name = "URL")]
+    pub spread_urls: Vec<String>,
     /// Channel fan-out: every client subscribes to this channel (and counts as connected
     /// once `subscribed` is back), and the publisher publishes to it instead of `all`.
     #[arg(long, value_name = "NAME", value_parser = parse_channel)]
@@ -188,20 +196,26 @@ async fn spawn_server(clients: usize) -> anyhow::Result<Server> {
     })
 }
 
-fn external_server(args: &BenchArgs) -> anyhow::Result<Server> {
-    let base_url = args.url.trim_end_matches('/').to_owned();
-    let authority = match base_url.split_once("://") {
+/// `host:port` of a plain `http://` URL.
+fn authority_of(url: &str) -> anyhow::Result<String> {
+    let authority = match url.trim_end_matches('/').split_once("://") {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => {
             rest.split('/').next().unwrap_or_default().to_owned()
         }
         Some((scheme, _)) => {
-            anyhow::bail!("--url: the bench speaks plain http/ws only, not {scheme}")
+            anyhow::bail!("{url}: the bench speaks plain http/ws only, not {scheme}")
         }
-        None => anyhow::bail!("--url must look like http://host:port"),
+        None => anyhow::bail!("{url} must look like http://host:port"),
     };
     if authority.is_empty() {
-        anyhow::bail!("--url has no host");
+        anyhow::bail!("{url} has no host");
     }
+    Ok(authority)
+}
+
+fn external_server(args: &BenchArgs) -> anyhow::Result<Server> {
+    let base_url = args.url.trim_end_matches('/').to_owned();
+    let authority = authority_of(&base_url)?;
     let read = |name: &str| {
         secrets::read(&args.data_dir, name).with_context(|| {
             format!(
@@ -258,12 +272,19 @@ struct Report {
 
 async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
     let clients = args.clients as usize;
-    let target = Arc::new(Target {
-        addr: resolve(&server.authority).await?,
-        host: server.authority.clone(),
-        hmac_secret: server.hmac_secret.clone(),
-        subscribe: args.channel.as_deref().map(client::subscribe_message),
-    });
+    let mut authorities = vec![server.authority.clone()];
+    for url in &args.spread_urls {
+        authorities.push(authority_of(url)?);
+    }
+    let mut targets = Vec::new();
+    for authority in &authorities {
+        targets.push(Arc::new(Target {
+            addr: resolve(authority).await?,
+            host: authority.clone(),
+            hmac_secret: server.hmac_secret.clone(),
+            subscribe: args.channel.as_deref().map(client::subscribe_message),
+        }));
+    }
     let http = reqwest::Client::builder()
         .build()
         .context("cannot build the HTTP client")?;
@@ -274,7 +295,7 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
     let received_total = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
 
-    let rss_pid = match (args.spawn_server, args.server_pid) {
+    let rss_pid = match (args.spawn_server, args.server_pid.first().copied()) {
         (true, _) => Some((None, "this process: in-process server + clients")),
         (false, Some(pid)) => Some((Some(pid), "server process")),
         (false, None) => None,
@@ -291,7 +312,11 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Result<(), String>>();
     let mut tasks: JoinSet<Option<ClientStats>> = JoinSet::new();
     for i in 0..clients {
-        let (gate, tx, target) = (gate.clone(), tx.clone(), target.clone());
+        let target = targets
+            .get(i % targets.len())
+            .cloned()
+            .context("at least one target")?;
+        let (gate, tx) = (gate.clone(), tx.clone());
         let (template, received_total, stop) =
             (template.clone(), received_total.clone(), stop.clone());
         tasks.spawn(async move {
@@ -364,23 +389,31 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
             args.rate,
             args.duration
         );
-        let server_pid = args.server_pid.filter(|_| !args.spawn_server);
-        let cpu_before = (
-            sys::cpu_seconds(None),
-            server_pid.and_then(|p| sys::cpu_seconds(Some(p))),
-        );
+        let server_pids: &[u32] = if args.spawn_server {
+            &[]
+        } else {
+            &args.server_pid
+        };
+        let servers_cpu = || -> Option<f64> {
+            if server_pids.is_empty() {
+                return None;
+            }
+            server_pids.iter().map(|p| sys::cpu_seconds(Some(*p))).sum()
+        };
+        let cpu_before = (sys::cpu_seconds(None), servers_cpu());
         pub_start_ns = base.elapsed().as_nanos() as u64;
         outcome = publisher::run(&http, &plan, base).await;
         let wall =
             Duration::from_nanos(base.elapsed().as_nanos() as u64 - pub_start_ns).as_secs_f64();
         let ours = cpu_before.0.zip(sys::cpu_seconds(None)).map(|(a, b)| b - a);
-        let theirs = cpu_before
-            .1
-            .zip(server_pid.and_then(|p| sys::cpu_seconds(Some(p))))
-            .map(|(a, b)| b - a);
+        let theirs = cpu_before.1.zip(servers_cpu()).map(|(a, b)| b - a);
         cpu = ours.map(|o| (o, theirs, wall));
         // Stragglers: until every queued delivery has arrived, at most STRAGGLERS.
         let give_up = Instant::now() + STRAGGLERS;
+        if !args.spread_urls.is_empty() {
+            // Each node's `queued` counts its own clients only: expect every client.
+            outcome.queued = outcome.ok * connected as u64;
+        }
         while received_total.load(Relaxed) < outcome.queued && Instant::now() < give_up {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -568,3 +568,27 @@ async fn probe_loop(s: Arc<Shared>, mut conn: ConnectionManager, stop: Cancellat
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::validate_url;
+
+    #[test]
+    fn broker_urls_are_checked_without_connecting() {
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "redis://:secret@10.0.0.5:6380/2",
+            "rediss://cache.example.com:6380",
+        ] {
+            assert_eq!(validate_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "nats://x:4222",
+            "redis//nohost",
+            "http://x",
+            "redis://h:notaport",
+        ] {
+            assert!(validate_url(bad).is_err(), "{bad}");
+        }
+    }
+}
