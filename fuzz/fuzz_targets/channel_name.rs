@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use herald::config::namespaces::{builtin, DEFAULT};
 use herald::config::NamespaceConfig;
-use herald::connection::session::validate_channel;
+use herald::session::validate_channel;
 use herald::hub::namespace::{owns, Denied, Namespaces};
 use libfuzzer_sys::fuzz_target;
 

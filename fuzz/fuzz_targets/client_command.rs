@@ -6,7 +6,7 @@
 //! bytes of `[A-Za-z0-9_.:@-]`.
 #![no_main]
 
-use herald::connection::session::validate_channel;
+use herald::session::validate_channel;
 use herald::protocol::client::{decode, ClientMessage, Inbound};
 use libfuzzer_sys::fuzz_target;
 

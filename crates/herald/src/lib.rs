@@ -6,8 +6,11 @@
 //! - [`auth`]: JWT, API keys, Origin, trusted proxies;
 //! - [`protocol`]: the wire types and the code tables;
 //! - [`ws`]: the RFC 6455 codec and handshake (ours: frame once, share the bytes);
-//! - [`connection`]: one socket's reader, writer, bounded outbox and session;
+//! - [`outbox`]: the bounded per-connection queue (a leaf: the hub pushes, the writer
+//!   drains);
+//! - [`connection`]: one socket's reader, writer, rate limit and transports;
 //! - [`hub`]: the registry, channels and fan-out;
+//! - [`session`]: the client protocol of one connection, above the hub and the broker;
 //! - [`broker`]: the seam between nodes and the one way into the hub (memory or Redis);
 //! - [`relay`]: upstream device events from Redis into `sync:` channels;
 //! - [`store`]: announcements in SQLite or Postgres; [`announce`]: their rules;
@@ -32,9 +35,11 @@ pub mod connection;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod outbox;
 pub mod protocol;
 pub mod relay;
 pub mod reload;
+pub mod session;
 pub mod store;
 pub mod ws;
 

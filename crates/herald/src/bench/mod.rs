@@ -108,7 +108,7 @@ pub struct BenchArgs {
 /// `--channel`: the server's own channel-name rule, so that a name that passes needs no
 /// JSON escaping and the server will not refuse it as malformed.
 fn parse_channel(name: &str) -> Result<String, String> {
-    crate::connection::session::validate_channel(name)?;
+    crate::session::validate_channel(name)?;
     Ok(name.to_owned())
 }
 

@@ -11,13 +11,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 
-use super::outbox::Outbox;
 use super::transport::WsRead;
 use super::writer::run_writer;
 use crate::metrics::{Metrics, Refusal};
+use crate::outbox::Outbox;
 use crate::protocol::codes::CloseCode;
 use crate::ws::frame::{Frame, OP_PONG};
-use crate::ws::message::{Message, MessageReader};
+use crate::ws::message::{Message, MessageReader, ViolationKind};
 
 /// After we sent a close frame, how long we wait for the peer's close or EOF.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -141,7 +141,7 @@ pub async fn drive<R, W, H>(
                 }
                 Err(v) => {
                     metrics.refuse(match v.code {
-                        CloseCode::TooBig => Refusal::TooLarge,
+                        ViolationKind::TooBig => Refusal::TooLarge,
                         _ => Refusal::ProtocolError,
                     });
                     // Replies to the messages before the violation still go out first.

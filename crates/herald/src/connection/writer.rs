@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::outbox::{Batch, Outbox, Queued};
 use crate::metrics::{Metrics, Refusal};
+use crate::outbox::{Batch, Outbox, Queued};
 use crate::ws::frame::Frame;
 
 /// Linux IOV_MAX: the most slices one `writev` takes.

@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::ws_upgrade::{drive_upgraded, switching_protocols};
 use super::App;
 use crate::connection::driver::{Flow, Handler, Limits};
-use crate::connection::outbox::{Outbox, Push};
+use crate::outbox::{Outbox, Push};
 use crate::protocol::codes::ErrorCode;
 use crate::ws::frame::{Frame, OP_BINARY, OP_TEXT};
 use crate::ws::handshake;

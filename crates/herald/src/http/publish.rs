@@ -15,12 +15,12 @@ use super::auth::authorize;
 use super::error::ApiError;
 use super::App;
 use crate::config::namespaces::SYNC;
-use crate::connection::session::validate_channel;
 use crate::hub::namespace::Denied;
 use crate::hub::Route;
 use crate::hub::{Exclude, Publication, Target};
 use crate::protocol::codes::ErrorCode;
 use crate::protocol::sync;
+use crate::session::validate_channel;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

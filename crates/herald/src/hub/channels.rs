@@ -29,7 +29,7 @@ use super::budget::{Creations, HistoryLedger, EXCLUSION_OVERHEAD, STORED_OVERHEA
 use super::fanout::{Exclude, KeptExclusion};
 use super::registry::ConnHandle;
 use crate::config::{NamespaceConfig, SlowConsumerPolicy};
-use crate::connection::outbox::Push;
+use crate::outbox::Push;
 use crate::protocol::client::Since;
 use crate::protocol::server::{presence_frame, pub_frame, subscribed_frame, Position};
 use crate::protocol::sync::SyncEvent;

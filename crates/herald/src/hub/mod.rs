@@ -1,6 +1,6 @@
 //! The hub: who is connected (connection → user → devices, groups, channels) and
 //! fan-out to them. It never awaits a socket: delivering is pushing a shared frame into
-//! each recipient's bounded [`Outbox`](crate::connection::outbox::Outbox).
+//! each recipient's bounded [`Outbox`](crate::outbox::Outbox).
 
 pub mod budget;
 pub mod channels;

@@ -34,7 +34,7 @@ use super::fanout::Exclude;
 use super::registry::ConnHandle;
 use crate::auth::Identity;
 use crate::config::NamespaceConfig;
-use crate::connection::outbox::Outbox;
+use crate::outbox::Outbox;
 use crate::protocol::client::Since;
 use crate::protocol::codes::CloseCode;
 use crate::protocol::server::{pub_frame, Position};

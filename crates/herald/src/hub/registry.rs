@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::channels::{ChannelLimits, Channels};
 use super::presence::UserPresence;
 use crate::auth::Identity;
-use crate::connection::outbox::Outbox;
 use crate::metrics::Refusal;
+use crate::outbox::Outbox;
 
 /// The hub's view of one connection: identity, its queue, liveness clocks.
 pub struct ConnHandle {

@@ -65,9 +65,9 @@ mod tests {
     use super::*;
     use crate::auth::Identity;
     use crate::config::Config;
-    use crate::connection::outbox::{Batch, Outbox};
     use crate::hub::{ConnHandle, Registration};
     use crate::metrics::Metrics;
+    use crate::outbox::{Batch, Outbox};
     use crate::ws::frame::OP_PING;
 
     fn hub(heartbeat_s: u64, leeway_s: u64) -> Arc<Hub> {

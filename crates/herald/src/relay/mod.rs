@@ -10,9 +10,9 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::broker::{Broker, Submitted};
-use crate::connection::session::validate_channel;
 use crate::hub::{Exclude, Publication, Route, Target};
 use crate::protocol::sync::from_upstream;
+use crate::session::validate_channel;
 
 /// Why an upstream message was not relayed (logged, never fatal).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

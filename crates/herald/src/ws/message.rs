@@ -9,7 +9,6 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::frame::{self, apply_mask, parse_header, HeaderError};
-use crate::protocol::codes::CloseCode;
 
 /// A complete inbound message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,14 +24,36 @@ pub enum Message {
 /// A breach of RFC 6455 or of our size limit, answered with `code` before the TCP close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Violation {
-    pub code: CloseCode,
+    pub code: ViolationKind,
     pub why: &'static str,
+}
+
+/// The kinds of breach, with their RFC 6455 close codes: the codec reports its own
+/// violations and knows nothing of the application's code table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViolationKind {
+    /// 1002: framing or protocol rules broken.
+    Protocol,
+    /// 1007: text that is not UTF-8.
+    InvalidPayload,
+    /// 1009: larger than the message limit.
+    TooBig,
+}
+
+impl ViolationKind {
+    pub const fn code(self) -> u16 {
+        match self {
+            ViolationKind::Protocol => 1002,
+            ViolationKind::InvalidPayload => 1007,
+            ViolationKind::TooBig => 1009,
+        }
+    }
 }
 
 impl Violation {
     const fn protocol(why: &'static str) -> Violation {
         Violation {
-            code: CloseCode::Protocol,
+            code: ViolationKind::Protocol,
             why,
         }
     }
@@ -107,7 +128,7 @@ impl MessageReader {
             let already = self.partial.as_ref().map_or(0, |p| p.data.len()) as u64;
             if !is_control && already + h.payload_len > self.max_message as u64 {
                 return Err(Violation {
-                    code: CloseCode::TooBig,
+                    code: ViolationKind::TooBig,
                     why: "message too big",
                 });
             }
@@ -219,7 +240,7 @@ impl MessageReader {
 
 const fn invalid_utf8() -> Violation {
     Violation {
-        code: CloseCode::InvalidPayload,
+        code: ViolationKind::InvalidPayload,
         why: "invalid utf-8",
     }
 }
@@ -322,12 +343,12 @@ mod tests {
         let bytes = client_frame(false, OP_TEXT, &[0xce, 0xba, 0xff]);
         assert_eq!(
             read_all(&bytes)[0].clone().unwrap_err().code,
-            CloseCode::InvalidPayload
+            ViolationKind::InvalidPayload
         );
         let truncated = client_frame(true, OP_TEXT, &[0xce]);
         assert_eq!(
             read_all(&truncated)[0].clone().unwrap_err().code,
-            CloseCode::InvalidPayload
+            ViolationKind::InvalidPayload
         );
     }
 
@@ -338,19 +359,19 @@ mod tests {
         put_header(&mut out, true, OP_BINARY, 11, Some([0; 4]));
         assert_eq!(
             r.next_message(&mut out).unwrap_err().code,
-            CloseCode::TooBig
+            ViolationKind::TooBig
         );
     }
 
     #[test]
     fn fragment_order_violations_are_protocol_errors() {
         let c = read_all(&client_frame(true, OP_CONTINUATION, b"x"));
-        assert_eq!(c[0].clone().unwrap_err().code, CloseCode::Protocol);
+        assert_eq!(c[0].clone().unwrap_err().code, ViolationKind::Protocol);
         let mut bytes = client_frame(false, OP_TEXT, b"a");
         bytes.extend(client_frame(true, OP_TEXT, b"b"));
         assert_eq!(
             read_all(&bytes)[0].clone().unwrap_err().code,
-            CloseCode::Protocol
+            ViolationKind::Protocol
         );
     }
 
@@ -362,7 +383,7 @@ mod tests {
             let f = client_frame(true, OP_CLOSE, &bad.to_be_bytes());
             assert_eq!(
                 read_all(&f)[0].clone().unwrap_err().code,
-                CloseCode::Protocol,
+                ViolationKind::Protocol,
                 "{bad}"
             );
         }
@@ -371,7 +392,7 @@ mod tests {
                 .clone()
                 .unwrap_err()
                 .code,
-            CloseCode::Protocol
+            ViolationKind::Protocol
         );
     }
 
@@ -386,7 +407,7 @@ mod tests {
         let mut buf = BytesMut::from(&f[..14]); // header (6) + "hello \xff" + 1
         assert_eq!(
             r.next_message(&mut buf).unwrap_err().code,
-            CloseCode::InvalidPayload
+            ViolationKind::InvalidPayload
         );
     }
 
