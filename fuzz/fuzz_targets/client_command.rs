@@ -6,8 +6,8 @@
 //! bytes of `[A-Za-z0-9_.:@-]`.
 #![no_main]
 
-use herald::session::validate_channel;
 use herald::protocol::client::{decode, ClientMessage, Inbound};
+use herald::session::validate_channel;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
