@@ -86,7 +86,8 @@ pub struct RedisBroker {
     cluster: Arc<ClusterView>,
 }
 
-fn client(url: &str) -> RedisResult<redis::Client> {
+/// A client for `url` speaking RESP3 (pub/sub on a managed connection needs it).
+pub fn client(url: &str) -> RedisResult<redis::Client> {
     let info = redis::IntoConnectionInfo::into_connection_info(url)?;
     let settings = info
         .redis_settings()
@@ -106,7 +107,8 @@ pub fn validate_url(url: &str) -> Result<(), String> {
     client(url).map(drop).map_err(|e| format!("`{url}`: {e}"))
 }
 
-fn manager_config() -> ConnectionManagerConfig {
+/// Reconnects with jittered exponential backoff capped at 5 s; 1 s to answer.
+pub fn manager_config() -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_min_delay(Duration::from_millis(100))
         .set_max_delay(Duration::from_secs(5))
@@ -475,16 +477,33 @@ async fn receive_loop(
                 was_lost = true;
                 s.subscribed.store(false, Relaxed);
                 s.outage("the pub/sub connection was lost");
-                // Nothing may arrive for a while: have the manager reconnect (and so
-                // resubscribe) now rather than on the next command.
-                let mut conn = pubsub.clone();
-                tokio::spawn(async move {
-                    let _: RedisResult<Value> = redis::cmd("PING").query_async(&mut conn).await;
-                });
+                reconnect(pubsub.clone(), stop.clone());
             }
             _ => {}
         }
     }
+}
+
+/// Drives a pub/sub manager back to a connection: it only reconnects when used, and
+/// gives up a round after a few attempts, while nothing else would use it. Once a PING
+/// answers, the manager has reconnected and resubscribed by itself.
+pub fn reconnect(mut conn: ConnectionManager, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let ping = redis::cmd("PING");
+        loop {
+            let answered = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = ping.query_async::<Value>(&mut conn) => r.is_ok(),
+            };
+            if answered {
+                return;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(PROBE_EVERY) => {}
+            }
+        }
+    });
 }
 
 /// One message from the bus: this node's own echo settles its waiter; any other is

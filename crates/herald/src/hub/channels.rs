@@ -432,12 +432,7 @@ impl Channels {
         let mut heap: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
         let mut channels: Vec<Arc<Channel>> = Vec::new();
         for shard in &self.shards {
-            let list: Vec<Arc<Channel>> = shard
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .cloned()
-                .collect();
+            let list = listed(shard);
             for channel in list {
                 let front = channel.lock().history.front().map(|h| h.at);
                 if let Some(at) = front {
@@ -596,12 +591,7 @@ impl Channels {
     pub fn tops(&self) -> Vec<(Arc<str>, u64, Arc<str>)> {
         let mut out = Vec::new();
         for shard in &self.shards {
-            let channels: Vec<Arc<Channel>> = shard
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .cloned()
-                .collect();
+            let channels = listed(shard);
             for channel in channels {
                 let st = channel.lock();
                 if st.last_offset > 0 && !st.subscribers.is_empty() {
@@ -616,14 +606,7 @@ impl Channels {
     pub fn presence_snapshot(&self) -> Vec<(Arc<str>, Vec<Arc<str>>)> {
         let mut out = Vec::new();
         for shard in &self.shards {
-            let channels: Vec<Arc<Channel>> = shard
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .filter(|c| c.cfg.presence)
-                .cloned()
-                .collect();
-            for channel in channels {
+            for channel in listed(shard).into_iter().filter(|c| c.cfg.presence) {
                 let st = channel.lock();
                 let users: Vec<Arc<str>> = st
                     .members
@@ -649,12 +632,7 @@ impl Channels {
         let now = Instant::now();
         let presence_now = tokio::time::Instant::now();
         for shard in &self.shards {
-            let channels: Vec<Arc<Channel>> = shard
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .cloned()
-                .collect();
+            let channels = listed(shard);
             let mut empty = Vec::new();
             for channel in channels {
                 let mut st = channel.lock();
@@ -709,6 +687,17 @@ impl Channels {
 }
 
 /// Drops history older than the namespace's TTL.
+/// The channels of one shard, copied out so that no channel lock is taken under the
+/// shard lock.
+fn listed(shard: &RwLock<HashMap<Arc<str>, Arc<Channel>>>) -> Vec<Arc<Channel>> {
+    shard
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect()
+}
+
 /// How an assigned position relates to what this node's copy of a channel holds.
 enum Follow {
     /// The next offset: append.

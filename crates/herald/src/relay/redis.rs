@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value};
 use sha1::{Digest, Sha1};
 use tokio::sync::mpsc;
@@ -39,24 +39,12 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let (tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
-    let manager = redis::IntoConnectionInfo::into_connection_info(cfg.redis_url.as_str())
-        .and_then(|info| {
-            let settings = info
-                .redis_settings()
-                .clone()
-                .set_protocol(redis::ProtocolVersion::RESP3);
-            redis::Client::open(info.set_redis_settings(settings))
-        })
-        .and_then(|client| {
-            let config = ConnectionManagerConfig::new()
-                .set_min_delay(Duration::from_millis(100))
-                .set_max_delay(Duration::from_secs(5))
-                .set_response_timeout(Some(Duration::from_secs(1)))
-                .set_connection_timeout(Some(Duration::from_secs(1)))
-                .set_push_sender(tx)
-                .set_automatic_resubscription();
-            ConnectionManager::new_lazy_with_config(client, config)
-        });
+    let manager = crate::broker::redis::client(&cfg.redis_url).and_then(|client| {
+        let config = crate::broker::redis::manager_config()
+            .set_push_sender(tx)
+            .set_automatic_resubscription();
+        ConnectionManager::new_lazy_with_config(client, config)
+    });
     let mut conn = match manager {
         Ok(conn) => conn,
         Err(e) => {
@@ -98,10 +86,7 @@ pub async fn run(
             PushKind::Disconnection => {
                 metrics.relay_subscribed.store(false, Relaxed);
                 tracing::warn!("sync relay: connection lost; reconnecting");
-                let mut c = conn.clone();
-                tokio::spawn(async move {
-                    let _: redis::RedisResult<Value> = redis::cmd("PING").query_async(&mut c).await;
-                });
+                crate::broker::redis::reconnect(conn.clone(), stop.clone());
                 continue;
             }
             _ => continue,

@@ -18,15 +18,6 @@ async fn subscribe(ws: &mut Ws, channel: &str, since: Option<(u64, &str)>) -> Va
     reply
 }
 
-async fn next_pub(ws: &mut Ws) -> Value {
-    loop {
-        let m = next_json(ws).await;
-        if m["type"] == "pub" {
-            return m;
-        }
-    }
-}
-
 #[tokio::test]
 async fn reconnect_with_since_gets_exactly_the_missed_publications() {
     let s = TestServer::start().await;

@@ -10,21 +10,6 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-/// Polls `f` until it holds or `within` passes; whether it held.
-async fn until<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>>(
-    within: Duration,
-    mut f: F,
-) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
 fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -66,7 +51,7 @@ async fn cluster_at(url: &str, n: usize) -> Vec<TestServer> {
         nodes.push(TestServer::start_with(|c| cluster_config(c, url, &prefix)).await);
     }
     for s in &nodes {
-        let ready = until(WAIT, || async {
+        let ready = poll_until(WAIT, || async {
             s.get_json("/readyz").await.1["broker"] == "ok"
         });
         assert!(ready.await, "node subscribed to the bus");
@@ -90,15 +75,6 @@ async fn subscribe(ws: &mut Ws, channel: &str, since: Option<(u64, &str)>) -> Va
             return reply;
         }
         assert_ne!(reply["type"], "error", "{reply}");
-    }
-}
-
-async fn next_pub(ws: &mut Ws) -> Value {
-    loop {
-        let m = next_json(ws).await;
-        if m["type"] == "pub" {
-            return m;
-        }
     }
 }
 
@@ -298,7 +274,7 @@ async fn a_malformed_message_on_the_bus_is_dropped_and_counted() {
             .await
             .unwrap();
     }
-    let counted = until(WAIT, || async {
+    let counted = poll_until(WAIT, || async {
         nodes[0].stats().await["broker"]["malformed"] == 5
     });
     assert!(counted.await, "{}", nodes[0].stats().await);
@@ -349,7 +325,7 @@ impl OwnRedis {
 
     async fn wait_up(&self) {
         let url = self.url();
-        let up = until(WAIT, || async {
+        let up = poll_until(WAIT, || async {
             match redis::Client::open(url.as_str()) {
                 Ok(c) => c.get_multiplexed_async_connection().await.is_ok(),
                 Err(_) => false,
@@ -394,7 +370,7 @@ async fn a_redis_outage_is_not_an_outage() {
     assert_eq!(next_pub(&mut b1).await["data"], "before");
 
     redis.kill();
-    let degraded = until(WAIT, || async {
+    let degraded = poll_until(WAIT, || async {
         nodes[0].get_json("/readyz").await.1["status"] == "degraded"
     });
     assert!(degraded.await, "{}", nodes[0].get_json("/readyz").await.1);
@@ -423,7 +399,7 @@ async fn a_redis_outage_is_not_an_outage() {
     // Redis returns on the same port: cross-node delivery resumes without a restart.
     let redis = OwnRedis::start_on(redis.port);
     redis.wait_up().await;
-    let resumed = until(Duration::from_secs(20), || async {
+    let resumed = poll_until(Duration::from_secs(20), || async {
         nodes[0].get_json("/readyz").await.1["status"] == "ready"
             && nodes[1].get_json("/readyz").await.1["status"] == "ready"
     });
@@ -440,7 +416,7 @@ async fn a_redis_outage_is_not_an_outage() {
 
     // Frozen, not closed: detected by the probe's timeout.
     redis.signal("-STOP");
-    let frozen = until(WAIT, || async {
+    let frozen = poll_until(WAIT, || async {
         nodes[0].get_json("/readyz").await.1["status"] == "degraded"
     });
     let detected = frozen.await;
@@ -463,12 +439,12 @@ async fn presence_and_stats_answer_for_every_node() {
     let (alice, _) = nodes[0].connect("alice").await;
     let (_alice_too, _) = nodes[1].connect("alice").await;
     let (_bob, _) = nodes[1].connect("bob").await;
-    let seen = until(WAIT, || async {
+    let seen = poll_until(WAIT, || async {
         let p = presence_of(&nodes[2], "alice").await;
         p["online"] == true && p["connections"] == 2
     });
     assert!(seen.await, "{}", presence_of(&nodes[2], "alice").await);
-    let totals = until(WAIT, || async {
+    let totals = poll_until(WAIT, || async {
         let c = &nodes[2].stats().await["cluster"];
         c["nodes"] == 3 && c["connections"] == 3 && c["users"] == 2
     });
@@ -488,7 +464,7 @@ async fn presence_and_stats_answer_for_every_node() {
     // Gone for good: offline on every node after the grace (2 s), not before.
     drop(_back);
     let left = tokio::time::Instant::now();
-    let offline = until(WAIT, || async {
+    let offline = poll_until(WAIT, || async {
         presence_of(&nodes[0], "alice").await["online"] == false
     });
     assert!(offline.await, "offline after the grace");
@@ -504,7 +480,7 @@ async fn presence_and_stats_answer_for_every_node() {
     for ws in [&mut c0, &mut d1] {
         subscribe(ws, "lobby:1", None).await;
     }
-    let listed = until(WAIT, || async {
+    let listed = poll_until(WAIT, || async {
         let (_, body) = nodes[2].get_json("/api/channels/lobby:1/presence").await;
         body["users"] == json!(["carol", "dave"])
     });
@@ -520,30 +496,18 @@ async fn presence_and_stats_answer_for_every_node() {
 
 /// `herald serve` as a child process in the cluster, so it can be SIGKILLed.
 fn serve_in_cluster(dir: &TempDir, prefix: &str) -> Served {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir.0)
-        .env("HERALD_BROKER__URL", redis_url())
-        .env("HERALD_BROKER__PREFIX", prefix)
-        .env(
-            "HERALD_AUTH__HMAC_SECRET",
-            format!("{prefix}-secret-for-tests-only-0123456789"),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = std::io::BufReader::new(stdout)
-        .lines()
-        .find_map(|l| l.ok().filter(|l| l.contains("listening on")))
-        .expect("the server prints its address");
-    let addr = line.rsplit("://").next().unwrap().trim().to_owned();
+    let secret = format!("{prefix}-secret-for-tests-only-0123456789");
+    let url = redis_url();
+    let env = [
+        ("HERALD_BROKER__URL", url.as_str()),
+        ("HERALD_BROKER__PREFIX", prefix),
+        ("HERALD_AUTH__HMAC_SECRET", secret.as_str()),
+    ];
+    let (child, addr) = spawn_binary(dir, &[], &env, Stdio::null());
     Served {
         child,
         addr,
-        secret: format!("{prefix}-secret-for-tests-only-0123456789"),
+        secret,
     }
 }
 
@@ -562,7 +526,7 @@ async fn a_sigkilled_node_s_users_go_offline_within_the_bound() {
         .await
         .unwrap();
     let _ = next_json(&mut ghost).await; // connected
-    let online = until(WAIT, || async {
+    let online = poll_until(WAIT, || async {
         presence_of(&nodes[0], "ghost").await["online"] == true
     });
     assert!(online.await, "the other node sees the ghost");
@@ -574,7 +538,7 @@ async fn a_sigkilled_node_s_users_go_offline_within_the_bound() {
     let _ = doomed.child.wait();
     let killed = tokio::time::Instant::now();
     // Stated bound (docs/scaling.md): node TTL 5 s + one sync (0.5 s).
-    let offline = until(Duration::from_secs(8), || async {
+    let offline = poll_until(Duration::from_secs(8), || async {
         presence_of(&nodes[0], "ghost").await["online"] == false
     });
     assert!(offline.await, "offline within the bound");
@@ -630,7 +594,7 @@ async fn announcements_across_three_nodes_on_postgres() {
         &json!({"type": "acknowledge_broadcast", "broadcast_id": id}).to_string(),
     )
     .await;
-    let acked = until(WAIT, || async {
+    let acked = poll_until(WAIT, || async {
         let (mut again, _) = nodes[2].connect("u1").await;
         send_text(&mut again, r#"{"type":"get_active_broadcast"}"#).await;
         nodes[2]
@@ -665,7 +629,7 @@ async fn announcements_across_three_nodes_on_postgres() {
         }
     }
     // u0, u1 (on two nodes), u2, u9: four users over three nodes, within a sync.
-    let counted = until(WAIT, || async {
+    let counted = poll_until(WAIT, || async {
         nodes[0].get_json("/api/broadcasts/stats").await.1["stats"]["connected_users"] == 4
     });
     assert!(
@@ -703,7 +667,7 @@ async fn an_upstream_event_reaches_each_device_once_not_once_per_node() {
     let bus = format!("{tag}.user.42.sync");
     // Every node's relay subscribes asynchronously: wait until all three say so.
     for s in &nodes {
-        let ok = until(WAIT, || async {
+        let ok = poll_until(WAIT, || async {
             s.get_json("/readyz").await.1["relay"] == "ok"
         });
         assert!(ok.await, "relay subscribed");

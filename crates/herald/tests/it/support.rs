@@ -217,6 +217,16 @@ pub async fn next_json(ws: &mut Ws) -> Value {
 }
 
 /// Reads until the server closes; returns the close code.
+/// The next `pub` frame, skipping anything else.
+pub async fn next_pub(ws: &mut Ws) -> Value {
+    loop {
+        let m = next_json(ws).await;
+        if m["type"] == "pub" {
+            return m;
+        }
+    }
+}
+
 pub async fn close_code(ws: &mut Ws) -> Option<u16> {
     loop {
         match tokio::time::timeout(WAIT, ws.next())
@@ -237,16 +247,26 @@ pub async fn send_text(ws: &mut Ws, text: &str) {
 /// Polls `f` until it is true or the deadline passes.
 pub async fn eventually<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>>(
     what: &str,
-    mut f: F,
+    f: F,
 ) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    if !poll_until(WAIT, f).await {
+        panic!("timed out waiting for: {what}");
+    }
+}
+
+/// Polls `f` until it holds or `within` passes; whether it held.
+pub async fn poll_until<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>>(
+    within: Duration,
+    mut f: F,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
         if f().await {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("timed out waiting for: {what}");
+    false
 }
 
 /// A raw TCP client that upgrades by hand, for frames tungstenite will not send.
@@ -341,11 +361,28 @@ pub struct Served {
 
 /// Starts the real binary and waits for the address it prints on stdout.
 pub fn serve_binary(dir: &TempDir, extra: &[&str], stderr: std::process::Stdio) -> Served {
+    let (child, addr) = spawn_binary(dir, extra, &[], stderr);
+    let secret = herald::config::secrets::read(&dir.0, "hmac_secret").unwrap();
+    Served {
+        child,
+        addr,
+        secret,
+    }
+}
+
+/// `herald serve` with `extra` flags and `env`, on a free port; the child and its address.
+pub fn spawn_binary(
+    dir: &TempDir,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&dir.0)
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(stderr)
         .spawn()
@@ -356,12 +393,7 @@ pub fn serve_binary(dir: &TempDir, extra: &[&str], stderr: std::process::Stdio) 
         .find_map(|l| l.ok().filter(|l| l.contains("listening on")))
         .expect("the server prints its address");
     let addr = line.rsplit("://").next().unwrap().trim().to_owned();
-    let secret = herald::config::secrets::read(&dir.0, "hmac_secret").unwrap();
-    Served {
-        child,
-        addr,
-        secret,
-    }
+    (child, addr)
 }
 
 /// A valid token for `sub`, signed with `secret`.
