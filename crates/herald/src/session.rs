@@ -11,8 +11,9 @@ use serde_json::Value;
 
 use crate::auth::jwt::Verifier;
 use crate::auth::Identity;
-use crate::broker::{Broker, Submitted};
+use crate::broker::{Broker, Ready, Submitted};
 use crate::config::namespaces::SYNC;
+use crate::config::NamespaceConfig;
 use crate::connection::driver::{Admit, Flow, Handler};
 use crate::connection::rate::{InboundLimiter, Verdict};
 use crate::hub::namespace::{Denied, Resolved};
@@ -36,9 +37,10 @@ pub struct SessionLimits {
 pub struct Session {
     hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
-    /// Publications whose answer comes later, acked in order by one task (started on
-    /// the first such publication; an idle connection holds nothing for it).
-    acks: Option<tokio::sync::mpsc::UnboundedSender<(Submitted, Option<Value>)>>,
+    /// Work whose answer comes later — publications waiting for the broker, subscribes
+    /// waiting for their channel to be followed — answered in order by one task
+    /// (started on the first such; an idle connection holds nothing for it).
+    later: Option<tokio::sync::mpsc::UnboundedSender<Later>>,
     store: Arc<dyn Store>,
     conn: Arc<ConnHandle>,
     /// What this connection may do now: the token's rights, replaced by `refresh`.
@@ -61,7 +63,7 @@ impl Session {
         Session {
             hub: broker.hub().clone(),
             broker,
-            acks: None,
+            later: None,
             store,
             rights: conn.identity.clone(),
             conn,
@@ -112,7 +114,12 @@ impl Session {
                 if self.hub.registry.untrack_subscription(&self.conn, &channel) {
                     self.hub.registry.channels.unsubscribe(&self.conn, &channel);
                 }
-                self.reply(server::unsubscribed_frame(&channel, reference.as_ref()));
+                let frame = server::unsubscribed_frame(&channel, reference.as_ref());
+                match &self.later {
+                    // After the answers still owed (a subscribe waiting to join).
+                    Some(_) => self.answer_later(Later::Reply(frame)),
+                    None => self.reply(frame),
+                }
             }
             ClientMessage::Publish {
                 channel,
@@ -151,13 +158,15 @@ impl Session {
                 reference,
             );
         }
-        let out = self
-            .hub
-            .registry
-            .channels
-            .subscribe(&self.conn, &name, &config, since, reference);
-        if out.slow {
-            self.hub.close_slow_consumer(&self.conn);
+        match (self.broker.follow(&name), &self.later) {
+            (None, None) => join(&self.hub, &self.conn, &name, &config, since, reference),
+            (ready, _) => self.answer_later(Later::Join {
+                ready,
+                channel: name,
+                config,
+                since: since.cloned(),
+                reference: reference.cloned(),
+            }),
         }
     }
 
@@ -201,29 +210,29 @@ impl Session {
             creator: Some(self.conn.identity.user.clone()),
             route: event.as_ref().map_or(Route::Normal, Route::of_sync),
         };
-        match (self.broker.publish(publication), &self.acks) {
+        match (self.broker.publish(publication), &self.later) {
             (Submitted::Done(result), None) => self.reply(answer_frame(result, reference)),
-            (submitted, _) => self.ack_later(submitted, reference),
+            (submitted, _) => self.answer_later(Later::Ack {
+                submitted,
+                reference: reference.cloned(),
+            }),
         }
     }
 
-    /// Hands a publication's answer to the connection's ack task, so that acks keep
-    /// the order of the publications however their answers arrive.
-    fn ack_later(&mut self, submitted: Submitted, reference: Option<&Value>) {
-        let acks = self.acks.get_or_insert_with(|| {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Submitted, Option<Value>)>();
+    /// Hands work to the connection's task for later answers, so that answers keep the
+    /// order of the requests however their waits end.
+    fn answer_later(&mut self, work: Later) {
+        let later = self.later.get_or_insert_with(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Later>();
             let (hub, conn) = (self.hub.clone(), self.conn.clone());
             tokio::spawn(async move {
-                while let Some((submitted, reference)) = rx.recv().await {
-                    let frame = answer_frame(submitted.wait().await, reference.as_ref());
-                    if conn.outbox.try_push(frame, Instant::now()) == Push::Full {
-                        hub.close_slow_consumer(&conn);
-                    }
+                while let Some(work) = rx.recv().await {
+                    work.finish(&hub, &conn).await;
                 }
             });
             tx
         });
-        let _ = acks.send((submitted, reference.cloned()));
+        let _ = later.send(work);
     }
 
     /// A valid channel name in a configured namespace, or `None` after answering the error.
@@ -398,6 +407,86 @@ impl Handler for Session {
             None,
         );
         Flow::Continue
+    }
+}
+
+/// An answer the connection's later-task gives in order.
+enum Later {
+    /// A publication's `ack` or `error`, once the broker has answered.
+    Ack {
+        submitted: Submitted,
+        reference: Option<Value>,
+    },
+    /// A subscribe, once its channel is followed (or the wait is over).
+    Join {
+        ready: Option<Ready>,
+        channel: Arc<str>,
+        config: Arc<NamespaceConfig>,
+        since: Option<Since>,
+        reference: Option<Value>,
+    },
+    /// A frame that must not overtake the answers before it.
+    Reply(Frame),
+}
+
+impl Later {
+    async fn finish(self, hub: &Arc<Hub>, conn: &Arc<ConnHandle>) {
+        let frame = match self {
+            Later::Ack {
+                submitted,
+                reference,
+            } => answer_frame(submitted.wait().await, reference.as_ref()),
+            Later::Join {
+                ready,
+                channel,
+                config,
+                since,
+                reference,
+            } => {
+                if let Some(ready) = ready {
+                    ready.await;
+                }
+                return join(
+                    hub,
+                    conn,
+                    &channel,
+                    &config,
+                    since.as_ref(),
+                    reference.as_ref(),
+                );
+            }
+            Later::Reply(frame) => frame,
+        };
+        if conn.outbox.try_push(frame, Instant::now()) == Push::Full {
+            hub.close_slow_consumer(conn);
+        }
+    }
+}
+
+/// Joins `conn` to `channel` (its `subscribed` and replay queued), unless the
+/// subscription was ended meanwhile (an unsubscribe, a refresh, the connection
+/// closing): then it is left at once, so nothing is left joined that no one tracks.
+fn join(
+    hub: &Hub,
+    conn: &Arc<ConnHandle>,
+    channel: &Arc<str>,
+    config: &Arc<NamespaceConfig>,
+    since: Option<&Since>,
+    reference: Option<&Value>,
+) {
+    if !hub.registry.tracks_subscription(conn, channel) {
+        return;
+    }
+    let out = hub
+        .registry
+        .channels
+        .subscribe(conn, channel, config, since, reference);
+    if !hub.registry.tracks_subscription(conn, channel) {
+        hub.registry.channels.unsubscribe(conn, channel);
+        return;
+    }
+    if out.slow {
+        hub.close_slow_consumer(conn);
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod envelope;
+pub mod follow;
 pub mod gap;
 pub mod redis;
 
@@ -19,6 +20,9 @@ use crate::ws::frame::Frame;
 
 /// A publication whose answer comes later (it went to another process first).
 pub type Pending = Pin<Box<dyn Future<Output = Result<Delivered, Denied>> + Send + 'static>>;
+
+/// Resolves when a local subscriber may join a channel (see [`Broker::follow`]).
+pub type Ready = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// The answer to a publication: now, or once the broker has it.
 pub enum Submitted {
@@ -50,6 +54,19 @@ pub trait Broker: Send + Sync {
 
     /// Queues an announcement event's frame to every connection on every node.
     fn announce(&self, frame_text: &[u8]);
+
+    /// A local subscriber is about to join `channel`: None when it may join now, or
+    /// what to wait for first (the node starting to follow the channel across nodes,
+    /// its copy brought to the shared history's top). Bounded: it resolves whatever
+    /// happens. On one node there is nothing to wait for.
+    fn follow(&self, _channel: &str) -> Option<Ready> {
+        None
+    }
+
+    /// How many channels this node follows across nodes (`/api/stats`).
+    fn following(&self) -> usize {
+        0
+    }
 
     fn health(&self) -> Health {
         Health::Up

@@ -2,22 +2,27 @@
 //! node, both `ConnectionManager`s (they reconnect with capped, jittered exponential
 //! backoff, and the pub/sub one resubscribes by itself).
 //!
-//! Every publication goes to Redis and comes back to every node on one bus channel,
-//! this one included, so all nodes see the same order. A publication on a channel with
-//! history runs one script that assigns its offset, appends it to the channel's capped
-//! stream and publishes it (`publish.lua`); others are a plain `PUBLISH`. Commands from
-//! all publishers of the node are queued to one task that sends whatever is waiting as
-//! one pipeline. The origin answers its caller when its own echo has been delivered
-//! locally, so "accepted" still means "queued to this node's subscribers".
+//! Every publication goes to Redis and comes back, on one pub/sub connection, to every
+//! node that wants it, this one included, so all nodes see the same order. A channel's
+//! publications travel on the channel's own pub/sub channel, which a node follows only
+//! while it has local subscribers ([`follow`](super::follow)); publications to users,
+//! groups and everyone, and announcements, travel on one bus channel every node
+//! follows. A publication on a channel with history runs one script that assigns its
+//! offset, appends it to the channel's capped stream and publishes it (`publish.lua`);
+//! others are a plain `PUBLISH`. Commands from all publishers of the node are queued to
+//! one task that sends whatever is waiting as one pipeline. Where its publication comes
+//! back here, the origin answers its caller once that echo has been delivered locally,
+//! so "accepted" still means "queued to this node's subscribers"; where it does not (a
+//! channel this node does not follow), Redis's answer is the acceptance.
 //!
 //! While Redis cannot be reached, a publication without history is delivered to this
 //! node's clients and counted as degraded; one with history is refused (503): it could
 //! not be made durable, and is never accepted and lost.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, RedisResult, Value};
@@ -26,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster::{self, ClusterView};
 use super::envelope::{self, Body};
+use super::follow::{Ask, Following, Join};
 use super::gap;
-use super::{Broker, Health, Submitted};
+use super::{Broker, Health, Ready, Submitted};
 use crate::hub::fanout::conn_device;
 use crate::hub::namespace::Denied;
 use crate::hub::{Delivered, Hub, Inlet, Publication, Target};
@@ -46,6 +52,14 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// A channel's offset and epoch outlive its history by at least this.
 const META_TTL_S: u64 = 24 * 3600;
+/// A subscriber waits at most this for its channel to be followed, then joins with
+/// what the node has (a Redis that does not answer must not stall subscribes).
+const FOLLOW_WAIT: Duration = Duration::from_secs(3);
+/// How often followed channels are checked for idleness and unanswered SUBSCRIBEs.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+/// Own publications settled here without their echo, remembered so that a late echo
+/// is not delivered a second time.
+const SETTLED_KEPT: usize = 4096;
 
 struct Job {
     seq: u64,
@@ -58,6 +72,9 @@ struct Waiter {
     /// Assigned by the script, once Redis answered.
     position: Option<(u64, Arc<str>)>,
     history: bool,
+    /// Its publication comes back to this node (the bus, or a channel followed here):
+    /// answered when that echo is delivered. Otherwise Redis's answer settles it.
+    echo: bool,
     answer: oneshot::Sender<Result<Delivered, Denied>>,
 }
 
@@ -73,6 +90,11 @@ struct Shared {
     prefix: String,
     seq: AtomicU64,
     waiters: Mutex<HashMap<u64, Waiter>>,
+    /// Own publications without history delivered here before (or without) their echo.
+    settled: Mutex<VecDeque<u64>>,
+    following: Following,
+    /// To the task that sends SUBSCRIBE / UNSUBSCRIBE on the pub/sub connection.
+    asks: mpsc::UnboundedSender<Ask>,
     /// Pub/sub subscribed and the command connection answering.
     subscribed: AtomicBool,
     answering: AtomicBool,
@@ -137,6 +159,7 @@ impl RedisBroker {
                 .set_automatic_resubscription(),
         )?;
         let (jobs, jobs_rx) = mpsc::channel(QUEUE);
+        let (asks, asks_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             node: inlet.hub().node_tag().to_owned(),
             inlet,
@@ -146,6 +169,9 @@ impl RedisBroker {
             prefix: prefix.to_owned(),
             seq: AtomicU64::new(1),
             waiters: Mutex::new(HashMap::new()),
+            settled: Mutex::new(VecDeque::new()),
+            following: Following::default(),
+            asks,
             subscribed: AtomicBool::new(false),
             answering: AtomicBool::new(false),
             down_since_logged: AtomicBool::new(false),
@@ -161,6 +187,12 @@ impl RedisBroker {
                 shared.clone(),
                 commands.clone(),
                 jobs_rx,
+                stop.clone(),
+            )),
+            tokio::spawn(subscribe_loop(
+                shared.clone(),
+                pubsub.clone(),
+                asks_rx,
                 stop.clone(),
             )),
             tokio::spawn(receive_loop(
@@ -205,7 +237,14 @@ impl Shared {
     }
 
     /// A waiter that will hear nothing more from Redis: answer it from what is known.
-    fn settle(&self, w: Waiter) {
+    fn settle(&self, w: Waiter, seq: u64) {
+        if !w.history {
+            let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
+            if settled.len() >= SETTLED_KEPT {
+                settled.pop_front();
+            }
+            settled.push_back(seq);
+        }
         let result = match (&w.position, w.history) {
             // The script ran, the echo never came: deliver here with the assigned position.
             (Some((offset, epoch)), true) => {
@@ -215,6 +254,22 @@ impl Shared {
             (Some(_), false) => self.inlet.deliver(&w.publication, None),
         };
         let _ = w.answer.send(result);
+    }
+
+    /// Whether an own publication without history was already delivered here.
+    fn was_settled(&self, seq: u64) -> bool {
+        self.settled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&seq)
+    }
+
+    /// The pub/sub channel a publication to `target` travels on.
+    fn topic(&self, target: &Target) -> String {
+        match target {
+            Target::Channel(name) => channel_topic(&self.prefix, name),
+            _ => self.bus.clone(),
+        }
     }
 
     fn outage(&self, why: &str) {
@@ -247,6 +302,11 @@ impl Broker for RedisBroker {
         }
         let seq = s.seq.fetch_add(1, Relaxed);
         let body = Body::of_publication(&s.node, seq, &p);
+        let topic = s.topic(&p.target);
+        let echo = match &p.target {
+            Target::Channel(name) => s.following.is_live(name),
+            _ => true,
+        };
         let cmd = match (&p.target, history) {
             (Target::Channel(name), Some((size, ttl_s))) => {
                 let mut cmd = redis::cmd("EVAL");
@@ -254,7 +314,7 @@ impl Broker for RedisBroker {
                     .arg(2)
                     .arg(format!("{}:meta:{name}", s.prefix))
                     .arg(format!("{}:hist:{name}", s.prefix))
-                    .arg(&s.bus)
+                    .arg(&topic)
                     .arg(envelope::encode_body(&body))
                     .arg(size)
                     .arg(ttl_s)
@@ -264,7 +324,7 @@ impl Broker for RedisBroker {
             }
             _ => {
                 let mut cmd = redis::cmd("PUBLISH");
-                cmd.arg(&s.bus).arg(envelope::encode(&body));
+                cmd.arg(&topic).arg(envelope::encode(&body));
                 cmd
             }
         };
@@ -273,6 +333,7 @@ impl Broker for RedisBroker {
             publication: p,
             position: None,
             history: history.is_some(),
+            echo,
             answer,
         };
         s.waiters
@@ -282,7 +343,7 @@ impl Broker for RedisBroker {
         if self.jobs.try_send(Job { seq, cmd }).is_err() {
             s.outage("the publish queue is full");
             if let Some(w) = s.claim(seq) {
-                s.settle(w);
+                s.settle(w, seq);
             }
         }
         let shared = self.shared.clone();
@@ -293,7 +354,7 @@ impl Broker for RedisBroker {
                     // Neither the echo nor a failure came in time.
                     if let Some(w) = shared.claim(seq) {
                         let (tx, rx) = oneshot::channel();
-                        shared.settle(Waiter { answer: tx, ..w });
+                        shared.settle(Waiter { answer: tx, ..w }, seq);
                         if let Ok(result) = rx.await {
                             return result;
                         }
@@ -321,6 +382,29 @@ impl Broker for RedisBroker {
         if self.jobs.try_send(Job { seq, cmd }).is_err() {
             s.metrics.degraded.fetch_add(1, Relaxed);
         }
+    }
+
+    fn follow(&self, channel: &str) -> Option<Ready> {
+        let s = &self.shared;
+        let connected = s.subscribed.load(Relaxed);
+        let (join, ask) = s.following.follow(channel, connected, Instant::now());
+        if ask {
+            let _ = s.asks.send(Ask::Subscribe(vec![Arc::from(channel)]));
+        }
+        match join {
+            Join::Now => None,
+            Join::When(rx) => Some(Box::pin(async move {
+                if tokio::time::timeout(FOLLOW_WAIT, rx).await.is_err() {
+                    tracing::debug!(
+                        "a channel was not followed in time; joining with what is here"
+                    );
+                }
+            })),
+        }
+    }
+
+    fn following(&self) -> usize {
+        self.shared.following.len()
     }
 
     fn health(&self) -> Health {
@@ -380,22 +464,21 @@ async fn send_loop(
                 s.outage(&e.to_string());
                 for job in batch.drain(..) {
                     if let Some(w) = s.claim(job.seq) {
-                        s.settle(w);
+                        s.settle(w, job.seq);
                     }
                 }
             }
         }
     }
     // Whatever is still waiting gets its answer from here.
-    let left: Vec<Waiter> = s
+    let left: Vec<(u64, Waiter)> = s
         .waiters
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .drain()
-        .map(|(_, w)| w)
         .collect();
-    for w in left {
-        s.settle(w);
+    for (seq, w) in left {
+        s.settle(w, seq);
     }
 }
 
@@ -409,18 +492,43 @@ fn answered(s: &Shared, seq: u64, result: RedisResult<Value>) {
             }
             _ => None,
         },
-        Ok(_) => return, // PUBLISH: the echo does the rest
+        Ok(_) => None, // PUBLISH
         Err(e) => {
             tracing::warn!("broker: a publication failed in Redis: {e}");
             if let Some(w) = s.claim(seq) {
-                s.settle(w);
+                s.settle(w, seq);
             }
             return;
         }
     };
     let mut waiters = s.waiters.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(w) = waiters.get_mut(&seq) {
+    let Some(w) = waiters.get_mut(&seq) else {
+        return;
+    };
+    if w.echo {
+        // The echo does the rest.
         w.position = position;
+        return;
+    }
+    w.position = position;
+    let Some(w) = waiters.remove(&seq) else {
+        return;
+    };
+    drop(waiters);
+    let local = match &w.publication.target {
+        Target::Channel(name) => s.inlet.hub().registry.channels.subscriber_count(name),
+        _ => 0,
+    };
+    if local > 0 {
+        // Joined before the channel was followed (Redis was slow): served from here.
+        s.settle(w, seq);
+    } else {
+        // Not followed here: nothing local to reach; Redis has it, that is the answer.
+        let position = w.position;
+        let _ = w.answer.send(Ok(Delivered {
+            queued: 0,
+            position,
+        }));
     }
 }
 
@@ -432,7 +540,6 @@ async fn receive_loop(
     mut pushes: mpsc::UnboundedReceiver<PushInfo>,
     stop: CancellationToken,
 ) {
-    let mut was_lost = false;
     let mut delay = Duration::from_millis(100);
     loop {
         let subscribed = tokio::select! {
@@ -458,28 +565,131 @@ async fn receive_loop(
             p = pushes.recv() => match p { Some(p) => p, None => return },
         };
         match push.kind {
-            PushKind::Message => {
-                if let [_channel, Value::BulkString(payload)] = push.data.as_slice() {
-                    receive(&s, &mut commands, payload).await;
-                } else {
+            PushKind::Message => match push.data.as_slice() {
+                [Value::BulkString(topic), Value::BulkString(payload)] => {
+                    receive(&s, &mut commands, topic, payload).await;
+                }
+                _ => {
                     s.metrics.broker_malformed.fetch_add(1, Relaxed);
                 }
-            }
+            },
             PushKind::Subscribe => {
-                s.subscribed.store(true, Relaxed);
-                s.recovered();
-                if std::mem::take(&mut was_lost) {
-                    // What was published while we were away is in the shared history.
-                    gap::catch_up(&s.inlet, &mut commands, &s.prefix).await;
+                let topic = match push.data.first() {
+                    Some(Value::BulkString(t)) => t.as_slice(),
+                    _ => &[],
+                };
+                if topic == s.bus.as_bytes() {
+                    s.subscribed.store(true, Relaxed);
+                    s.recovered();
+                } else if let Some(name) = channel_of(&s.prefix, topic) {
+                    primed(&s, &mut commands, name).await;
                 }
             }
             PushKind::Disconnection => {
-                was_lost = true;
                 s.subscribed.store(false, Relaxed);
+                s.following.lost_all();
                 s.outage("the pub/sub connection was lost");
                 reconnect(pubsub.clone(), stop.clone());
             }
             _ => {}
+        }
+    }
+}
+
+/// `channel`'s subscription is live: bring the node's copy up to the shared history,
+/// then let its waiting subscribers join. A channel without history has nothing to
+/// catch up with; if it was followed when the connection dropped, its subscribers may
+/// have missed publications that nothing can replay, and are closed with 4003 (resync).
+async fn primed(s: &Shared, commands: &mut ConnectionManager, channel: &str) {
+    if !s.following.is_followed(channel) {
+        return; // a late confirmation for a channel dropped since
+    }
+    let history = s
+        .inlet
+        .hub()
+        .namespaces()
+        .resolve(channel)
+        .is_ok_and(|ns| ns.config.has_history());
+    if history {
+        if let Err(e) = gap::prime(&s.inlet, commands, &s.prefix, channel, META_TTL_S).await {
+            // Its subscribers join with what is here; the next publication's offset
+            // shows any gap, which is filled then.
+            tracing::warn!(channel, "could not catch up with the shared history: {e}");
+        }
+    }
+    if s.following.primed(channel) == Some(true) && !history {
+        s.inlet.resync(channel);
+    }
+}
+
+/// The pub/sub channel of a herald channel.
+fn channel_topic(prefix: &str, channel: &str) -> String {
+    format!("{prefix}:ch:{channel}")
+}
+
+/// The herald channel a pub/sub channel carries, if it is one of this prefix's.
+fn channel_of<'a>(prefix: &str, topic: &'a [u8]) -> Option<&'a str> {
+    let rest = topic
+        .strip_prefix(prefix.as_bytes())?
+        .strip_prefix(b":ch:")?;
+    std::str::from_utf8(rest).ok()
+}
+
+/// Sends the SUBSCRIBE / UNSUBSCRIBE commands the followed channels need, on the
+/// pub/sub connection, and runs the upkeep that drops idle channels and asks again
+/// for unanswered ones.
+async fn subscribe_loop(
+    s: Arc<Shared>,
+    mut pubsub: ConnectionManager,
+    mut asks: mpsc::UnboundedReceiver<Ask>,
+    stop: CancellationToken,
+) {
+    let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
+    upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut batch = tokio::select! {
+            _ = stop.cancelled() => return,
+            ask = asks.recv() => match ask { Some(a) => vec![a], None => return },
+            _ = upkeep.tick() => {
+                let channels = &s.inlet.hub().registry.channels;
+                s.following.upkeep(s.subscribed.load(Relaxed), Instant::now(), |name| {
+                    channels.subscriber_count(name)
+                })
+            }
+        };
+        while let Ok(a) = asks.try_recv() {
+            batch.push(a);
+        }
+        let (mut sub, mut unsub) = (Vec::new(), Vec::new());
+        for ask in batch {
+            match ask {
+                Ask::Subscribe(names) => sub.extend(names),
+                Ask::Unsubscribe(names) => unsub.extend(names),
+            }
+        }
+        // Unsubscribes first: a channel dropped and followed again within one batch
+        // ends subscribed.
+        let topics = |names: &[Arc<str>]| -> Vec<String> {
+            names.iter().map(|n| channel_topic(&s.prefix, n)).collect()
+        };
+        for (what, names) in [("UNSUBSCRIBE", &unsub), ("SUBSCRIBE", &sub)] {
+            if names.is_empty() {
+                continue;
+            }
+            let result = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = async {
+                    if what == "SUBSCRIBE" {
+                        pubsub.subscribe(topics(names)).await
+                    } else {
+                        pubsub.unsubscribe(topics(names)).await
+                    }
+                } => r,
+            };
+            if let Err(e) = result {
+                // Asked again by the upkeep once the connection is back.
+                tracing::debug!("broker: {what} of {} channels failed: {e}", names.len());
+            }
         }
     }
 }
@@ -508,7 +718,7 @@ pub fn reconnect(mut conn: ConnectionManager, stop: CancellationToken) {
 
 /// One message from the bus: this node's own echo settles its waiter; any other is
 /// delivered to local connections. A message that does not parse is counted, dropped.
-async fn receive(s: &Shared, commands: &mut ConnectionManager, payload: &[u8]) {
+async fn receive(s: &Shared, commands: &mut ConnectionManager, topic: &[u8], payload: &[u8]) {
     let env = match envelope::decode(payload) {
         Ok(env) => env,
         Err(e) => {
@@ -517,6 +727,16 @@ async fn receive(s: &Shared, commands: &mut ConnectionManager, payload: &[u8]) {
             return;
         }
     };
+    // A channel's pub/sub channel carries that channel's publications only.
+    let fits = match channel_of(&s.prefix, topic) {
+        Some(name) => env.body.t.as_deref() == Some("c") && env.body.id.as_deref() == Some(name),
+        None => env.body.t.as_deref() != Some("c"),
+    };
+    if !fits {
+        s.metrics.broker_malformed.fetch_add(1, Relaxed);
+        tracing::debug!("broker: dropped a message on the wrong pub/sub channel");
+        return;
+    }
     if let (Some((offset, epoch)), Some("c"), Some(name)) =
         (&env.position, env.body.t.as_deref(), env.body.id.as_deref())
     {
@@ -547,8 +767,14 @@ async fn receive(s: &Shared, commands: &mut ConnectionManager, payload: &[u8]) {
         if let Some(w) = s.claim(env.body.s) {
             let result = s.inlet.deliver(&w.publication, position);
             let _ = w.answer.send(result);
+            return;
         }
-        return;
+        // Already answered: settled here (its offset, or the settled list, keeps it
+        // from being delivered twice), or answered by Redis on a channel this node
+        // started following since, whose new subscribers should have it.
+        if env.body.f.is_some() || (position.is_none() && s.was_settled(env.body.s)) {
+            return;
+        }
     }
     if let Some(text) = &env.body.f {
         (s.on_announcement)();

@@ -34,7 +34,7 @@ pub async fn stats(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
         "slow_consumer_disconnects": m.slow_consumer_disconnects.load(Relaxed),
         "refused": crate::metrics::Refusal::ALL.iter().map(|r| (r.as_str().to_owned(), Value::from(m.refusals(*r)))).collect::<serde_json::Map<_, _>>(),
         "latency_ms": {"p50": lat.quantile_ms(0.50), "p95": lat.quantile_ms(0.95), "p99": lat.quantile_ms(0.99)},
-        "broker": {"degraded": m.degraded.load(Relaxed), "outages": m.broker_outages.load(Relaxed), "malformed": m.broker_malformed.load(Relaxed)},
+        "broker": {"degraded": m.degraded.load(Relaxed), "outages": m.broker_outages.load(Relaxed), "malformed": m.broker_malformed.load(Relaxed), "following": app.broker.following()},
     })))
 }
 

@@ -533,6 +533,46 @@ impl Channels {
         }
     }
 
+    /// Brings this node's copy of `name` to where the shared history stands (DESIGN §9):
+    /// its `epoch`, its last offset `top`, and `first`, the oldest offset about to be
+    /// delivered from the stream (None: nothing is). What is held stays if it continues
+    /// into that; otherwise it is dropped, the copy resumes where the stream does, and
+    /// the subscribers (who may have missed something) are answered for a 4003.
+    pub fn adopt(
+        &self,
+        name: &str,
+        cfg: &Arc<NamespaceConfig>,
+        epoch: &Arc<str>,
+        top: u64,
+        first: Option<u64>,
+    ) -> Vec<Arc<ConnHandle>> {
+        loop {
+            let channel = self.get_or_create(name, cfg);
+            let mut st = channel.lock();
+            if st.dead {
+                continue;
+            }
+            let fresh = st.last_offset == 0 && st.history.is_empty();
+            let resume = first.map_or(top, |f| f.saturating_sub(1));
+            let continues =
+                *st.epoch == **epoch && resume <= st.last_offset && st.last_offset <= top;
+            if !fresh && continues {
+                return Vec::new();
+            }
+            let resync = if fresh {
+                Vec::new()
+            } else {
+                st.subscribers.values().cloned().collect()
+            };
+            while let Some(old) = st.history.pop_front() {
+                self.ledger.sub(old.cost());
+            }
+            st.epoch = epoch.clone();
+            st.last_offset = resume;
+            return resync;
+        }
+    }
+
     /// Removes `conn` from `name` (unsubscribe, or the connection went away).
     pub fn unsubscribe(&self, conn: &ConnHandle, name: &str) {
         let Some(channel) = self.get(name) else {

@@ -158,6 +158,35 @@ impl Inlet {
         self.hub.deliver(p, position)
     }
 
+    /// Brings `channel` to the shared history: its epoch, its last offset `top`, and
+    /// the stored publications past what this node holds, delivered in order (to the
+    /// subscribers it has, and into its copy of the history). Subscribers that may have
+    /// missed something that cannot be delivered are closed with 4003.
+    pub fn prime(
+        &self,
+        channel: &str,
+        epoch: &Arc<str>,
+        top: u64,
+        stored: &[(u64, Publication)],
+    ) -> Result<(), Denied> {
+        let ns = self.hub.namespaces().resolve(channel)?;
+        let first = stored.first().map(|(offset, _)| *offset);
+        let stale = self
+            .hub
+            .registry
+            .channels
+            .adopt(channel, &ns.config, epoch, top, first);
+        for c in &stale {
+            self.hub.close_for_resync(c);
+        }
+        for (offset, p) in stored {
+            // One that no longer fits (a reload shrank the queues) is skipped, as it
+            // would be live; the rest still follow in order.
+            let _ = self.hub.deliver(p, Some((*offset, epoch)));
+        }
+        Ok(())
+    }
+
     /// Closes the subscribers of `channel` with 4003: the shared history they follow
     /// restarted (a new epoch), so they must recover with `since` or start over.
     pub fn resync(&self, channel: &str) {

@@ -282,6 +282,14 @@ impl Registry {
             .insert(channel.clone())
     }
 
+    /// Whether `conn` holds a subscription to `channel`.
+    pub fn tracks_subscription(&self, conn: &ConnHandle, channel: &str) -> bool {
+        conn.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(channel)
+    }
+
     /// Forgets `conn`'s subscription to `channel`; false if there was none.
     pub fn untrack_subscription(&self, conn: &ConnHandle, channel: &str) -> bool {
         conn.channels

@@ -59,6 +59,17 @@ async fn cluster_at(url: &str, n: usize) -> Vec<TestServer> {
     nodes
 }
 
+/// One more node for the cluster `like` belongs to.
+async fn join_cluster(like: &TestServer) -> TestServer {
+    let broker = like.node().app.cfg().broker.clone();
+    let s = TestServer::start_with(|c| cluster_config(c, &broker.url, &broker.prefix)).await;
+    let ready = poll_until(WAIT, || async {
+        s.get_json("/readyz").await.1["broker"] == "ok"
+    });
+    assert!(ready.await, "node subscribed to the bus");
+    s
+}
+
 async fn cluster(n: usize) -> Vec<TestServer> {
     cluster_at(&redis_url(), n).await
 }
@@ -266,6 +277,8 @@ async fn a_malformed_message_on_the_bus_is_dropped_and_counted() {
         "v1|x||{}",
         "v1|||not json",
         "v1|||{\"n\":\"x\",\"s\":1,\"t\":\"q\",\"d\":1}",
+        // The bus never carries a channel's publications.
+        "v1|||{\"n\":\"x\",\"s\":1,\"t\":\"c\",\"id\":\"news\",\"d\":1}",
     ] {
         let _: i64 = redis::cmd("PUBLISH")
             .arg(format!("{prefix}:bus"))
@@ -274,13 +287,115 @@ async fn a_malformed_message_on_the_bus_is_dropped_and_counted() {
             .await
             .unwrap();
     }
+    // A channel's pub/sub channel carries that channel only.
+    subscribe(&mut a, "news", None).await;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(format!("{prefix}:ch:news"))
+        .arg("v1|||{\"n\":\"x\",\"s\":2,\"t\":\"c\",\"id\":\"other\",\"d\":1}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let counted = poll_until(WAIT, || async {
-        nodes[0].stats().await["broker"]["malformed"] == 5
+        nodes[0].stats().await["broker"]["malformed"] == 7
     });
     assert!(counted.await, "{}", nodes[0].stats().await);
     // And the node still carries real publications from the other one.
     nodes[1].publish(json!({"user": "a", "data": "ok"})).await;
     assert_eq!(next_pub(&mut a).await["data"], "ok");
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_that_never_saw_a_channel_recovers_it_from_the_shared_history() {
+    let mut nodes = cluster(1).await;
+    // Nobody follows `news` while it is published: no node holds a copy of it, and
+    // node 1 is not even running yet.
+    let mut epoch = String::new();
+    for n in 1..=20u64 {
+        let (status, body) = nodes[0]
+            .publish(json!({"channel": "news", "data": n}))
+            .await;
+        assert_eq!((status, &body["queued"]), (200, &json!(0)), "{body}");
+        assert_eq!(body["offset"], n, "{body}");
+        epoch = body["epoch"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(nodes[0].stats().await["broker"]["following"], 0);
+    nodes.push(join_cluster(&nodes[0]).await);
+    // A client last saw offset 7 (on some node); it comes back on node 1.
+    let (mut ws, _) = nodes[1].connect("u").await;
+    let sub = subscribe(&mut ws, "news", Some((7, &epoch))).await;
+    assert_eq!(sub["recovered"], true, "{sub}");
+    assert_eq!((&sub["offset"], &sub["epoch"]), (&json!(20), &json!(epoch)));
+    for n in 8..=20u64 {
+        let m = next_pub(&mut ws).await;
+        assert_eq!((&m["offset"], &m["data"]), (&json!(n), &json!(n)), "{m}");
+    }
+    // A plain subscribe on a node that never saw it gets the shared position too, and
+    // a publication from the other node follows it.
+    let (mut fresh, _) = nodes[0].connect("v").await;
+    let sub = subscribe(&mut fresh, "news", None).await;
+    assert_eq!((&sub["offset"], &sub["epoch"]), (&json!(20), &json!(epoch)));
+    nodes[1]
+        .publish(json!({"channel": "news", "data": 21}))
+        .await;
+    for ws in [&mut ws, &mut fresh] {
+        let m = next_pub(ws).await;
+        assert_eq!((&m["offset"], &m["epoch"]), (&json!(21), &json!(epoch)));
+    }
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_follows_a_channel_only_while_it_has_subscribers() {
+    let nodes = cluster(2).await;
+    let prefix = nodes[0].node().app.cfg().broker.prefix.clone();
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let topic = format!("{prefix}:ch:live:x");
+    let numsub = |mut conn: redis::aio::MultiplexedConnection, topic: String| async move {
+        let (_, n): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&topic)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        n
+    };
+    assert_eq!(numsub(conn.clone(), topic.clone()).await, 0);
+    // Three subscribers on node 1, one pub/sub subscription.
+    let mut clients = Vec::new();
+    for user in ["a", "b", "c"] {
+        let (mut ws, _) = nodes[1].connect(user).await;
+        subscribe(&mut ws, "live:x", None).await;
+        clients.push(ws);
+    }
+    assert_eq!(numsub(conn.clone(), topic.clone()).await, 1);
+    assert_eq!(nodes[1].stats().await["broker"]["following"], 1);
+    assert_eq!(nodes[0].stats().await["broker"]["following"], 0);
+    // Node 0 follows nothing, so a publication there reaches node 1 only; its answer
+    // comes from Redis.
+    let (status, body) = nodes[0]
+        .publish(json!({"channel": "live:x", "data": "hi"}))
+        .await;
+    assert_eq!((status, &body["queued"]), (200, &json!(0)), "{body}");
+    for ws in &mut clients {
+        assert_eq!(next_pub(ws).await["data"], "hi");
+    }
+    // The last subscriber leaving ends the subscription after the idle grace.
+    for ws in &mut clients {
+        send_text(ws, r#"{"type":"unsubscribe","channel":"live:x"}"#).await;
+    }
+    let dropped = poll_until(Duration::from_secs(10), || {
+        let (conn, topic) = (conn.clone(), topic.clone());
+        async move { numsub(conn, topic).await == 0 }
+    });
+    assert!(dropped.await, "unsubscribed once idle");
+    assert_eq!(nodes[1].stats().await["broker"]["following"], 0);
+    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
     for s in nodes {
         s.shutdown().await;
     }
@@ -404,6 +519,14 @@ async fn a_redis_outage_is_not_an_outage() {
             && nodes[1].get_json("/readyz").await.1["status"] == "ready"
     });
     assert!(resumed.await, "{}", nodes[0].get_json("/readyz").await.1);
+    // b1 missed "during", and nothing can replay a channel without history: both
+    // nodes' subscribers of it are told to resync (DESIGN §9).
+    assert_eq!(close_code(&mut a0).await, Some(4003));
+    assert_eq!(close_code(&mut b1).await, Some(4003));
+    let (mut a0, _) = nodes[0].connect("a").await;
+    let (mut b1, _) = nodes[1].connect("b").await;
+    subscribe(&mut a0, "live:x", None).await;
+    subscribe(&mut b1, "live:x", None).await;
     nodes[0]
         .publish(json!({"channel": "live:x", "data": "after"}))
         .await;
