@@ -11,11 +11,12 @@ use serde_json::Value;
 
 use crate::auth::jwt::Verifier;
 use crate::auth::Identity;
-use crate::broker::{Broker, Ready, Submitted};
+use crate::broker::{Broker, Reading, Ready, Submitted};
 use crate::config::namespaces::SYNC;
 use crate::config::NamespaceConfig;
 use crate::connection::driver::{Admit, Flow, Handler};
 use crate::connection::rate::{InboundLimiter, Verdict};
+use crate::hub::channels::Earlier;
 use crate::hub::namespace::{Denied, Resolved};
 use crate::hub::{ConnHandle, Exclude, Hub, Publication, Route, Target};
 use crate::metrics::Refusal;
@@ -158,16 +159,18 @@ impl Session {
                 reference,
             );
         }
-        match (self.broker.follow(&name), &self.later) {
-            (None, None) => join(&self.hub, &self.conn, &name, &config, since, reference),
-            (ready, _) => self.answer_later(Later::Join {
-                ready,
-                channel: name,
-                config,
-                since: since.cloned(),
-                reference: reference.cloned(),
-            }),
+        let ready = self.broker.follow(&name);
+        if ready.is_none() && self.later.is_none() && reading(&*self.broker, &name, since).is_none()
+        {
+            return join(&self.hub, &self.conn, &name, &config, since, reference, &[]);
         }
+        self.answer_later(Later::Join {
+            ready,
+            channel: name,
+            config,
+            since: since.cloned(),
+            reference: reference.cloned(),
+        });
     }
 
     /// A client publication: namespace rules, `sync` validation, then the same fan-out
@@ -224,10 +227,10 @@ impl Session {
     fn answer_later(&mut self, work: Later) {
         let later = self.later.get_or_insert_with(|| {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Later>();
-            let (hub, conn) = (self.hub.clone(), self.conn.clone());
+            let (broker, conn) = (self.broker.clone(), self.conn.clone());
             tokio::spawn(async move {
                 while let Some(work) = rx.recv().await {
-                    work.finish(&hub, &conn).await;
+                    work.finish(&*broker, &conn).await;
                 }
             });
             tx
@@ -430,7 +433,8 @@ enum Later {
 }
 
 impl Later {
-    async fn finish(self, hub: &Arc<Hub>, conn: &Arc<ConnHandle>) {
+    async fn finish(self, broker: &dyn Broker, conn: &Arc<ConnHandle>) {
+        let hub = broker.hub();
         let frame = match self {
             Later::Ack {
                 submitted,
@@ -446,6 +450,10 @@ impl Later {
                 if let Some(ready) = ready {
                     ready.await;
                 }
+                let earlier = match reading(broker, &channel, since.as_ref()) {
+                    Some(reading) => reading.await,
+                    None => Vec::new(),
+                };
                 return join(
                     hub,
                     conn,
@@ -453,6 +461,7 @@ impl Later {
                     &config,
                     since.as_ref(),
                     reference.as_ref(),
+                    &earlier,
                 );
             }
             Later::Reply(frame) => frame,
@@ -473,6 +482,7 @@ fn join(
     config: &Arc<NamespaceConfig>,
     since: Option<&Since>,
     reference: Option<&Value>,
+    earlier: &[Earlier],
 ) {
     if !hub.registry.tracks_subscription(conn, channel) {
         return;
@@ -480,7 +490,7 @@ fn join(
     let out = hub
         .registry
         .channels
-        .subscribe(conn, channel, config, since, reference);
+        .subscribe_with(conn, channel, config, since, reference, earlier);
     if !hub.registry.tracks_subscription(conn, channel) {
         hub.registry.channels.unsubscribe(conn, channel);
         return;
@@ -488,6 +498,14 @@ fn join(
     if out.slow {
         hub.close_slow_consumer(conn);
     }
+}
+
+/// The read of the shared history a `since` on `channel` needs, when this node's copy
+/// does not reach back far enough and the broker has one.
+fn reading(broker: &dyn Broker, channel: &str, since: Option<&Since>) -> Option<Reading> {
+    let since = since?;
+    let (from, to) = broker.hub().registry.channels.missing(channel, since)?;
+    broker.history(channel, from, to, Arc::from(since.epoch.as_str()))
 }
 
 /// Sends `active_broadcast` to `conn` if an announcement is active and its user has not

@@ -14,6 +14,7 @@ use redis::aio::ConnectionManager;
 use redis::RedisResult;
 
 use super::envelope;
+use crate::hub::channels::Earlier;
 use crate::hub::{Inlet, Publication};
 
 const PRIME: &str = include_str!("prime.lua");
@@ -31,8 +32,49 @@ pub async fn fill(
     to: u64,
     epoch: &Arc<str>,
 ) -> RedisResult<usize> {
+    let mut delivered = 0;
+    for (offset, p) in range(inlet, conn, prefix, channel, from, to, epoch).await? {
+        if inlet.deliver(&p, Some((offset, epoch))).is_ok() {
+            delivered += 1;
+        }
+    }
+    Ok(delivered)
+}
+
+/// Offsets `from..=to` of `channel` in `epoch`, as the stream holds them, for one
+/// replay that reaches further back than this node's copy.
+pub async fn read(
+    inlet: &Inlet,
+    conn: &mut ConnectionManager,
+    prefix: &str,
+    channel: &str,
+    from: u64,
+    to: u64,
+    epoch: &Arc<str>,
+) -> RedisResult<Vec<Earlier>> {
+    let stored = range(inlet, conn, prefix, channel, from, to, epoch).await?;
+    Ok(stored
+        .into_iter()
+        .map(|(offset, p)| Earlier {
+            offset,
+            kept: p.exclude.kept(None),
+            data: p.data,
+        })
+        .collect())
+}
+
+/// The stream's entries `from..=to` of `channel` in `epoch`, decoded, in order.
+async fn range(
+    inlet: &Inlet,
+    conn: &mut ConnectionManager,
+    prefix: &str,
+    channel: &str,
+    from: u64,
+    to: u64,
+    epoch: &Arc<str>,
+) -> RedisResult<Vec<(u64, Publication)>> {
     if from > to {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let entries: Vec<Entry> = redis::cmd("XRANGE")
         .arg(format!("{prefix}:hist:{channel}"))
@@ -40,13 +82,7 @@ pub async fn fill(
         .arg(format!("{to}-1"))
         .query_async(conn)
         .await?;
-    let mut delivered = 0;
-    for (offset, p) in decode_entries(inlet, entries, epoch) {
-        if inlet.deliver(&p, Some((offset, epoch))).is_ok() {
-            delivered += 1;
-        }
-    }
-    Ok(delivered)
+    Ok(decode_entries(inlet, entries, epoch))
 }
 
 /// Brings this node's copy of `channel` to the shared history's top, once its

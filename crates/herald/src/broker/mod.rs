@@ -14,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::hub::channels::Earlier;
 use crate::hub::namespace::Denied;
 use crate::hub::{Delivered, Hub, Inlet, Publication};
 use crate::ws::frame::Frame;
@@ -23,6 +24,9 @@ pub type Pending = Pin<Box<dyn Future<Output = Result<Delivered, Denied>> + Send
 
 /// Resolves when a local subscriber may join a channel (see [`Broker::follow`]).
 pub type Ready = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Publications read from a shared history for one replay (see [`Broker::history`]).
+pub type Reading = Pin<Box<dyn Future<Output = Vec<Earlier>> + Send + 'static>>;
 
 /// The answer to a publication: now, or once the broker has it.
 pub enum Submitted {
@@ -60,6 +64,14 @@ pub trait Broker: Send + Sync {
     /// its copy brought to the shared history's top). Bounded: it resolves whatever
     /// happens. On one node there is nothing to wait for.
     fn follow(&self, _channel: &str) -> Option<Ready> {
+        None
+    }
+
+    /// Reads offsets `from..=to` of `channel` in `epoch` from the shared history, for a
+    /// replay that reaches further back than this node's copy (evicted by the node's
+    /// history budget). None where there is no shared history; bounded in time, and
+    /// empty if the read failed (the replay is then `recovered:false`).
+    fn history(&self, _channel: &str, _from: u64, _to: u64, _epoch: Arc<str>) -> Option<Reading> {
         None
     }
 

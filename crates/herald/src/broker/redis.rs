@@ -33,7 +33,7 @@ use super::cluster::{self, ClusterView};
 use super::envelope::{self, Body};
 use super::follow::{Ask, Following, Join};
 use super::gap;
-use super::{Broker, Health, Ready, Submitted};
+use super::{Broker, Health, Reading, Ready, Submitted};
 use crate::hub::fanout::conn_device;
 use crate::hub::namespace::Denied;
 use crate::hub::{Delivered, Hub, Inlet, Publication, Target};
@@ -104,6 +104,8 @@ struct Shared {
 
 pub struct RedisBroker {
     shared: Arc<Shared>,
+    /// For reads a session waits on (history older than the node's copy).
+    commands: ConnectionManager,
     jobs: mpsc::Sender<Job>,
     cluster: Arc<ClusterView>,
 }
@@ -202,10 +204,11 @@ impl RedisBroker {
                 push_rx,
                 stop.clone(),
             )),
-            tokio::spawn(probe_loop(shared.clone(), commands, stop)),
+            tokio::spawn(probe_loop(shared.clone(), commands.clone(), stop)),
         ];
         let broker = RedisBroker {
             shared,
+            commands,
             jobs,
             cluster: view,
         };
@@ -401,6 +404,22 @@ impl Broker for RedisBroker {
                 }
             })),
         }
+    }
+
+    fn history(&self, channel: &str, from: u64, to: u64, epoch: Arc<str>) -> Option<Reading> {
+        let (s, mut conn) = (self.shared.clone(), self.commands.clone());
+        let channel = channel.to_owned();
+        Some(Box::pin(async move {
+            let read = gap::read(&s.inlet, &mut conn, &s.prefix, &channel, from, to, &epoch);
+            match tokio::time::timeout(FOLLOW_WAIT, read).await {
+                Ok(Ok(earlier)) => earlier,
+                Ok(Err(e)) => {
+                    tracing::debug!(channel, "could not read the shared history: {e}");
+                    Vec::new()
+                }
+                Err(_) => Vec::new(),
+            }
+        }))
     }
 
     fn following(&self) -> usize {

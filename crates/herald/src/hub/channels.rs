@@ -167,6 +167,15 @@ pub struct Published {
     pub resync: Vec<Arc<ConnHandle>>,
 }
 
+/// A publication older than a node's copy of its channel, read from a shared history
+/// for one replay.
+pub struct Earlier {
+    pub offset: u64,
+    pub data: Box<RawValue>,
+    /// Who must not get it in a replay.
+    pub kept: Option<Arc<KeptExclusion>>,
+}
+
 #[derive(Default)]
 pub struct Subscribed {
     pub recovered: bool,
@@ -477,6 +486,36 @@ impl Channels {
         since: Option<&Since>,
         reference: Option<&Value>,
     ) -> Subscribed {
+        self.subscribe_with(conn, name, cfg, since, reference, &[])
+    }
+
+    /// The offsets `since` missed that this node's copy of `name` no longer (or never)
+    /// held, when they could come from a shared history: the copy is in the same epoch
+    /// and holds what came after them.
+    pub fn missing(&self, name: &str, since: &Since) -> Option<(u64, u64)> {
+        let channel = self.get(name)?;
+        let st = channel.lock();
+        if !channel.cfg.has_history() || since.epoch != *st.epoch || since.offset >= st.last_offset
+        {
+            return None;
+        }
+        let first = st.history.front().map_or(st.last_offset + 1, |h| h.offset);
+        (first > since.offset + 1).then(|| (since.offset + 1, first - 1))
+    }
+
+    /// As [`Channels::subscribe`], with `earlier`: publications older than this node's
+    /// copy, read from the shared history for this replay (see [`Channels::missing`]).
+    /// They are used only if they join up with the copy; otherwise the answer is
+    /// `recovered:false`, as without them.
+    pub fn subscribe_with(
+        &self,
+        conn: &Arc<ConnHandle>,
+        name: &str,
+        cfg: &Arc<NamespaceConfig>,
+        since: Option<&Since>,
+        reference: Option<&Value>,
+        earlier: &[Earlier],
+    ) -> Subscribed {
         loop {
             let channel = self.get_or_create(name, cfg);
             let mut st = channel.lock();
@@ -493,16 +532,40 @@ impl Channels {
                 if s.offset == top {
                     return Some(Vec::new());
                 }
-                // Recoverable only if history still starts at or before the first missed
-                // offset; what the publisher excluded this connection from stays out.
-                let first = st.history.front()?.offset;
-                (first <= s.offset.saturating_add(1)).then(|| {
-                    st.history
+                // Recoverable only if history (with what was read for this replay) still
+                // starts at or before the first missed offset; what the publisher
+                // excluded this connection from stays out.
+                let first = st.history.front().map_or(top + 1, |h| h.offset);
+                let mut frames = Vec::new();
+                let mut next = s.offset.saturating_add(1);
+                if first > next {
+                    let from = next;
+                    for e in earlier
                         .iter()
-                        .filter(|h| h.offset > s.offset)
-                        .filter(|h| !h.exclude.as_ref().is_some_and(|e| e.excludes(conn)))
-                        .map(|h| h.frame.clone())
-                        .collect()
+                        .filter(|e| e.offset >= from && e.offset < first)
+                    {
+                        if e.offset != next {
+                            return None; // a hole in what was read
+                        }
+                        next += 1;
+                        if !e.kept.as_ref().is_some_and(|k| k.excludes(conn)) {
+                            let position = Position {
+                                offset: e.offset,
+                                epoch: &st.epoch,
+                            };
+                            frames.push(pub_frame(Some(name), Some(position), &e.data));
+                        }
+                    }
+                }
+                (first <= next).then(|| {
+                    frames.extend(
+                        st.history
+                            .iter()
+                            .filter(|h| h.offset > s.offset)
+                            .filter(|h| !h.exclude.as_ref().is_some_and(|e| e.excludes(conn)))
+                            .map(|h| h.frame.clone()),
+                    );
+                    frames
                 })
             });
             let epoch: &str = if cfg.has_history() { &st.epoch } else { "" };

@@ -350,6 +350,49 @@ async fn a_node_that_never_saw_a_channel_recovers_it_from_the_shared_history() {
 }
 
 #[tokio::test]
+async fn a_since_older_than_the_node_s_copy_is_read_from_the_shared_history() {
+    let first = cluster(1).await;
+    let broker = first[0].node().app.cfg().broker.clone();
+    // A node whose history budget holds only a few publications.
+    let small = TestServer::start_with(|c| {
+        cluster_config(c, &broker.url, &broker.prefix);
+        c.limits.history_bytes = 2048;
+    })
+    .await;
+    let (mut watcher, _) = small.connect("w").await;
+    subscribe(&mut watcher, "news", None).await;
+    let pad = "x".repeat(200);
+    let mut epoch = String::new();
+    for n in 1..=40u64 {
+        let (status, body) = first[0]
+            .publish(json!({"channel": "news", "data": {"n": n, "pad": pad}}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        epoch = body["epoch"].as_str().unwrap().to_owned();
+    }
+    for n in 1..=40u64 {
+        assert_eq!(next_pub(&mut watcher).await["data"]["n"], n);
+    }
+    // The node's copy has dropped the oldest; Redis still holds all 40.
+    let (mut back, _) = small.connect("u").await;
+    let sub = subscribe(&mut back, "news", Some((3, &epoch))).await;
+    assert_eq!(sub["recovered"], true, "{sub}");
+    for n in 4..=40u64 {
+        let m = next_pub(&mut back).await;
+        assert_eq!(
+            (&m["offset"], &m["data"]["n"]),
+            (&json!(n), &json!(n)),
+            "{m}"
+        );
+    }
+    assert_nothing_before_marker(&small, &mut back, "u").await;
+    small.shutdown().await;
+    for s in first {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
 async fn a_node_follows_a_channel_only_while_it_has_subscribers() {
     let nodes = cluster(2).await;
     let prefix = nodes[0].node().app.cfg().broker.prefix.clone();
