@@ -866,3 +866,136 @@ fn join(st: &mut State, channel: &str, conn: &ConnHandle) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::auth::Identity;
+    use crate::outbox::Outbox;
+
+    fn conn(id: u64) -> Arc<ConnHandle> {
+        Arc::new(ConnHandle {
+            id,
+            conn_id: Arc::from(format!("c{id}")),
+            identity: Identity {
+                user: Arc::from("u"),
+                device: None,
+                groups: Vec::new(),
+                admin: false,
+                expires_at: None,
+            },
+            outbox: Arc::new(Outbox::new(1024, 1 << 20)),
+            last_seen_ms: AtomicU64::new(0),
+            expires_at: AtomicU64::new(0),
+            channels: Mutex::new(HashSet::new()),
+            groups: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn earlier(offsets: impl IntoIterator<Item = u64>) -> Vec<Earlier> {
+        offsets
+            .into_iter()
+            .map(|offset| Earlier {
+                offset,
+                data: serde_json::value::to_raw_value(&offset).unwrap(),
+                kept: None,
+            })
+            .collect()
+    }
+
+    /// A channel whose copy holds offsets 6..=10 of epoch `e` (1..=5 are elsewhere).
+    fn channel_from_6() -> (Channels, Arc<NamespaceConfig>, Arc<str>) {
+        let channels = Channels::default();
+        let cfg = Arc::new(NamespaceConfig::default());
+        let epoch: Arc<str> = Arc::from("e");
+        channels.adopt("news", &cfg, &epoch, 10, Some(6));
+        for offset in 6..=10 {
+            let data = serde_json::value::to_raw_value(&offset).unwrap();
+            let out = Outgoing {
+                data: &data,
+                exclude: &Exclude::default(),
+                kept: None,
+                lane: Lane::Normal,
+                accepted: Instant::now(),
+                creator: None,
+                position: Some((offset, &epoch)),
+            };
+            channels.publish("news", &cfg, &out).unwrap();
+        }
+        (channels, cfg, epoch)
+    }
+
+    #[test]
+    fn what_the_copy_lacks_is_named_and_a_joined_up_read_recovers_it() {
+        let (channels, cfg, _) = channel_from_6();
+        let since = Since {
+            offset: 2,
+            epoch: "e".into(),
+        };
+        assert_eq!(channels.missing("news", &since), Some((3, 5)));
+        let held = Since {
+            offset: 5,
+            ..since.clone()
+        };
+        assert_eq!(channels.missing("news", &held), None, "the copy has it all");
+        let other = Since {
+            epoch: "f".into(),
+            ..since.clone()
+        };
+        assert_eq!(channels.missing("news", &other), None, "another epoch");
+
+        let c = conn(1);
+        let out = channels.subscribe_with(&c, "news", &cfg, Some(&since), None, &earlier(3..=5));
+        assert!(out.recovered);
+        assert_eq!(out.replayed, 8, "3..=5 read, 6..=10 held");
+    }
+
+    #[test]
+    fn a_read_with_a_hole_or_short_of_the_copy_is_not_a_recovery() {
+        let (channels, cfg, _) = channel_from_6();
+        let since = Since {
+            offset: 2,
+            epoch: "e".into(),
+        };
+        for read in [vec![3, 5], vec![3, 4], vec![4, 5], vec![]] {
+            let c = conn(1);
+            let out = channels.subscribe_with(
+                &c,
+                "news",
+                &cfg,
+                Some(&since),
+                None,
+                &earlier(read.clone()),
+            );
+            assert!(!out.recovered, "{read:?}");
+            channels.unsubscribe(&c, "news");
+        }
+    }
+
+    #[test]
+    fn adopting_the_shared_position_keeps_a_copy_that_continues_and_resyncs_one_that_does_not() {
+        let (channels, cfg, epoch) = channel_from_6();
+        let c = conn(1);
+        channels.subscribe(&c, "news", &cfg, None, None);
+        // Redis is further on, and what it hands over starts right after the copy.
+        assert!(channels
+            .adopt("news", &cfg, &epoch, 12, Some(11))
+            .is_empty());
+        assert_eq!(channels.top("news"), Some((10, epoch.clone())));
+        // Redis holds nothing past the copy but its top is further: a hole.
+        let stale = channels.adopt("news", &cfg, &epoch, 12, None);
+        assert_eq!(stale.len(), 1);
+        assert_eq!(channels.top("news"), Some((12, epoch.clone())));
+        // A new epoch (the shared history restarted).
+        let new: Arc<str> = Arc::from("g");
+        assert_eq!(channels.adopt("news", &cfg, &new, 3, Some(1)).len(), 1);
+        let since = Since {
+            offset: 12,
+            epoch: "e".into(),
+        };
+        assert_eq!(channels.missing("news", &since), None);
+    }
+}
