@@ -278,12 +278,9 @@ impl Session {
     /// reaches the store.
     fn acknowledge(&self, id: String) {
         if !crate::announce::valid_id(&id) {
-            let shown: String = id.chars().take(64).collect();
-            return self.error(
-                ErrorCode::NotFound,
-                &format!("no announcement `{shown}`"),
-                None,
-            );
+            // Answered as the store would answer an id it does not hold.
+            let (code, message) = StoreError::NotFound.answer();
+            return self.error(code, message, None);
         }
         if !self.claim_store() {
             return;
@@ -299,19 +296,14 @@ impl Session {
             busy.store(false, Relaxed);
             let failure = match result {
                 Ok(()) => return,
-                Err(StoreError::NotFound) => {
-                    (ErrorCode::NotFound, format!("no announcement `{id}`"))
-                }
-                Err(StoreError::Unavailable(why)) => {
-                    metrics.store_error(&why);
-                    (
-                        ErrorCode::Internal,
-                        "the announcement store is unavailable; try again".to_owned(),
-                    )
-                }
+                Err(e) => e,
             };
+            if let StoreError::Unavailable(why) = &failure {
+                metrics.store_error(why);
+            }
+            let failure = failure.answer();
             conn.outbox.try_push(
-                server::error_frame(failure.0, &failure.1, None),
+                server::error_frame(failure.0, failure.1, None),
                 Instant::now(),
             );
         });

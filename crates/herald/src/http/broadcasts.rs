@@ -22,16 +22,11 @@ use crate::store::{active_for, NewAnnouncement, StoreError};
 
 /// A store failure as the HTTP answer; outages are counted and logged rate-limited.
 fn store_failure(app: &App, e: StoreError) -> ApiError {
-    match e {
-        StoreError::NotFound => ApiError::new(ErrorCode::NotFound, "no such announcement"),
-        StoreError::Unavailable(why) => {
-            app.metrics.store_error(&why);
-            ApiError::new(
-                ErrorCode::Unavailable,
-                "the announcement store is unavailable; try again",
-            )
-        }
+    if let StoreError::Unavailable(why) = &e {
+        app.metrics.store_error(why);
     }
+    let (code, message) = e.answer();
+    ApiError::new(code, message)
 }
 
 fn default_type() -> String {

@@ -13,6 +13,8 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::protocol::codes::ErrorCode;
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// An announcement as stored.
@@ -40,6 +42,20 @@ pub enum StoreError {
     /// The database cannot be reached or failed; logged once, answered 503.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+}
+
+impl StoreError {
+    /// The one answer a client gets for this failure, over HTTP and over WebSocket
+    /// alike (the store's reason stays in the log and the metrics).
+    pub fn answer(&self) -> (ErrorCode, &'static str) {
+        match self {
+            StoreError::NotFound => (ErrorCode::NotFound, "no such announcement"),
+            StoreError::Unavailable(_) => (
+                ErrorCode::Unavailable,
+                "the announcement store is unavailable; try again",
+            ),
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {

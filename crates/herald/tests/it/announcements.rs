@@ -503,5 +503,14 @@ async fn an_unreachable_store_is_503_and_websockets_keep_serving() {
         .unwrap();
     assert_eq!(res.status().as_u16(), 200);
     assert_eq!(next_json(&mut ws).await["data"], 1);
+    // A store failure is the same answer over WebSocket as over HTTP.
+    let ack = json!({"type": "acknowledge_broadcast", "broadcast_id": "6f1d8a0e-3b7c-4e51-9a2d-0c4b8e7f1a23"});
+    send_text(&mut ws, &ack.to_string()).await;
+    let err = next_json(&mut ws).await;
+    assert_eq!(
+        (&err["type"], &err["code"]),
+        (&json!("error"), &json!("unavailable")),
+        "{err}"
+    );
     node.shutdown().await;
 }
