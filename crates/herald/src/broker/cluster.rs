@@ -15,6 +15,11 @@
 //! `P:node:<tag>:stats` (hash); `P:user:<id>` (hash node tag → connections, 0 in the
 //! grace); `P:online` (hash user → nodes it is on); `P:chp:<channel>` (hash
 //! `<tag>|<user>` → 1).
+//!
+//! Each sync also reads, for every channel with presence and local subscribers, who is on
+//! it on the other nodes, so a join or leave frame is sent when a user enters or leaves
+//! the cluster's presence of the channel, on every node, and a reload onto another node
+//! within the grace sends none.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -102,6 +107,29 @@ for _, tag in ipairs(nodes) do
   connections = connections + tonumber(redis.call('HGET', p .. ':node:' .. tag .. ':stats', 'connections') or '0')
 end
 return {#nodes, connections, redis.call('HLEN', p .. ':online')}";
+
+/// For each channel presence hash in KEYS, the users on it on alive nodes other than
+/// ARGV[3] (this node).
+const PRESENT_ELSEWHERE: &str = r"
+local p, ttl, me = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local alive = {}
+for _, tag in ipairs(redis.call('ZRANGEBYSCORE', p .. ':nodes', now - ttl, '+inf')) do
+  alive[tag] = true
+end
+local out = {}
+for i, key in ipairs(KEYS) do
+  local users = {}
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    local tag, user = string.match(field, '^([^|]+)|(.*)$')
+    if tag and tag ~= me and alive[tag] then
+      table.insert(users, user)
+    end
+  end
+  out[i] = users
+end
+return out";
 
 /// Totals for `/api/stats` `cluster` and announcement stats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +224,13 @@ pub async fn sync_loop(hub: Arc<Hub>, view: Arc<ClusterView>, stop: Cancellation
     let mut written = Written::default();
     let mut conn = view.conn.clone();
     loop {
-        match sync_once(&hub, &view, &mut conn, &mut written).await {
+        let synced = sync_once(&hub, &view, &mut conn, &mut written).await;
+        if synced.is_ok() {
+            if let Err(e) = refresh_presence(&hub, &view, &mut conn).await {
+                tracing::debug!("cluster view: channel presence not refreshed: {e}");
+            }
+        }
+        match synced {
             Ok(true) => {}
             // Redis did not know us (first beat, or it lost its data): write it all.
             Ok(false) => written = Written::default(),
@@ -252,6 +286,37 @@ fn member(view: &ClusterView, channel: &str, user: &str, present: bool) -> redis
         c.arg(&key).arg(field);
         c
     }
+}
+
+/// Tells each channel with presence and local subscribers who is present on it on the
+/// other nodes, so joins and leaves are announced once for the cluster (one script for
+/// all such channels, every sync).
+async fn refresh_presence(
+    hub: &Hub,
+    view: &ClusterView,
+    conn: &mut ConnectionManager,
+) -> RedisResult<()> {
+    let channels = hub.registry.channels.presence_watched();
+    if channels.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = channels
+        .iter()
+        .map(|c| format!("{}:chp:{c}", view.prefix))
+        .collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let elsewhere: Vec<Vec<String>> = eval(
+        PRESENT_ELSEWHERE,
+        &keys,
+        &[&view.prefix, &view.ttl(), &view.tag],
+    )
+    .query_async(conn)
+    .await?;
+    for (channel, users) in channels.iter().zip(elsewhere) {
+        let users = users.into_iter().map(Arc::from).collect();
+        hub.registry.channels.set_remote_presence(channel, users);
+    }
+    Ok(())
 }
 
 /// One round: returns whether Redis already knew this node.

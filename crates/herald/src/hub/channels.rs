@@ -16,7 +16,7 @@
 
 use std::cmp::Reverse;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -70,6 +70,10 @@ struct State {
     /// Presence: users whose last connection left, and when (leave is announced after the grace).
     /// (tokio's clock, so the grace is testable with paused time.)
     leaving: HashMap<Arc<str>, tokio::time::Instant>,
+    /// Presence: users present on this channel on other nodes (the cluster view), so
+    /// that a join or leave is announced once, when the user enters or leaves the
+    /// cluster's presence, not each node's.
+    remote: HashSet<Arc<str>>,
 }
 
 pub struct Channel {
@@ -100,6 +104,7 @@ fn new_channel(name: &str, cfg: &Arc<NamespaceConfig>, creator: Option<Arc<str>>
             subscribers: HashMap::new(),
             members: HashMap::new(),
             leaving: HashMap::new(),
+            remote: HashSet::new(),
         }),
     })
 }
@@ -645,6 +650,10 @@ impl Channels {
         if st.subscribers.remove(&conn.id).is_none() || !channel.cfg.presence {
             return;
         }
+        if st.subscribers.is_empty() {
+            // Nobody here to tell; refreshed again when someone subscribes.
+            st.remote.clear();
+        }
         let user = &conn.identity.user;
         let left = match st.members.get_mut(user) {
             Some(n) => {
@@ -705,6 +714,53 @@ impl Channels {
         out
     }
 
+    /// Channels with presence and local subscribers: those whose presence on other
+    /// nodes this node must know to announce joins and leaves cluster-wide.
+    pub fn presence_watched(&self) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            for channel in listed(shard).into_iter().filter(|c| c.cfg.presence) {
+                if !channel.lock().subscribers.is_empty() {
+                    out.push(channel.name.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Who is present on `name` on other nodes now. A user who enters or leaves the
+    /// cluster's presence by this (not present here) is announced to the local
+    /// subscribers as a join or leave.
+    pub fn set_remote_presence(&self, name: &str, users: HashSet<Arc<str>>) {
+        let Some(channel) = self.get(name) else {
+            return;
+        };
+        let mut st = channel.lock();
+        if st.subscribers.is_empty() || !channel.cfg.presence {
+            return;
+        }
+        let here =
+            |st: &State, u: &Arc<str>| st.members.contains_key(u) || st.leaving.contains_key(u);
+        let mut frames = Vec::new();
+        for u in users.difference(&st.remote) {
+            if !here(&st, u) {
+                frames.push(presence_frame(name, "join", u));
+            }
+        }
+        for u in st.remote.difference(&users) {
+            if !here(&st, u) {
+                frames.push(presence_frame(name, "leave", u));
+            }
+        }
+        st.remote = users;
+        let now = Instant::now();
+        for frame in frames {
+            for c in st.subscribers.values() {
+                c.outbox.try_push(frame.clone(), now);
+            }
+        }
+    }
+
     /// Every channel with presence and its present users (for the cluster view).
     pub fn presence_snapshot(&self) -> Vec<(Arc<str>, Vec<Arc<str>>)> {
         let mut out = Vec::new();
@@ -748,6 +804,9 @@ impl Channels {
                     .collect();
                 for user in gone {
                     st.leaving.remove(&user);
+                    if st.remote.contains(&user) {
+                        continue; // still present on another node
+                    }
                     let frame = presence_frame(&channel.name, "leave", &user);
                     for c in st.subscribers.values() {
                         c.outbox.try_push(frame.clone(), now);
@@ -855,7 +914,7 @@ fn join(st: &mut State, channel: &str, conn: &ConnHandle) {
     let user = &conn.identity.user;
     let n = st.members.entry(user.clone()).or_insert(0);
     *n += 1;
-    if *n > 1 || st.leaving.remove(user).is_some() {
+    if *n > 1 || st.leaving.remove(user).is_some() || st.remote.contains(user) {
         return;
     }
     let frame = presence_frame(channel, "join", user);

@@ -392,6 +392,60 @@ async fn a_since_older_than_the_node_s_copy_is_read_from_the_shared_history() {
     }
 }
 
+/// The next `presence` frame on `ws`.
+async fn next_presence(ws: &mut Ws) -> Value {
+    loop {
+        let m = next_json(ws).await;
+        if m["type"] == "presence" {
+            return m;
+        }
+    }
+}
+
+#[tokio::test]
+async fn channel_joins_and_leaves_are_announced_once_for_the_cluster() {
+    let nodes = cluster(3).await;
+    let (mut w0, _) = nodes[0].connect("watcher0").await;
+    let (mut w2, _) = nodes[2].connect("watcher2").await;
+    subscribe(&mut w0, "lobby:x", None).await;
+    subscribe(&mut w2, "lobby:x", None).await;
+    for ws in [&mut w0, &mut w2] {
+        // Each watcher sees the other join (they are on different nodes).
+        let m = next_presence(ws).await;
+        assert_eq!(m["event"], "join", "{m}");
+    }
+    // alice joins on node 1: both watchers, on other nodes, are told once.
+    let (mut alice, _) = nodes[1].connect("alice").await;
+    subscribe(&mut alice, "lobby:x", None).await;
+    for ws in [&mut w0, &mut w2] {
+        let m = next_presence(ws).await;
+        assert_eq!(
+            (&m["event"], &m["user_id"]),
+            (&json!("join"), &json!("alice")),
+            "{m}"
+        );
+    }
+    // A reload that lands on node 2 within the grace: no leave, no second join.
+    drop(alice);
+    let (mut alice, _) = nodes[2].connect("alice").await;
+    subscribe(&mut alice, "lobby:x", None).await;
+    // Past the grace and the view's lag, nothing may have been sent about alice; then
+    // she leaves for good, and that is the next thing each watcher hears.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    drop(alice);
+    for ws in [&mut w0, &mut w2] {
+        let m = next_presence(ws).await;
+        assert_eq!(
+            (&m["event"], &m["user_id"]),
+            (&json!("leave"), &json!("alice")),
+            "{m}"
+        );
+    }
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn a_node_follows_a_channel_only_while_it_has_subscribers() {
     let nodes = cluster(2).await;
