@@ -41,6 +41,17 @@ use crate::metrics::Metrics;
 use crate::ws::frame::Frame;
 
 const SCRIPT: &str = include_str!("publish.lua");
+
+/// The publish script's SHA-1, as `EVALSHA` names it: the script's text is sent once
+/// (`SCRIPT LOAD`, again whenever Redis answers that it does not know it), not with
+/// every publication — ~20% more publications per Redis second (docs/benchmarks.md).
+fn script_sha() -> &'static str {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(|| {
+        use sha1::{Digest, Sha1};
+        format!("{:x}", Sha1::digest(SCRIPT.as_bytes()))
+    })
+}
 /// Publications waiting for Redis; past this the node treats Redis as unreachable.
 const QUEUE: usize = 65_536;
 /// Commands sent as one pipeline at most.
@@ -312,8 +323,8 @@ impl Broker for RedisBroker {
         };
         let cmd = match (&p.target, history) {
             (Target::Channel(name), Some((size, ttl_s))) => {
-                let mut cmd = redis::cmd("EVAL");
-                cmd.arg(SCRIPT)
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(script_sha())
                     .arg(2)
                     .arg(format!("{}:meta:{name}", s.prefix))
                     .arg(format!("{}:hist:{name}", s.prefix))
@@ -466,12 +477,7 @@ async fn send_loop(
                 Err(_) => break,
             }
         }
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for job in &batch {
-            pipe.add_command(job.cmd.clone());
-        }
-        let results: RedisResult<Vec<RedisResult<Value>>> = pipe.query_async(&mut conn).await;
+        let results = send(&mut conn, &batch).await;
         match results {
             Ok(results) => {
                 for (job, result) in batch.drain(..).zip(results) {
@@ -499,6 +505,44 @@ async fn send_loop(
     for (seq, w) in left {
         s.settle(w, seq);
     }
+}
+
+/// Sends `batch` as one pipeline. If Redis did not know the publish script (it restarted,
+/// or was flushed), none of those commands ran: the script is loaded and they are sent
+/// again, in the same order, before anything newer.
+async fn send(conn: &mut ConnectionManager, batch: &[Job]) -> RedisResult<Vec<RedisResult<Value>>> {
+    let pipeline = |jobs: &mut dyn Iterator<Item = &Job>| {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for job in jobs {
+            pipe.add_command(job.cmd.clone());
+        }
+        pipe
+    };
+    let mut results: Vec<RedisResult<Value>> =
+        pipeline(&mut batch.iter()).query_async(conn).await?;
+    let unknown = |r: &RedisResult<Value>| {
+        r.as_ref()
+            .is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+    };
+    if results.iter().any(unknown) {
+        let _: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(SCRIPT)
+            .query_async(conn)
+            .await?;
+        let again: Vec<usize> = (0..results.len())
+            .filter(|i| results.get(*i).is_some_and(unknown))
+            .collect();
+        let mut jobs = again.iter().filter_map(|i| batch.get(*i));
+        let answers: Vec<RedisResult<Value>> = pipeline(&mut jobs).query_async(conn).await?;
+        for (i, answer) in again.into_iter().zip(answers) {
+            if let Some(slot) = results.get_mut(i) {
+                *slot = answer;
+            }
+        }
+    }
+    Ok(results)
 }
 
 /// Redis answered one command: note the assigned position, or settle a failure.
