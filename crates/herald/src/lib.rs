@@ -9,6 +9,7 @@
 //! - [`outbox`]: the bounded per-connection queue (a leaf: the hub pushes, the writer
 //!   drains);
 //! - [`connection`]: one socket's reader, writer, rate limit and transports;
+//! - [`ids`]: the user and connection ids as types (a leaf);
 //! - [`hub`]: the registry, channels and fan-out;
 //! - [`session`]: the client protocol of one connection, above the hub and the broker;
 //! - [`broker`]: the seam between nodes and the one way into the hub (memory or Redis);
@@ -34,6 +35,7 @@ pub mod config;
 pub mod connection;
 pub mod http;
 pub mod hub;
+pub mod ids;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;

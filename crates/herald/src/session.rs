@@ -140,7 +140,7 @@ impl Session {
         if let Err(denied) = ns.may_subscribe(&self.rights) {
             return self.denied(denied, reference);
         }
-        let count = self.conn.channels.lock().map(|c| c.len()).unwrap_or(0);
+        let count = self.hub.registry.subscriptions(&self.conn).len();
         if count >= self.max_subscriptions {
             return self.error(
                 ErrorCode::RateLimited,
@@ -204,7 +204,7 @@ impl Session {
             target: Target::Channel(channel),
             exclude: Exclude {
                 user: None,
-                conn: Some(self.conn.conn_id.to_string()),
+                conn: Some(self.conn.conn_id.clone()),
                 device: None,
                 conn_device: None,
             },
@@ -347,12 +347,7 @@ impl Session {
             .store(id.expires_at.unwrap_or(0), Relaxed);
         self.hub.registry.set_groups(&self.conn, &id.groups);
         self.rights = id;
-        let channels: Vec<Arc<str>> = self
-            .conn
-            .channels
-            .lock()
-            .map(|c| c.iter().cloned().collect())
-            .unwrap_or_default();
+        let channels = self.hub.registry.subscriptions(&self.conn);
         for channel in channels {
             let allowed = self
                 .hub

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Identity;
 use crate::config::AuthConfig;
+use crate::ids::UserId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JwtError {
@@ -116,7 +117,7 @@ impl Verifier {
             return Err(JwtError::Invalid("empty `sub`".into()));
         }
         Ok(Identity {
-            user: Arc::from(c.sub),
+            user: UserId::from(c.sub),
             device: c.device.map(Arc::from),
             groups: c.groups.into_iter().map(Arc::from).collect(),
             admin: c.admin,
@@ -215,7 +216,7 @@ mod tests {
                 .map(|id| id.user)
                 .map_err(|e| e.to_string())
         };
-        assert_eq!(with(Some("me"), Some("herald")), Ok(Arc::from("42")));
+        assert_eq!(with(Some("me"), Some("herald")), Ok(UserId::from("42")));
         // Each claim is checked on its own: the other one being right does not help.
         for (iss, aud, why) in [
             (None, Some("herald"), "missing claim `iss`"),

@@ -9,10 +9,12 @@ pub mod token;
 
 use std::sync::Arc;
 
+use crate::ids::UserId;
+
 /// An authenticated identity, from a token or anonymous.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    pub user: Arc<str>,
+    pub user: UserId,
     pub device: Option<Arc<str>>,
     pub groups: Vec<Arc<str>>,
     pub admin: bool,
@@ -23,7 +25,7 @@ pub struct Identity {
 impl Identity {
     pub fn anonymous(n: u64) -> Identity {
         Identity {
-            user: Arc::from(format!("anon-{n}")),
+            user: UserId::from(format!("anon-{n}")),
             device: None,
             groups: Vec::new(),
             admin: false,

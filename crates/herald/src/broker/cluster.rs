@@ -30,6 +30,7 @@ use redis::{RedisResult, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
+use crate::ids::UserId;
 
 pub const SYNC_EVERY: Duration = Duration::from_millis(500);
 pub const NODE_TTL_MS: u64 = 5_000;
@@ -215,8 +216,8 @@ impl ClusterView {
 /// What this node last wrote to Redis.
 #[derive(Default)]
 struct Written {
-    users: HashMap<Arc<str>, usize>,
-    members: HashSet<(Arc<str>, Arc<str>)>,
+    users: HashMap<UserId, usize>,
+    members: HashSet<(Arc<str>, UserId)>,
 }
 
 /// Writes this node's presence and totals every [`SYNC_EVERY`] until `stop`.
@@ -313,7 +314,7 @@ async fn refresh_presence(
     .query_async(conn)
     .await?;
     for (channel, users) in channels.iter().zip(elsewhere) {
-        let users = users.into_iter().map(Arc::from).collect();
+        let users = users.into_iter().map(UserId::from).collect();
         hub.registry.channels.set_remote_presence(channel, users);
     }
     Ok(())
@@ -328,11 +329,11 @@ async fn sync_once(
 ) -> RedisResult<bool> {
     let p = &view.prefix;
     let registry = &hub.registry;
-    let mut users: HashMap<Arc<str>, usize> = registry.users.counts().into_iter().collect();
+    let mut users: HashMap<UserId, usize> = registry.users.counts().into_iter().collect();
     for user in registry.presence.in_grace() {
         users.entry(user).or_insert(0);
     }
-    let members: HashSet<(Arc<str>, Arc<str>)> = registry
+    let members: HashSet<(Arc<str>, UserId)> = registry
         .channels
         .presence_snapshot()
         .into_iter()

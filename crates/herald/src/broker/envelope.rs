@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::hub::{Exclude, Publication, Route, Target};
+use crate::ids::{ConnId, UserId};
 
 pub const VERSION: &str = "v1";
 
@@ -69,7 +70,7 @@ impl Body {
     pub fn of_publication(node: &str, seq: u64, p: &Publication) -> Body {
         let (t, id) = match &p.target {
             Target::All => ("a", None),
-            Target::User(u) => ("u", Some(u.clone())),
+            Target::User(u) => ("u", Some(u.to_string())),
             Target::Group(g) => ("g", Some(g.clone())),
             Target::Channel(c) => ("c", Some(c.clone())),
         };
@@ -78,8 +79,8 @@ impl Body {
             s: seq,
             t: Some(t.to_owned()),
             id,
-            xu: p.exclude.user.clone(),
-            xc: p.exclude.conn.clone(),
+            xu: p.exclude.user.as_ref().map(UserId::to_string),
+            xc: p.exclude.conn.as_ref().map(ConnId::to_string),
             xd: p.exclude.device.clone(),
             xcd: p
                 .exclude
@@ -121,7 +122,7 @@ impl Body {
         };
         let target = match self.t.as_deref() {
             Some("a") => Target::All,
-            Some("u") => Target::User(id()?),
+            Some("u") => Target::User(UserId::from(id()?)),
             Some("g") => Target::Group(id()?),
             Some("c") => Target::Channel(id()?),
             _ => return Err(Malformed::Body("unknown target kind".into())),
@@ -129,10 +130,10 @@ impl Body {
         Ok(Some(Publication {
             target,
             exclude: Exclude {
-                user: self.xu,
-                conn: self.xc,
+                user: self.xu.map(UserId::from),
+                conn: self.xc.map(ConnId::from),
                 device: self.xd,
-                conn_device: self.xcd.map(|(u, d)| (Arc::from(u), Arc::from(d))),
+                conn_device: self.xcd.map(|(u, d)| (UserId::from(u), Arc::from(d))),
             },
             data,
             accepted: std::time::Instant::now(),
@@ -187,7 +188,7 @@ mod tests {
                 user: Some("u1".into()),
                 conn: Some("abc-1".into()),
                 device: None,
-                conn_device: Some((Arc::from("u2"), Arc::from("tv"))),
+                conn_device: Some((UserId::from("u2"), Arc::from("tv"))),
             },
             data: serde_json::value::to_raw_value(&serde_json::json!({"x": "a|b"})).unwrap(),
             accepted: std::time::Instant::now(),

@@ -18,6 +18,7 @@ use crate::config::namespaces::SYNC;
 use crate::hub::namespace::Denied;
 use crate::hub::Route;
 use crate::hub::{Exclude, Publication, Target};
+use crate::ids::{ConnId, UserId};
 use crate::protocol::codes::ErrorCode;
 use crate::protocol::sync;
 use crate::session::validate_channel;
@@ -49,7 +50,7 @@ pub async fn publish(
             validate_channel(&c).map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;
             Target::Channel(c)
         }
-        (None, Some(u), None, None | Some(false)) => Target::User(u),
+        (None, Some(u), None, None | Some(false)) => Target::User(UserId::from(u)),
         (None, None, Some(g), None | Some(false)) => Target::Group(g),
         (None, None, None, Some(true)) => Target::All,
         _ => {
@@ -74,8 +75,8 @@ pub async fn publish(
     let publication = Publication {
         target,
         exclude: Exclude {
-            user: req.exclude_user,
-            conn: req.exclude_conn,
+            user: req.exclude_user.map(UserId::from),
+            conn: req.exclude_conn.map(ConnId::from),
             device: None,
             conn_device: None,
         },

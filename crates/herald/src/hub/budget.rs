@@ -10,7 +10,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::ids::UserId;
 
 /// What a stored publication costs beside its frame: the `Stored` slot, the shared
 /// buffer's header, the ring buffer's slack (measured order of magnitude, not exact).
@@ -81,7 +83,7 @@ impl HistoryLedger {
 
 /// How many channels each user's clients created by publishing and that still exist.
 pub struct Creations {
-    per_user: Mutex<HashMap<Arc<str>, usize>>,
+    per_user: Mutex<HashMap<UserId, usize>>,
     limit: AtomicUsize,
 }
 
@@ -97,12 +99,12 @@ impl Creations {
         self.limit.store(limit, Relaxed);
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, usize>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<UserId, usize>> {
         self.per_user.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reserves one creation for `user`; false when the user is at the limit.
-    pub fn try_reserve(&self, user: &Arc<str>) -> bool {
+    pub fn try_reserve(&self, user: &UserId) -> bool {
         let mut m = self.lock();
         let n = m.entry(user.clone()).or_insert(0);
         if *n >= self.limit.load(Relaxed) {
@@ -138,7 +140,7 @@ mod tests {
     #[test]
     fn creations_are_capped_and_given_back() {
         let c = Creations::new(2);
-        let u: Arc<str> = Arc::from("u");
+        let u = UserId::from("u");
         assert!(c.try_reserve(&u) && c.try_reserve(&u));
         assert!(!c.try_reserve(&u));
         c.release("u");

@@ -29,6 +29,7 @@ use super::budget::{Creations, HistoryLedger, EXCLUSION_OVERHEAD, STORED_OVERHEA
 use super::fanout::{Exclude, KeptExclusion};
 use super::registry::ConnHandle;
 use crate::config::{NamespaceConfig, SlowConsumerPolicy};
+use crate::ids::UserId;
 use crate::outbox::Push;
 use crate::protocol::client::Since;
 use crate::protocol::server::{presence_frame, pub_frame, subscribed_frame, Position};
@@ -66,14 +67,14 @@ struct State {
     history: VecDeque<Stored>,
     subscribers: HashMap<u64, Arc<ConnHandle>>,
     /// Presence: user → how many of their connections are subscribed.
-    members: HashMap<Arc<str>, usize>,
+    members: HashMap<UserId, usize>,
     /// Presence: users whose last connection left, and when (leave is announced after the grace).
     /// (tokio's clock, so the grace is testable with paused time.)
-    leaving: HashMap<Arc<str>, tokio::time::Instant>,
+    leaving: HashMap<UserId, tokio::time::Instant>,
     /// Presence: users present on this channel on other nodes (the cluster view), so
     /// that a join or leave is announced once, when the user enters or leaves the
     /// cluster's presence, not each node's.
-    remote: HashSet<Arc<str>>,
+    remote: HashSet<UserId>,
 }
 
 pub struct Channel {
@@ -81,7 +82,7 @@ pub struct Channel {
     cfg: Arc<NamespaceConfig>,
     /// The user whose client publication created this channel (its creation is given
     /// back when the channel is forgotten).
-    creator: Option<Arc<str>>,
+    creator: Option<UserId>,
     state: Mutex<State>,
 }
 
@@ -91,7 +92,7 @@ impl Channel {
     }
 }
 
-fn new_channel(name: &str, cfg: &Arc<NamespaceConfig>, creator: Option<Arc<str>>) -> Arc<Channel> {
+fn new_channel(name: &str, cfg: &Arc<NamespaceConfig>, creator: Option<UserId>) -> Arc<Channel> {
     Arc::new(Channel {
         name: Arc::from(name),
         cfg: cfg.clone(),
@@ -153,7 +154,7 @@ pub struct Outgoing<'a> {
     pub lane: Lane<'a>,
     pub accepted: Instant,
     /// A client publication's user (channel creation budget).
-    pub creator: Option<&'a Arc<str>>,
+    pub creator: Option<&'a UserId>,
     /// The offset and epoch a shared history (the Redis broker) assigned; None: this
     /// channel assigns them.
     pub position: Option<(u64, &'a Arc<str>)>,
@@ -296,7 +297,7 @@ impl Channels {
         &self,
         name: &str,
         cfg: &Arc<NamespaceConfig>,
-        creator: &Arc<str>,
+        creator: &UserId,
     ) -> Result<Arc<Channel>, Refused> {
         if let Some(c) = self.get(name) {
             return Ok(c);
@@ -319,7 +320,7 @@ impl Channels {
         &self,
         name: &str,
         cfg: &Arc<NamespaceConfig>,
-        creator: &Arc<str>,
+        creator: &UserId,
     ) -> Result<(), Refused> {
         self.get_or_create_by(name, cfg, creator).map(drop)
     }
@@ -669,12 +670,12 @@ impl Channels {
     }
 
     /// Users present on `name` (subscribed now, or left less than the grace ago).
-    pub fn presence(&self, name: &str) -> Vec<Arc<str>> {
+    pub fn presence(&self, name: &str) -> Vec<UserId> {
         let Some(channel) = self.get(name) else {
             return Vec::new();
         };
         let st = channel.lock();
-        let mut users: Vec<Arc<str>> = st
+        let mut users: Vec<UserId> = st
             .members
             .keys()
             .chain(st.leaving.keys())
@@ -731,7 +732,7 @@ impl Channels {
     /// Who is present on `name` on other nodes now. A user who enters or leaves the
     /// cluster's presence by this (not present here) is announced to the local
     /// subscribers as a join or leave.
-    pub fn set_remote_presence(&self, name: &str, users: HashSet<Arc<str>>) {
+    pub fn set_remote_presence(&self, name: &str, users: HashSet<UserId>) {
         let Some(channel) = self.get(name) else {
             return;
         };
@@ -740,7 +741,7 @@ impl Channels {
             return;
         }
         let here =
-            |st: &State, u: &Arc<str>| st.members.contains_key(u) || st.leaving.contains_key(u);
+            |st: &State, u: &UserId| st.members.contains_key(u) || st.leaving.contains_key(u);
         let mut frames = Vec::new();
         for u in users.difference(&st.remote) {
             if !here(&st, u) {
@@ -762,12 +763,12 @@ impl Channels {
     }
 
     /// Every channel with presence and its present users (for the cluster view).
-    pub fn presence_snapshot(&self) -> Vec<(Arc<str>, Vec<Arc<str>>)> {
+    pub fn presence_snapshot(&self) -> Vec<(Arc<str>, Vec<UserId>)> {
         let mut out = Vec::new();
         for shard in &self.shards {
             for channel in listed(shard).into_iter().filter(|c| c.cfg.presence) {
                 let st = channel.lock();
-                let users: Vec<Arc<str>> = st
+                let users: Vec<UserId> = st
                     .members
                     .keys()
                     .chain(st.leaving.keys())
@@ -796,7 +797,7 @@ impl Channels {
             for channel in channels {
                 let mut st = channel.lock();
                 trim(&mut st, &channel.cfg, now, &self.ledger);
-                let gone: Vec<Arc<str>> = st
+                let gone: Vec<UserId> = st
                     .leaving
                     .iter()
                     .filter(|(_, at)| presence_now.saturating_duration_since(**at) >= grace)
@@ -938,9 +939,9 @@ mod tests {
     fn conn(id: u64) -> Arc<ConnHandle> {
         Arc::new(ConnHandle {
             id,
-            conn_id: Arc::from(format!("c{id}")),
+            conn_id: crate::ids::ConnId::from(format!("c{id}")),
             identity: Identity {
-                user: Arc::from("u"),
+                user: UserId::from("u"),
                 device: None,
                 groups: Vec::new(),
                 admin: false,

@@ -10,6 +10,7 @@ use super::channels::{Lane, Outgoing, Published, Refused};
 use super::namespace::Denied;
 use super::registry::ConnHandle;
 use super::Hub;
+use crate::ids::{ConnId, UserId};
 use crate::metrics::Refusal;
 use crate::outbox::Push;
 use crate::protocol::codes::CloseCode;
@@ -20,7 +21,7 @@ use crate::ws::frame::Frame;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     All,
-    User(String),
+    User(UserId),
     Group(String),
     Channel(String),
 }
@@ -28,19 +29,19 @@ pub enum Target {
 /// Recipients to leave out: a user (all their devices) and/or one connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Exclude {
-    pub user: Option<String>,
-    pub conn: Option<String>,
+    pub user: Option<UserId>,
+    pub conn: Option<ConnId>,
     /// Connections whose token names this device (the upstream relay's sender).
     pub device: Option<String>,
     /// The user and device of the connection `conn` names, resolved where it lives, so a
     /// node that does not hold it can still keep it out of a replay.
-    pub conn_device: Option<(Arc<str>, Arc<str>)>,
+    pub conn_device: Option<(UserId, Arc<str>)>,
 }
 
 impl Exclude {
     pub fn excludes(&self, c: &ConnHandle) -> bool {
-        self.user.as_deref().is_some_and(|u| u == &*c.identity.user)
-            || self.conn.as_deref().is_some_and(|id| id == &*c.conn_id)
+        self.user.as_ref().is_some_and(|u| *u == c.identity.user)
+            || self.conn.as_ref().is_some_and(|id| *id == c.conn_id)
             || (self.device.is_some() && self.device.as_deref() == c.identity.device.as_deref())
     }
 
@@ -53,7 +54,7 @@ impl Exclude {
             .and_then(conn_device)
             .or_else(|| self.conn_device.clone());
         let kept = KeptExclusion {
-            user: self.user.as_deref().map(Arc::from),
+            user: self.user.clone(),
             device: self.device.as_deref().map(Arc::from),
             conn_device,
         };
@@ -62,7 +63,7 @@ impl Exclude {
 }
 
 /// A connection's user and device, when its token names a device.
-pub fn conn_device(c: &ConnHandle) -> Option<(Arc<str>, Arc<str>)> {
+pub fn conn_device(c: &ConnHandle) -> Option<(UserId, Arc<str>)> {
     c.identity
         .device
         .as_ref()
@@ -73,15 +74,15 @@ pub fn conn_device(c: &ConnHandle) -> Option<(Arc<str>, Arc<str>)> {
 /// by device name (the relay's sender), and by the excluded connection's user + device.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct KeptExclusion {
-    user: Option<Arc<str>>,
+    user: Option<UserId>,
     device: Option<Arc<str>>,
-    conn_device: Option<(Arc<str>, Arc<str>)>,
+    conn_device: Option<(UserId, Arc<str>)>,
 }
 
 impl KeptExclusion {
     pub fn excludes(&self, c: &ConnHandle) -> bool {
         let id = &c.identity;
-        self.user.as_deref().is_some_and(|u| u == &*id.user)
+        self.user.as_ref().is_some_and(|u| *u == id.user)
             || (self.device.is_some() && self.device.as_deref() == id.device.as_deref())
             || self
                 .conn_device
@@ -100,7 +101,7 @@ pub struct Publication {
     pub accepted: Instant,
     /// The user whose client published it: a channel it creates counts against that
     /// user's `limits.channels_per_user`. None for the HTTP API and the relay.
-    pub creator: Option<Arc<str>>,
+    pub creator: Option<UserId>,
     pub route: Route,
 }
 

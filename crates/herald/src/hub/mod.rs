@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::ids::ConnId;
 use crate::metrics::Metrics;
 use channels::ChannelLimits;
 pub use fanout::{Delivered, Exclude, Inlet, Publication, Route, Target};
@@ -97,9 +98,9 @@ impl Hub {
     }
 
     /// A fresh connection id such as `a1b2c3-17`.
-    pub fn next_conn_id(&self) -> (u64, Arc<str>) {
+    pub fn next_conn_id(&self) -> (u64, ConnId) {
         let n = self.next_conn.fetch_add(1, Relaxed);
-        (n, Arc::from(format!("{}-{n}", self.node_tag)))
+        (n, ConnId::new(&self.node_tag, n))
     }
 
     /// This process's random tag (the prefix of its connection ids).
@@ -109,12 +110,8 @@ impl Hub {
 
     /// The local connection with this id (`<node tag>-<n>`), if it is on this node.
     pub fn local_conn(&self, conn_id: &str) -> Option<Arc<ConnHandle>> {
-        let n: u64 = conn_id
-            .strip_prefix(self.node_tag.as_str())?
-            .strip_prefix('-')?
-            .parse()
-            .ok()?;
-        self.registry.get(n).filter(|c| &*c.conn_id == conn_id)
+        let n = ConnId::local_number(conn_id, &self.node_tag)?;
+        self.registry.get(n).filter(|c| c.conn_id == conn_id)
     }
 
     /// Milliseconds since the hub started: the clock of `last_seen`.

@@ -120,7 +120,7 @@ mod tests {
 
     fn user(id: &str, admin: bool) -> Identity {
         Identity {
-            user: Arc::from(id),
+            user: crate::ids::UserId::from(id),
             device: None,
             groups: vec![],
             admin,

@@ -5,12 +5,14 @@
 //! explicit clock instead of sleeping; the plain methods read `Instant::now()`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use crate::ids::UserId;
 
 pub struct UserPresence {
     /// Users whose last connection went away, and when.
-    went_offline: Mutex<HashMap<Arc<str>, Instant>>,
+    went_offline: Mutex<HashMap<UserId, Instant>>,
     pub grace: Duration,
 }
 
@@ -22,7 +24,7 @@ impl UserPresence {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Instant>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<UserId, Instant>> {
         self.went_offline.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -30,12 +32,12 @@ impl UserPresence {
         self.lock().remove(user);
     }
 
-    pub fn last_disconnected(&self, user: &Arc<str>) {
+    pub fn last_disconnected(&self, user: &UserId) {
         self.last_disconnected_at(user, Instant::now());
     }
 
     /// The user's last connection went away at `now`: the grace runs from here.
-    pub fn last_disconnected_at(&self, user: &Arc<str>, now: Instant) {
+    pub fn last_disconnected_at(&self, user: &UserId, now: Instant) {
         self.lock().insert(user.clone(), now);
     }
 
@@ -54,7 +56,7 @@ impl UserPresence {
     }
 
     /// Users without a connection who are still online (within the grace).
-    pub fn in_grace(&self) -> Vec<Arc<str>> {
+    pub fn in_grace(&self) -> Vec<UserId> {
         let now = Instant::now();
         self.lock()
             .iter()
@@ -91,7 +93,7 @@ mod tests {
     #[test]
     fn offline_exactly_when_the_grace_runs_out() {
         let p = UserPresence::new(GRACE);
-        let u: Arc<str> = Arc::from("u");
+        let u = UserId::from("u");
         let t0 = Instant::now();
         assert!(!p.online_at("u", 0, t0), "never connected");
         assert!(p.online_at("u", 1, t0));
@@ -109,7 +111,7 @@ mod tests {
     #[test]
     fn a_reload_restarts_the_grace_from_the_last_disconnect() {
         let p = UserPresence::new(GRACE);
-        let u: Arc<str> = Arc::from("u");
+        let u = UserId::from("u");
         let t0 = Instant::now();
         p.last_disconnected_at(&u, t0);
         // Reconnects halfway through the grace, and leaves again a second later.
@@ -130,7 +132,7 @@ mod tests {
     #[test]
     fn sweep_forgets_only_the_expired() {
         let p = UserPresence::new(GRACE);
-        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let (a, b) = (UserId::from("a"), UserId::from("b"));
         let t0 = Instant::now();
         p.last_disconnected_at(&a, t0);
         p.last_disconnected_at(&b, t0 + Duration::from_secs(1));
@@ -146,7 +148,7 @@ mod tests {
     #[test]
     fn the_plain_methods_use_the_current_time() {
         let p = UserPresence::new(Duration::from_secs(3600));
-        let u: Arc<str> = Arc::from("u");
+        let u = UserId::from("u");
         p.last_disconnected(&u);
         assert!(p.online("u", 0));
         p.sweep();

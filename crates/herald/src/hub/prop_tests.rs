@@ -274,9 +274,9 @@ impl World {
         let s = &mut self.slots[slot];
         let conn = Arc::new(ConnHandle {
             id,
-            conn_id: Arc::from(format!("c{id}")),
+            conn_id: crate::ids::ConnId::from(format!("c{id}")),
             identity: Identity {
-                user: Arc::from(format!("u{slot}")),
+                user: crate::ids::UserId::from(format!("u{slot}")),
                 device: None,
                 groups: Vec::new(),
                 admin: false,

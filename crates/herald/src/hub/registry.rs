@@ -6,6 +6,7 @@
 //! written (seed 004's double close). Indexes are sharded `RwLock<HashMap>`s, locked for
 //! a few instructions and never across an `.await`.
 
+use std::borrow::Borrow;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -16,32 +17,37 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::channels::{ChannelLimits, Channels};
 use super::presence::UserPresence;
 use crate::auth::Identity;
+use crate::ids::{ConnId, UserId};
 use crate::metrics::Refusal;
 use crate::outbox::Outbox;
 
 /// The hub's view of one connection: identity, its queue, liveness clocks.
 pub struct ConnHandle {
     pub id: u64,
-    pub conn_id: Arc<str>,
+    pub conn_id: ConnId,
     pub identity: Identity,
     pub outbox: Arc<Outbox>,
     /// `Hub::now_ms` of the last bytes received.
     pub last_seen_ms: AtomicU64,
     /// Unix seconds when the token expires (0 = never); replaced by `refresh`.
     pub expires_at: AtomicU64,
-    pub channels: Mutex<HashSet<Arc<str>>>,
+    /// The channels this connection is subscribed to; changed only through
+    /// `Registry::{track,untrack}_subscription`, so it always matches what the channels
+    /// hold (the drop guard unsubscribes exactly these).
+    pub(crate) channels: Mutex<HashSet<Arc<str>>>,
     /// The groups this connection is indexed under now: the token's, until a `refresh`
     /// brings a token with others (`identity.groups` stays what the first token said).
-    pub groups: Mutex<Vec<Arc<str>>>,
+    /// Changed only through `Registry::set_groups`, which moves the index with it.
+    pub(crate) groups: Mutex<Vec<Arc<str>>>,
 }
 
 const SHARDS: usize = 16;
 
 type ConnMap = HashMap<u64, Arc<ConnHandle>>;
 
-/// key → connections, sharded by key hash.
-pub struct Index {
-    shards: Vec<RwLock<HashMap<Arc<str>, ConnMap>>>,
+/// key → connections, sharded by key hash (users by [`UserId`], groups by name).
+pub struct Index<K = Arc<str>> {
+    shards: Vec<RwLock<HashMap<K, ConnMap>>>,
 }
 
 fn shard_of<K: Hash + ?Sized>(k: &K) -> usize {
@@ -58,14 +64,14 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Index {
-    fn new() -> Index {
+impl<K: Borrow<str> + Hash + Eq + Clone> Index<K> {
+    fn new() -> Index<K> {
         Index {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
         }
     }
 
-    fn shard(&self, key: &str) -> &RwLock<HashMap<Arc<str>, ConnMap>> {
+    fn shard(&self, key: &str) -> &RwLock<HashMap<K, ConnMap>> {
         // SHARDS is non-zero and shard_of is taken modulo SHARDS.
         #[allow(
             clippy::indexing_slicing,
@@ -74,8 +80,8 @@ impl Index {
         &self.shards[shard_of(key)]
     }
 
-    pub fn insert(&self, key: &Arc<str>, conn: &Arc<ConnHandle>) {
-        write(self.shard(key))
+    pub fn insert(&self, key: &K, conn: &Arc<ConnHandle>) {
+        write(self.shard(key.borrow()))
             .entry(key.clone())
             .or_default()
             .insert(conn.id, conn.clone());
@@ -107,7 +113,7 @@ impl Index {
     }
 
     /// Every key with its number of connections (one shard locked at a time).
-    pub fn counts(&self) -> Vec<(Arc<str>, usize)> {
+    pub fn counts(&self) -> Vec<(K, usize)> {
         let mut out = Vec::with_capacity(self.keys());
         for shard in &self.shards {
             out.extend(read(shard).iter().map(|(k, m)| (k.clone(), m.len())));
@@ -118,7 +124,7 @@ impl Index {
 
 pub struct Registry {
     conns: Vec<RwLock<ConnMap>>,
-    pub users: Index,
+    pub users: Index<UserId>,
     pub groups: Index,
     pub channels: Channels,
     pub presence: UserPresence,
@@ -129,14 +135,14 @@ pub struct Registry {
 
 #[derive(Default)]
 struct Counts {
-    per_user: HashMap<Arc<str>, usize>,
+    per_user: HashMap<UserId, usize>,
     per_ip: HashMap<IpAddr, usize>,
 }
 
 /// Reserved slots under the per-user and per-IP caps; released on drop.
 pub struct Admission {
     registry: Arc<Registry>,
-    user: Arc<str>,
+    user: UserId,
     ip: IpAddr,
 }
 
@@ -222,7 +228,7 @@ impl Registry {
 
     /// Reserves a slot for `user` from `ip`, or says which cap is full. Check and
     /// reservation happen under one lock, so concurrent upgrades cannot overshoot.
-    pub fn admit(self: &Arc<Self>, user: &Arc<str>, ip: IpAddr) -> Result<Admission, Refusal> {
+    pub fn admit(self: &Arc<Self>, user: &UserId, ip: IpAddr) -> Result<Admission, Refusal> {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         if c.per_user.get(user).copied().unwrap_or(0) >= self.max_per_user.load(Relaxed) {
             return Err(Refusal::UserCap);
@@ -282,6 +288,16 @@ impl Registry {
             .insert(channel.clone())
     }
 
+    /// The channels `conn` is subscribed to.
+    pub fn subscriptions(&self, conn: &ConnHandle) -> Vec<Arc<str>> {
+        conn.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// Whether `conn` holds a subscription to `channel`.
     pub fn tracks_subscription(&self, conn: &ConnHandle, channel: &str) -> bool {
         conn.channels
@@ -335,9 +351,9 @@ mod tests {
     fn handle(id: u64, user: &str) -> Arc<ConnHandle> {
         Arc::new(ConnHandle {
             id,
-            conn_id: Arc::from(id.to_string()),
+            conn_id: ConnId::from(id.to_string()),
             identity: Identity {
-                user: Arc::from(user),
+                user: UserId::from(user),
                 device: None,
                 groups: vec![Arc::from("g")],
                 admin: false,
@@ -360,12 +376,12 @@ mod tests {
             ChannelLimits::default(),
         ));
         let ip: IpAddr = [127, 0, 0, 1].into();
-        let u: Arc<str> = Arc::from("u");
+        let u = UserId::from("u");
         let a1 = r.admit(&u, ip).unwrap();
         let a2 = r.admit(&u, ip).unwrap();
         assert_eq!(r.admit(&u, ip).err(), Some(Refusal::UserCap));
-        let a3 = r.admit(&Arc::from("v"), ip).unwrap();
-        assert_eq!(r.admit(&Arc::from("w"), ip).err(), Some(Refusal::IpCap));
+        let a3 = r.admit(&UserId::from("v"), ip).unwrap();
+        assert_eq!(r.admit(&UserId::from("w"), ip).err(), Some(Refusal::IpCap));
         let reg = r.register(a1, handle(1, "u"));
         let ns = Arc::new(crate::config::NamespaceConfig::default());
         assert!(r.track_subscription(&reg.handle, &Arc::from("news")));

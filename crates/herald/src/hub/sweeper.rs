@@ -78,10 +78,10 @@ mod tests {
     }
 
     fn connect(hub: &Hub, id: u64, expires_at: u64) -> Registration {
-        let user: Arc<str> = Arc::from(format!("u{id}"));
+        let user = crate::ids::UserId::from(format!("u{id}"));
         let handle = Arc::new(ConnHandle {
             id,
-            conn_id: Arc::from(id.to_string()),
+            conn_id: crate::ids::ConnId::from(id.to_string()),
             identity: Identity {
                 user: user.clone(),
                 device: None,
