@@ -111,13 +111,17 @@ impl Node {
             if cfg.broker.url == "memory://" {
                 (Arc::new(broker::MemoryBroker::new(inlet)), Vec::new())
             } else {
-                let store = store.clone();
+                let (forget, rejoin) = (store.clone(), store.clone());
+                let (hub, m) = (inlet.hub().clone(), metrics.clone());
                 let (b, tasks) = broker::redis::RedisBroker::start(
                     &cfg.broker.url,
                     &cfg.broker.prefix,
                     inlet,
                     metrics.clone(),
-                    Box::new(move || store.forget_active()),
+                    Box::new(move || forget.forget_active()),
+                    Box::new(move || {
+                        session::resend_announcements(rejoin.clone(), hub.clone(), m.clone())
+                    }),
                     stop.clone(),
                 )?;
                 (b, tasks)

@@ -92,9 +92,14 @@ struct Waiter {
 /// Called when another node's announcement event arrives (the store forgets its cache).
 pub type OnAnnouncement = Box<dyn Fn() + Send + Sync>;
 
+/// Called when the bus is subscribed again after the pub/sub connection was lost:
+/// announcement events of the outage may have passed this node's clients by.
+pub type OnRejoin = Box<dyn Fn() + Send + Sync>;
+
 struct Shared {
     inlet: Inlet,
     on_announcement: OnAnnouncement,
+    on_rejoin: OnRejoin,
     metrics: Arc<Metrics>,
     node: String,
     bus: String,
@@ -161,6 +166,7 @@ impl RedisBroker {
         inlet: Inlet,
         metrics: Arc<Metrics>,
         on_announcement: OnAnnouncement,
+        on_rejoin: OnRejoin,
         stop: CancellationToken,
     ) -> anyhow::Result<(Arc<RedisBroker>, Vec<tokio::task::JoinHandle<()>>)> {
         let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
@@ -177,6 +183,7 @@ impl RedisBroker {
             node: inlet.hub().node_tag().to_owned(),
             inlet,
             on_announcement,
+            on_rejoin,
             metrics,
             bus: format!("{prefix}:bus"),
             prefix: prefix.to_owned(),
@@ -604,6 +611,7 @@ async fn receive_loop(
     stop: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(100);
+    let mut lost = false;
     loop {
         let subscribed = tokio::select! {
             _ = stop.cancelled() => return,
@@ -613,6 +621,7 @@ async fn receive_loop(
             Ok(()) => break,
             Err(e) => {
                 s.outage(&e.to_string());
+                lost = true;
                 let jitter = Duration::from_millis(rand::random::<u64>() % 100);
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -644,11 +653,15 @@ async fn receive_loop(
                 if topic == s.bus.as_bytes() {
                     s.subscribed.store(true, Relaxed);
                     s.recovered();
+                    if std::mem::take(&mut lost) {
+                        (s.on_rejoin)();
+                    }
                 } else if let Some(name) = channel_of(&s.prefix, topic) {
                     primed(&s, &mut commands, name).await;
                 }
             }
             PushKind::Disconnection => {
+                lost = true;
                 s.subscribed.store(false, Relaxed);
                 s.following.lost_all();
                 s.outage("the pub/sub connection was lost");

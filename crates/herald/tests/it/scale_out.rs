@@ -647,6 +647,61 @@ async fn a_redis_outage_is_not_an_outage() {
     }
 }
 
+#[tokio::test]
+async fn an_announcement_made_during_an_outage_reaches_the_other_nodes_clients_after_it() {
+    use crate::announcements::{Engine, TestStore};
+    let store = TestStore::new(Engine::Postgres).await;
+    let mut redis = OwnRedis::start();
+    redis.wait_up().await;
+    let prefix = format!("herald-it-{:08x}", rand::random::<u32>());
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let mut cfg = store.config();
+        cluster_config(&mut cfg, &redis.url(), &prefix);
+        let dir = TempDir::new();
+        cfg.data_dir = dir.0.clone();
+        nodes.push(TestServer::start_cfg(cfg, dir).await);
+    }
+    for s in &nodes {
+        let ready = poll_until(WAIT, || async {
+            s.get_json("/readyz").await.1["broker"] == "ok"
+        });
+        assert!(ready.await);
+    }
+    let (mut far, _) = nodes[1].connect("far").await;
+    redis.kill();
+    let degraded = poll_until(WAIT, || async {
+        nodes[1].get_json("/readyz").await.1["status"] == "degraded"
+    });
+    assert!(degraded.await);
+    // Made on node 0 while the bus is down: node 1's client cannot hear of it now.
+    let admin = nodes[0].token_with("boss", |c| c.admin = true);
+    let (status, body) = nodes[0]
+        .post_json(
+            "/api/broadcasts",
+            &admin,
+            json!({"message": "during", "type": "info"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].clone();
+    let _redis = OwnRedis::start_on(redis.port);
+    let back = poll_until(Duration::from_secs(20), || async {
+        nodes[1].get_json("/readyz").await.1["status"] == "ready"
+    });
+    assert!(back.await);
+    // Once node 1 has the bus again, its client is given the state it missed.
+    let m = next_json(&mut far).await;
+    assert_eq!(
+        (&m["type"], &m["broadcast"]["id"]),
+        (&json!("active_broadcast"), &id),
+        "{m}"
+    );
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
+
 async fn presence_of(s: &TestServer, user: &str) -> Value {
     let (status, body) = s.get_json(&format!("/api/presence/users/{user}")).await;
     assert_eq!(status, 200, "{body}");
