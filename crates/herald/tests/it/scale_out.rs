@@ -498,6 +498,14 @@ async fn a_node_follows_a_channel_only_while_it_has_subscribers() {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A `redis-server` of this test's own on a free port, so it can be killed.
 struct OwnRedis {
     child: Child,
@@ -506,15 +514,14 @@ struct OwnRedis {
 
 impl OwnRedis {
     fn start_on(port: u16) -> OwnRedis {
+        OwnRedis::start_with(&["--port", &port.to_string()], port)
+    }
+
+    /// A `redis-server` with `args` (which name its port); `port` is where it answers.
+    fn start_with(args: &[&str], port: u16) -> OwnRedis {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(args)
+            .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -523,12 +530,7 @@ impl OwnRedis {
     }
 
     fn start() -> OwnRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        OwnRedis::start_on(port)
+        OwnRedis::start_on(free_port())
     }
 
     fn url(&self) -> String {
@@ -771,19 +773,99 @@ async fn presence_and_stats_answer_for_every_node() {
 
 /// `herald serve` as a child process in the cluster, so it can be SIGKILLed.
 fn serve_in_cluster(dir: &TempDir, prefix: &str) -> Served {
+    serve_in_cluster_at(dir, &redis_url(), prefix, &[])
+}
+
+/// The binary as one node of the cluster over `url`, with more environment `env`.
+fn serve_in_cluster_at(dir: &TempDir, url: &str, prefix: &str, env: &[(&str, &str)]) -> Served {
     let secret = format!("{prefix}-secret-for-tests-only-0123456789");
-    let url = redis_url();
-    let env = [
-        ("HERALD_BROKER__URL", url.as_str()),
+    let mut env = env.to_vec();
+    env.extend([
+        ("HERALD_BROKER__URL", url),
         ("HERALD_BROKER__PREFIX", prefix),
         ("HERALD_AUTH__HMAC_SECRET", secret.as_str()),
-    ];
+    ]);
     let (child, addr) = spawn_binary(dir, &[], &env, Stdio::null());
     Served {
         child,
         addr,
         secret,
     }
+}
+
+#[tokio::test]
+async fn nodes_reach_each_other_over_a_redis_with_tls_and_a_password() {
+    let certs = TempDir::new();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (certs.0.join("redis.pem"), certs.0.join("redis.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let port = free_port();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let redis = OwnRedis::start_with(
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            cert,
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            "s3cret-pass",
+        ],
+        port,
+    );
+    // Nothing plain answers; the nodes trust the test's certificate (SSL_CERT_FILE, as
+    // an operator would point them at a private CA).
+    let url = format!("rediss://:s3cret-pass@localhost:{port}");
+    let prefix = format!("herald-it-{:08x}", rand::random::<u32>());
+    let env = [("SSL_CERT_FILE", cert)];
+    let (da, db) = (TempDir::new(), TempDir::new());
+    let mut a = serve_in_cluster_at(&da, &url, &prefix, &env);
+    let mut b = serve_in_cluster_at(&db, &url, &prefix, &env);
+    let http = reqwest::Client::new();
+    for node in [&a, &b] {
+        let ready = poll_until(WAIT, || async {
+            let res = http
+                .get(format!("http://{}/readyz", node.addr))
+                .send()
+                .await;
+            match res {
+                Ok(r) => r.json::<Value>().await.is_ok_and(|v| v["broker"] == "ok"),
+                Err(_) => false,
+            }
+        });
+        assert!(
+            ready.await,
+            "a node reached Redis over TLS with the password"
+        );
+    }
+    let url = format!("ws://{}/ws?token={}", b.addr, mint(&b.secret, "u"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    let _ = next_json(&mut ws).await; // connected
+    let key = std::fs::read_to_string(da.0.join("api_key")).unwrap();
+    let res = http
+        .post(format!("http://{}/api/publish", a.addr))
+        .bearer_auth(key.trim())
+        .json(&json!({"user": "u", "data": "over rediss"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(next_pub(&mut ws).await["data"], "over rediss");
+    for node in [&mut a, &mut b] {
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+    }
+    drop(redis);
 }
 
 #[tokio::test]
