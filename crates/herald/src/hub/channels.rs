@@ -225,8 +225,10 @@ impl Default for ChannelLimits {
 pub struct Channels {
     shards: Vec<RwLock<HashMap<Arc<str>, Arc<Channel>>>>,
     max_frame: AtomicUsize,
-    pub ledger: HistoryLedger,
-    pub creations: Creations,
+    /// What all channels' history costs; changed only with the history it counts.
+    pub(crate) ledger: HistoryLedger,
+    /// Channels each user's clients created; given back when the channel is forgotten.
+    pub(crate) creations: Creations,
 }
 
 fn shard_of(name: &str) -> usize {
