@@ -15,6 +15,7 @@
 //! - [`broker`]: the seam between nodes and the one way into the hub (memory or Redis);
 //! - [`relay`]: upstream device events from Redis into `sync:` channels;
 //! - [`store`]: announcements in SQLite or Postgres; [`announce`]: their rules;
+//!   [`announce_sync`]: banners kept true across a bus outage;
 //! - [`http`]: the accept loop, routes and endpoints;
 //! - [`metrics`]: counters, refusals, latency;
 //! - [`cli`]: the `herald` subcommands; [`bench`]: the load generator.
@@ -27,6 +28,7 @@
 )]
 
 pub mod announce;
+pub mod announce_sync;
 pub mod auth;
 pub mod bench;
 pub mod broker;
@@ -111,17 +113,19 @@ impl Node {
             if cfg.broker.url == "memory://" {
                 (Arc::new(broker::MemoryBroker::new(inlet)), Vec::new())
             } else {
-                let (forget, rejoin) = (store.clone(), store.clone());
-                let (hub, m) = (inlet.hub().clone(), metrics.clone());
+                let forget = store.clone();
+                let link = announce_sync::AnnouncementSync::new(
+                    store.clone(),
+                    inlet.hub().clone(),
+                    metrics.clone(),
+                );
                 let (b, tasks) = broker::redis::RedisBroker::start(
                     &cfg.broker.url,
                     &cfg.broker.prefix,
                     inlet,
                     metrics.clone(),
                     Box::new(move || forget.forget_active()),
-                    Box::new(move || {
-                        session::resend_announcements(rejoin.clone(), hub.clone(), m.clone())
-                    }),
+                    Box::new(move |up| if up { link.back() } else { link.lost() }),
                     stop.clone(),
                 )?;
                 (b, tasks)

@@ -2,7 +2,6 @@
 //! subscriptions, token refresh. Every refusal is an `error` frame and the connection
 //! carries on; only a persistent flood closes it (1008).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +19,6 @@ use crate::connection::rate::{InboundLimiter, Verdict};
 use crate::hub::channels::Earlier;
 use crate::hub::namespace::{Denied, Resolved};
 use crate::hub::{ConnHandle, Exclude, Hub, Publication, Route, Target};
-use crate::ids::UserId;
 use crate::metrics::Refusal;
 use crate::outbox::{Outbox, Push};
 use crate::protocol::client::{self, ClientMessage, Inbound, Since};
@@ -521,52 +519,6 @@ pub fn send_active_broadcast(
             }
             Ok(None) => {}
             Err(e) => metrics.store_error(&e.to_string()),
-        }
-    });
-}
-
-/// After this node lost the bus (a Redis outage), announcement events made meanwhile
-/// may have passed its clients by. Each connection is given the state it would get on
-/// connect: `active_broadcast` if its user has not acknowledged the active announcement,
-/// else `broadcast_cleared` (harmless to a client showing nothing). One acknowledgement
-/// lookup per user, not per connection; off the caller's task.
-pub fn resend_announcements(
-    store: Arc<dyn Store>,
-    hub: Arc<Hub>,
-    metrics: Arc<crate::metrics::Metrics>,
-) {
-    tokio::spawn(async move {
-        store.forget_active();
-        let active = match store.active().await {
-            Ok(active) => active,
-            Err(e) => return metrics.store_error(&e.to_string()),
-        };
-        let mut by_user: HashMap<UserId, Vec<Arc<ConnHandle>>> = HashMap::new();
-        hub.registry.for_each_conn(|c| {
-            by_user
-                .entry(c.identity.user.clone())
-                .or_default()
-                .push(c.clone());
-        });
-        let cleared = server::broadcast_cleared_frame();
-        let shown = active
-            .as_ref()
-            .map(|a| server::broadcast_frame("active_broadcast", a));
-        for (user, conns) in by_user {
-            let frame = match (&active, &shown) {
-                (Some(a), Some(frame)) => match store.acknowledged(&a.id, &user).await {
-                    Ok(false) => frame,
-                    Ok(true) => &cleared,
-                    Err(e) => {
-                        metrics.store_error(&e.to_string());
-                        continue;
-                    }
-                },
-                _ => &cleared,
-            };
-            for c in conns {
-                c.outbox.try_push(frame.clone(), Instant::now());
-            }
         }
     });
 }

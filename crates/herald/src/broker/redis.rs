@@ -92,14 +92,15 @@ struct Waiter {
 /// Called when another node's announcement event arrives (the store forgets its cache).
 pub type OnAnnouncement = Box<dyn Fn() + Send + Sync>;
 
-/// Called when the bus is subscribed again after the pub/sub connection was lost:
-/// announcement events of the outage may have passed this node's clients by.
-pub type OnRejoin = Box<dyn Fn() + Send + Sync>;
+/// Called with false when the pub/sub connection is lost and with true when the bus is
+/// subscribed again: announcement events of the outage may have passed this node's
+/// clients by.
+pub type OnLink = Box<dyn Fn(bool) + Send + Sync>;
 
 struct Shared {
     inlet: Inlet,
     on_announcement: OnAnnouncement,
-    on_rejoin: OnRejoin,
+    on_link: OnLink,
     metrics: Arc<Metrics>,
     node: String,
     bus: String,
@@ -166,7 +167,7 @@ impl RedisBroker {
         inlet: Inlet,
         metrics: Arc<Metrics>,
         on_announcement: OnAnnouncement,
-        on_rejoin: OnRejoin,
+        on_link: OnLink,
         stop: CancellationToken,
     ) -> anyhow::Result<(Arc<RedisBroker>, Vec<tokio::task::JoinHandle<()>>)> {
         let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
@@ -183,7 +184,7 @@ impl RedisBroker {
             node: inlet.hub().node_tag().to_owned(),
             inlet,
             on_announcement,
-            on_rejoin,
+            on_link,
             metrics,
             bus: format!("{prefix}:bus"),
             prefix: prefix.to_owned(),
@@ -654,14 +655,16 @@ async fn receive_loop(
                     s.subscribed.store(true, Relaxed);
                     s.recovered();
                     if std::mem::take(&mut lost) {
-                        (s.on_rejoin)();
+                        (s.on_link)(true);
                     }
                 } else if let Some(name) = channel_of(&s.prefix, topic) {
                     primed(&s, &mut commands, name).await;
                 }
             }
             PushKind::Disconnection => {
-                lost = true;
+                if !std::mem::replace(&mut lost, true) {
+                    (s.on_link)(false);
+                }
                 s.subscribed.store(false, Relaxed);
                 s.following.lost_all();
                 s.outage("the pub/sub connection was lost");
