@@ -27,6 +27,10 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+/// The crate version and the commit it was built from (`build.rs`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const COMMIT: &str = env!("HERALD_COMMIT");
+
 pub mod announce;
 pub mod announce_sync;
 pub mod auth;

@@ -14,7 +14,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::CheckConfig { file } => cli::config_cmds::check_config(&file),
         Command::Version => {
-            println!("herald {}", env!("CARGO_PKG_VERSION"));
+            println!("herald {} ({})", herald::VERSION, herald::COMMIT);
             Ok(())
         }
         Command::Token(a) => cli::token::run(a),

@@ -113,6 +113,30 @@ impl LatencyHistogram {
         }
     }
 
+    /// The histogram in Prometheus's shape, coarsened to powers of two: for each upper
+    /// bound (`le`, in seconds: 1 µs, 2 µs, … ~268 s, then +Inf) the count of that bucket
+    /// alone (the encoder makes them cumulative), the total count, and the sum in seconds
+    /// estimated from the fine buckets' midpoints (within half a fine bucket, ~6%; the
+    /// hot path records one increment and nothing else).
+    pub fn buckets(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let mut out = Vec::with_capacity(BUCKETS / 8 + 2);
+        let (mut total, mut in_bucket, mut sum_us) = (0u64, 0u64, 0f64);
+        for (i, c) in counts.iter().enumerate() {
+            total += c;
+            in_bucket += c;
+            let upper = Self::upper_us(i);
+            let lower = if i == 0 { 0.0 } else { Self::upper_us(i - 1) };
+            sum_us += *c as f64 * (upper + lower) / 2.0;
+            // Fine buckets 0, 8, 16, … end exactly at a power of two.
+            if i % 8 == 0 {
+                out.push((upper / 1e6, std::mem::take(&mut in_bucket)));
+            }
+        }
+        out.push((f64::INFINITY, in_bucket));
+        (out, total, sum_us / 1e6)
+    }
+
     /// The `q` quantile (0..=1) in milliseconds; 0 when nothing was recorded.
     pub fn quantile_ms(&self, q: f64) -> f64 {
         let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
@@ -134,8 +158,13 @@ impl LatencyHistogram {
 
 pub struct Metrics {
     pub publications: AtomicU64,
+    /// Publications accepted on this node, by where they came from.
+    accepted: [AtomicU64; Source::ALL.len()],
     pub deliveries: AtomicU64,
+    /// Frames dropped, whatever the reason (the slow-consumer close, `drop_oldest`).
     pub dropped: AtomicU64,
+    /// Of those, dropped by the `drop_oldest` policy (the connection stayed).
+    pub dropped_oldest: AtomicU64,
     pub slow_consumer_disconnects: AtomicU64,
     refusals: [AtomicU64; Refusal::ALL.len()],
     /// Per reason, when a refusal was last logged (ms since `epoch`): a flood of refusals
@@ -162,8 +191,10 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             publications: AtomicU64::new(0),
+            accepted: std::array::from_fn(|_| AtomicU64::new(0)),
             deliveries: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            dropped_oldest: AtomicU64::new(0),
             slow_consumer_disconnects: AtomicU64::new(0),
             refusals: std::array::from_fn(|_| AtomicU64::new(0)),
             last_logged: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -179,7 +210,48 @@ impl Default for Metrics {
     }
 }
 
+/// Where a publication entered (`herald_publications_total{source}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Api,
+    Client,
+    Relay,
+    Announcement,
+}
+
+impl Source {
+    pub const ALL: [Source; 4] = [
+        Source::Api,
+        Source::Client,
+        Source::Relay,
+        Source::Announcement,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Source::Api => "api",
+            Source::Client => "client",
+            Source::Relay => "relay",
+            Source::Announcement => "announcement",
+        }
+    }
+}
+
 impl Metrics {
+    /// Counts a publication accepted on this node from `source`.
+    pub fn accepted(&self, source: Source) {
+        if let Some(c) = self.accepted.get(source as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Publications accepted on this node from `source`.
+    pub fn accepted_from(&self, source: Source) -> u64 {
+        self.accepted
+            .get(source as usize)
+            .map_or(0, |c| c.load(Relaxed))
+    }
+
     /// True at most once per `LOG_EVERY_MS` per `last` slot: whoever wins the slot logs.
     fn log_due(&self, last: &AtomicU64) -> bool {
         // +1 so that "never logged" (0) is always due.
@@ -241,6 +313,27 @@ mod tests {
             assert!(us == 0 || LatencyHistogram::upper_us(b) >= us as f64 || b == BUCKETS - 1);
             last = b;
         }
+    }
+
+    #[test]
+    fn prometheus_buckets_split_at_powers_of_two_and_add_up() {
+        let h = LatencyHistogram::default();
+        for us in [0, 3, 3, 900, 1500, 5_000_000] {
+            h.record(Duration::from_micros(us));
+        }
+        let (buckets, count, sum) = h.buckets();
+        assert_eq!(count, 6);
+        assert_eq!(buckets.iter().map(|(_, c)| c).sum::<u64>(), 6);
+        let at = |le: f64| buckets.iter().find(|(b, _)| *b == le).map(|(_, c)| *c);
+        assert_eq!(at(1e-6), Some(1), "0 µs");
+        assert_eq!(at(4e-6), Some(2), "3 µs is in (2, 4]");
+        assert_eq!(at(0.001024), Some(1), "900 µs is in (512, 1024]");
+        assert_eq!(at(0.002048), Some(1), "1500 µs");
+        assert_eq!(at(8.388608), Some(1), "5 s");
+        assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(buckets.last().map(|b| b.0), Some(f64::INFINITY));
+        let exact = (3 + 3 + 900 + 1500 + 5_000_000) as f64 / 1e6;
+        assert!((sum - exact).abs() / exact < 0.07, "{sum} vs {exact}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::connection::rate::{InboundLimiter, Verdict};
 use crate::hub::channels::Earlier;
 use crate::hub::namespace::{Denied, Resolved};
 use crate::hub::{ConnHandle, Exclude, Hub, Publication, Route, Target};
-use crate::metrics::Refusal;
+use crate::metrics::{Refusal, Source};
 use crate::outbox::{Outbox, Push};
 use crate::protocol::client::{self, ClientMessage, Inbound, Since};
 use crate::protocol::codes::{CloseCode, ErrorCode};
@@ -214,7 +214,12 @@ impl Session {
             route: event.as_ref().map_or(Route::Normal, Route::of_sync),
         };
         match (self.broker.publish(publication), &self.later) {
-            (Submitted::Done(result), None) => self.reply(answer_frame(result, reference)),
+            (Submitted::Done(result), None) => {
+                if result.is_ok() {
+                    self.hub.metrics.accepted(Source::Client);
+                }
+                self.reply(answer_frame(result, reference))
+            }
             (submitted, _) => self.answer_later(Later::Ack {
                 submitted,
                 reference: reference.cloned(),
@@ -426,7 +431,13 @@ impl Later {
             Later::Ack {
                 submitted,
                 reference,
-            } => answer_frame(submitted.wait().await, reference.as_ref()),
+            } => {
+                let result = submitted.wait().await;
+                if result.is_ok() {
+                    hub.metrics.accepted(Source::Client);
+                }
+                answer_frame(result, reference.as_ref())
+            }
             Later::Join {
                 ready,
                 channel,

@@ -42,6 +42,7 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     /// Channel namespaces by name; `default` holds channels without a `ns:` prefix.
     /// `default` and `sync` always exist (built in unless overridden).
     pub namespaces: BTreeMap<String, NamespaceConfig>,
@@ -67,6 +68,7 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             store: StoreConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
             namespaces: namespaces::builtin(),
             presence: PresenceConfig::default(),
             relay: RelayConfig::default(),
@@ -241,6 +243,14 @@ impl Default for LogConfig {
             level: "info".into(),
         }
     }
+}
+
+/// `GET /metrics` (DESIGN §10).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` without the API key (for a scraper inside a trusted network).
+    pub public: bool,
 }
 
 /// A list given as a TOML array, or (from an environment variable) as one string of

@@ -146,6 +146,11 @@ redis_pattern = "user.*.sync"
 format = "pretty"
 # A tracing filter such as "info" or "herald=debug" (also --log-level / HERALD_LOG).
 level = "info"
+
+[metrics]
+# GET /metrics (Prometheus text format) asks for an API key or admin token unless this
+# is true (a scraper on a trusted network). Applies on SIGHUP.
+public = false
 "#;
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use super::auth::{authenticate, authorize, Caller};
 use super::error::ApiError;
 use super::App;
 use crate::announce::{self, MAX_CHARACTERS, RECOMMENDED_LENGTH};
+use crate::metrics::Source;
 use crate::protocol::codes::ErrorCode;
 use crate::protocol::server::{broadcast_cleared_frame, broadcast_frame, BroadcastBody};
 use crate::store::time::{now_ms, start_of_day_ms};
@@ -63,6 +64,7 @@ pub async fn create(
         .map_err(|e| store_failure(&app, e))?;
     app.broker
         .announce(broadcast_frame("new_broadcast", &created).payload());
+    app.metrics.accepted(Source::Announcement);
     let body = json!({
         "id": created.id,
         "character_count": chars,
@@ -82,6 +84,7 @@ pub async fn clear(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
     {
         Some(a) => {
             app.broker.announce(broadcast_cleared_frame().payload());
+            app.metrics.accepted(Source::Announcement);
             Ok(Json(json!({"cleared": true, "id": a.id})))
         }
         None => Ok(Json(json!({"cleared": false}))),

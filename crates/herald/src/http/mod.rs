@@ -9,6 +9,7 @@ pub mod conn_caps;
 pub mod error;
 pub mod head_guard;
 pub mod presence;
+pub mod prometheus;
 pub mod publish;
 pub mod router;
 pub mod server;

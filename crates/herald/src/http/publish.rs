@@ -19,6 +19,7 @@ use crate::hub::namespace::Denied;
 use crate::hub::Route;
 use crate::hub::{Exclude, Publication, Target};
 use crate::ids::{ConnId, UserId};
+use crate::metrics::Source;
 use crate::protocol::codes::ErrorCode;
 use crate::protocol::sync;
 use crate::session::validate_channel;
@@ -91,6 +92,7 @@ pub async fn publish(
         .wait()
         .await
         .map_err(denied)?;
+    app.metrics.accepted(Source::Api);
     let body = match delivered.position {
         Some((offset, epoch)) => {
             json!({ "queued": delivered.queued, "offset": offset, "epoch": &*epoch })

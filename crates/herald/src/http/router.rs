@@ -4,13 +4,16 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::{broadcasts, conformance, error, presence, publish, stats, ws_upgrade, App};
+use super::{
+    broadcasts, conformance, error, presence, prometheus, publish, stats, ws_upgrade, App,
+};
 
 pub fn router(app: App) -> Router {
     let mut r = Router::new()
         .route("/ws", get(ws_upgrade::upgrade))
         .route("/api/publish", post(publish::publish))
         .route("/api/stats", get(stats::stats))
+        .route("/metrics", get(prometheus::metrics))
         .route(
             "/api/broadcasts",
             post(broadcasts::create).get(broadcasts::history),

@@ -291,6 +291,9 @@ impl Hub {
                 }
                 if out.dropped > 0 {
                     self.metrics.dropped.fetch_add(out.dropped as u64, Relaxed);
+                    self.metrics
+                        .dropped_oldest
+                        .fetch_add(out.dropped as u64, Relaxed);
                 }
                 Delivered {
                     queued: out.queued,

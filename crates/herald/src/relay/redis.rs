@@ -104,7 +104,13 @@ pub async fn run(
             }
         }
         let outcome = match relay(broker.as_ref(), prefix, suffix, &channel, payload) {
-            Ok(submitted) => submitted.wait().await.err().map(|d| d.answer().1),
+            Ok(submitted) => match submitted.wait().await {
+                Ok(_) => {
+                    metrics.accepted(crate::metrics::Source::Relay);
+                    None
+                }
+                Err(d) => Some(d.answer().1),
+            },
             Err(skipped) => Some(skipped.to_string()),
         };
         if let Some(why) = outcome {

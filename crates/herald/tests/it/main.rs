@@ -12,6 +12,7 @@ mod hostile;
 mod jwt_keys;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod presence;
 mod refusals;
 mod relay;
