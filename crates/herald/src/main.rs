@@ -24,6 +24,7 @@ fn main() -> std::process::ExitCode {
                 match command {
                     Command::Serve(a) => cli::serve::run(a).await,
                     Command::Publish(a) => cli::publish::run(a).await,
+                    Command::Listen(a) => cli::listen::run(a).await,
                     Command::Bench(a) => herald::bench::run(a).await,
                     _ => Ok(()),
                 }

@@ -91,7 +91,33 @@ pub async fn connect(target: &Target, i: usize) -> Result<Conn, String> {
         aud: None,
     };
     let token = mint_hs256(&target.hmac_secret, &claims).map_err(|e| format!("mint token: {e}"))?;
-    let mut stream = TcpStream::connect(target.addr)
+    let (mut conn, first) = open(target.addr, &target.host, &token).await?;
+    if !find(&first, br#""type":"connected""#) {
+        return Err("first message is not `connected`".into());
+    }
+    let Some(subscribe) = &target.subscribe else {
+        return Ok(conn);
+    };
+    conn.send_text(subscribe)
+        .await
+        .map_err(|e| format!("send subscribe: {}", e.kind()))?;
+    // Nothing is published before every client is in, so the reply is the next text
+    // message; anything else (an `error` above all) means the subscription failed.
+    let reply = conn.next_text("`subscribed`").await?;
+    if find(&reply, br#""type":"subscribed""#) {
+        return Ok(conn);
+    }
+    if find(&reply, br#""type":"error""#) {
+        return Err(format!("subscribe refused: {}", error_code(&reply)));
+    }
+    Err("reply to subscribe is not `subscribed`".into())
+}
+
+/// Connects to `addr` (`host` for the `Host` header), upgrades `/ws` with `token`, and
+/// reads the first text message (`connected`, unless the server says otherwise): the
+/// client side of herald's own codec, for the bench and `herald listen`.
+pub async fn open(addr: SocketAddr, host: &str, token: &str) -> Result<(Conn, Bytes), String> {
+    let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {}", e.kind()))?;
     stream
@@ -102,7 +128,7 @@ pub async fn connect(target: &Target, i: usize) -> Result<Conn, String> {
     let request = format!(
         "GET /ws?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        target.host
+        host
     );
     stream
         .write_all(request.as_bytes())
@@ -135,30 +161,9 @@ pub async fn connect(target: &Target, i: usize) -> Result<Conn, String> {
         buf,
         reader: MessageReader::new(MAX_MESSAGE, false),
     };
-    // The first text message must be `connected`: only then is the client in the hub.
+    // The first text message is `connected`: only then is the client in the hub.
     let first = conn.next_text("`connected`").await?;
-    if !find(&first, br#""type":"connected""#) {
-        return Err("first message is not `connected`".into());
-    }
-    let Some(subscribe) = &target.subscribe else {
-        return Ok(conn);
-    };
-    let mut frame = BytesMut::with_capacity(14 + subscribe.len());
-    masked(&mut frame, OP_TEXT, subscribe);
-    conn.stream
-        .write_all(&frame)
-        .await
-        .map_err(|e| format!("send subscribe: {}", e.kind()))?;
-    // Nothing is published before every client is in, so the reply is the next text
-    // message; anything else (an `error` above all) means the subscription failed.
-    let reply = conn.next_text("`subscribed`").await?;
-    if find(&reply, br#""type":"subscribed""#) {
-        return Ok(conn);
-    }
-    if find(&reply, br#""type":"error""#) {
-        return Err(format!("subscribe refused: {}", error_code(&reply)));
-    }
-    Err("reply to subscribe is not `subscribed`".into())
+    Ok((conn, first))
 }
 
 /// The `code` of an `error` frame (`?` if it has none): enough to group failures by.
@@ -196,9 +201,16 @@ fn check_101(head: &[u8], expected_accept: &str) -> Result<(), String> {
 }
 
 impl Conn {
-    /// The next text message during setup, answering pings on the way; `waiting_for`
-    /// names it in errors. Unbounded by itself: `connect` runs under a timeout.
-    async fn next_text(&mut self, waiting_for: &str) -> Result<Bytes, String> {
+    /// Sends one masked text message.
+    pub async fn send_text(&mut self, text: &[u8]) -> std::io::Result<()> {
+        let mut frame = BytesMut::with_capacity(14 + text.len());
+        masked(&mut frame, OP_TEXT, text);
+        self.stream.write_all(&frame).await
+    }
+
+    /// The next text message, answering pings on the way; `waiting_for` names it in
+    /// errors (a close is one, with its code). Unbounded by itself: the caller bounds it.
+    pub async fn next_text(&mut self, waiting_for: &str) -> Result<Bytes, String> {
         loop {
             match self.reader.next_message(&mut self.buf) {
                 Ok(Some(Message::Text(t))) => return Ok(t),

@@ -23,7 +23,7 @@
 //! publications (`rate × duration`), the wait for stragglers (2 s) and the teardown.
 //! The open-files limit is not raised here (no `libc`): run `ulimit -n 65536` first.
 
-mod client;
+pub mod client;
 mod publisher;
 mod stamp;
 mod sys;

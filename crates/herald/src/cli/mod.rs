@@ -2,6 +2,7 @@
 //! layer (with `main.rs`) that uses `anyhow`.
 
 pub mod config_cmds;
+pub mod listen;
 pub mod publish;
 pub mod serve;
 pub mod token;
@@ -31,6 +32,9 @@ pub enum Command {
     CheckToken(token::CheckTokenArgs),
     /// Publish through the HTTP API with the data dir's API key.
     Publish(publish::PublishArgs),
+    /// Connect as a WebSocket client and print every frame (a token minted from the
+    /// data dir, or --token); --channel subscribes.
+    Listen(listen::ListenArgs),
     /// Print a commented default configuration file.
     Genconfig,
     /// Validate a configuration file; says exactly what is wrong and where.

@@ -58,7 +58,8 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-fn secret(cfg: &Config) -> anyhow::Result<String> {
+/// The HS256 secret tokens are minted with: the configured one, or the data dir's.
+pub fn secret(cfg: &Config) -> anyhow::Result<String> {
     match &cfg.auth.hmac_secret {
         Some(s) => Ok(s.clone()),
         None => secrets::read(&cfg.data_dir, HMAC_SECRET_FILE).map_err(|e| {

@@ -140,3 +140,64 @@ fn json_logs_are_json_and_never_contain_tokens() {
     assert!(!logs.contains(&token), "tokens are never logged");
     assert!(!logs.contains(&secret), "secrets are never logged");
 }
+
+#[test]
+fn version_names_the_commit() {
+    let (ok, out, _) = herald(&["version"]);
+    assert!(ok);
+    assert!(
+        out.starts_with(&format!("herald {} (", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
+    assert!(!out.contains("()"), "{out}");
+}
+
+#[tokio::test]
+async fn listen_prints_what_arrives_and_stops_after_count() {
+    use std::io::BufRead;
+    let s = crate::support::TestServer::start().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["listen", "--url", &format!("http://{}", s.addr)])
+        .args([
+            "--token",
+            &s.token("42"),
+            "--channel",
+            "news",
+            "--count",
+            "2",
+        ])
+        .env_remove("HERALD_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    // Publish once the listener is subscribed.
+    let subscribed = crate::support::poll_until(crate::support::WAIT, || async {
+        s.node().app.hub.registry.channels.subscriber_count("news") == 1
+    });
+    assert!(subscribed.await, "herald listen subscribed");
+    for n in 1..=3 {
+        s.publish(serde_json::json!({"channel": "news", "data": n}))
+            .await;
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let lines = lines.join().unwrap();
+    let kinds: Vec<String> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["type"].to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        [r#""connected""#, r#""subscribed""#, r#""pub""#, r#""pub""#],
+        "{lines:?}"
+    );
+    assert!(lines[3].contains(r#""data":2"#), "{lines:?}");
+    s.shutdown().await;
+}
