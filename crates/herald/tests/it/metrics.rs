@@ -173,3 +173,42 @@ async fn metrics_ask_for_the_api_key_unless_public() {
     assert!(res.text().await.unwrap().contains("herald_connections 0"));
     open.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_series_the_grafana_dashboard_plots_is_served() {
+    let s = TestServer::start().await;
+    let served: std::collections::HashSet<String> = scrape(&s)
+        .await
+        .keys()
+        .map(|k| k.split('{').next().unwrap().to_owned())
+        .collect();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/grafana-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut plotted = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("herald_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                plotted.push(name);
+            }
+        }
+    }
+    assert!(plotted.len() >= 14, "{plotted:?}");
+    for name in plotted {
+        assert!(
+            served.contains(&name),
+            "the dashboard plots {name}, which /metrics lacks"
+        );
+    }
+    s.shutdown().await;
+}
