@@ -79,6 +79,8 @@ pub struct ServeOptions {
 /// A node that is up: its address, secrets (for tests and the CLI), and its stop switch.
 pub struct Node {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when `metrics.listen` names its own address.
+    pub metrics_addr: Option<SocketAddr>,
     pub app: App,
     pub hmac_secret: String,
     pub api_key: String,
@@ -95,6 +97,15 @@ impl Node {
     ) -> anyhow::Result<Node> {
         http::tls::install_crypto_provider();
         let addr = listener.local_addr()?;
+        // Bound before anything is started, so a taken address fails the start cleanly.
+        let metrics_listener = match cfg.metrics.listen.as_str() {
+            "" => None,
+            at => Some(
+                TcpListener::bind(at)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("metrics.listen: cannot listen on {at}: {e}"))?,
+            ),
+        };
         let (hmac_secret, created_secret) = match &cfg.auth.hmac_secret {
             Some(s) => (s.clone(), false),
             None => secrets::load_or_create(&cfg.data_dir, HMAC_SECRET_FILE)?,
@@ -176,6 +187,16 @@ impl Node {
                 stop.clone(),
             ))
         });
+        let (metrics_addr, metrics_accept) = match metrics_listener {
+            None => (None, None),
+            Some(l) => {
+                let at = l.local_addr()?;
+                tracing::info!("metrics on http://{at}/metrics");
+                let routes = http::router::metrics_router(app.clone());
+                let task = http::server::accept_loop(l, app.clone(), routes, None, stop.clone());
+                (Some(at), Some(tokio::spawn(task)))
+            }
+        };
         let accept = tokio::spawn(http::server::accept_loop(
             listener,
             app.clone(),
@@ -185,6 +206,9 @@ impl Node {
         ));
         let done = tokio::spawn(async move {
             let _ = accept.await;
+            if let Some(metrics) = metrics_accept {
+                let _ = metrics.await;
+            }
             let _ = sweeper.await;
             let _ = migrations.await;
             if let Some(relay) = relay {
@@ -196,6 +220,7 @@ impl Node {
         });
         Ok(Node {
             addr,
+            metrics_addr,
             app,
             hmac_secret,
             api_key,

@@ -36,6 +36,7 @@ pub fn apply(app: &AppState, data_dir_key: &str, mut new: Config) -> Vec<&'stati
     keep!(auth, "auth");
     keep!(relay, "relay");
     keep!(log.format, "log.format");
+    keep!(metrics.listen, "metrics.listen");
     app.api_keys.store(Arc::new(ApiKeys::new(
         new.api
             .keys

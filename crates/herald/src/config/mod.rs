@@ -251,6 +251,9 @@ impl Default for LogConfig {
 pub struct MetricsConfig {
     /// Serve `/metrics` without the API key (for a scraper inside a trusted network).
     pub public: bool,
+    /// Serve `/metrics` (with `/healthz`, `/readyz`) on this address instead of the main
+    /// listener, e.g. an internal interface; empty: on the main listener.
+    pub listen: String,
 }
 
 /// A list given as a TOML array, or (from an environment variable) as one string of

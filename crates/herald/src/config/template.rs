@@ -151,6 +151,9 @@ level = "info"
 # GET /metrics (Prometheus text format) asks for an API key or admin token unless this
 # is true (a scraper on a trusted network). Applies on SIGHUP.
 public = false
+# Serve /metrics (and /healthz, /readyz) on this address instead, e.g. "10.0.0.5:9090"
+# on an internal interface; empty: on the main listener. Needs a restart.
+listen = ""
 "#;
 
 #[cfg(test)]

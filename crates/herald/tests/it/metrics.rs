@@ -212,3 +212,49 @@ async fn every_series_the_grafana_dashboard_plots_is_served() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn metrics_move_to_their_own_listener_when_metrics_listen_is_set() {
+    let s = TestServer::start_with(|c| c.metrics.listen = "127.0.0.1:0".into()).await;
+    let main = format!("http://{}/metrics", s.addr);
+    let res = s
+        .http
+        .get(&main)
+        .bearer_auth(&s.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 404, "not on the main listener");
+    let at = s.node().metrics_addr.expect("a metrics listener");
+    let res = s
+        .http
+        .get(format!("http://{at}/metrics"))
+        .bearer_auth(&s.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(res.text().await.unwrap().contains("herald_connections"));
+    let res = s
+        .http
+        .get(format!("http://{at}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401, "still asks for the key");
+    let res = s
+        .http
+        .get(format!("http://{at}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let res = s
+        .http
+        .get(format!("http://{at}/api/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 404, "only metrics and health there");
+    s.shutdown().await;
+}
