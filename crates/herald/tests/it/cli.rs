@@ -201,3 +201,49 @@ async fn listen_prints_what_arrives_and_stops_after_count() {
     assert!(lines[3].contains(r#""data":2"#), "{lines:?}");
     s.shutdown().await;
 }
+
+#[test]
+fn the_configuration_reference_lists_every_key_with_its_variable() {
+    let (ok, toml_text, _) = herald(&["genconfig"]);
+    assert!(ok);
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/configuration.md"
+    ))
+    .unwrap();
+    let parsed: toml::Table = toml::from_str(&toml_text).unwrap();
+    let mut keys = Vec::new();
+    for (k, v) in &parsed {
+        match v {
+            toml::Value::Table(t) if k != "namespaces" => {
+                keys.extend(t.keys().map(|inner| format!("{k}.{inner}")));
+            }
+            toml::Value::Table(_) => {}
+            _ => keys.push(k.clone()),
+        }
+    }
+    // Keys genconfig shows commented out (optional, no default).
+    let mut section = String::new();
+    for line in toml_text.lines() {
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s.to_owned();
+        } else if let Some((k, _)) = line.strip_prefix("# ").and_then(|l| l.split_once(" = ")) {
+            if k.chars().all(|c| c.is_ascii_lowercase() || c == '_') && !section.is_empty() {
+                keys.push(format!("{section}.{k}"));
+            }
+        }
+    }
+    assert!(keys.len() > 40, "{keys:?}");
+    for key in keys {
+        let env = format!("HERALD_{}", key.to_ascii_uppercase().replace('.', "__"));
+        let row = format!("| `{key}` |");
+        assert!(
+            doc.contains(&row),
+            "docs/configuration.md has no row for {key}"
+        );
+        assert!(
+            doc.contains(&format!("`{env}`")),
+            "{key}: {env} is not named"
+        );
+    }
+}
