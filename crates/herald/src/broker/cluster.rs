@@ -77,16 +77,27 @@ for _, dead in ipairs(redis.call('ZRANGEBYSCORE', p .. ':nodes', '-inf', now - t
 end
 if known then return 1 else return 0 end";
 
-/// The fields of hash KEYS[1] whose node (the field up to `|`) is alive.
-const ALIVE_FIELDS: &str = r"
-local p, ttl = ARGV[1], tonumber(ARGV[2])
+/// Lua: `alive`, the set of node tags whose heartbeat (`p .. ':nodes'`, by Redis's clock)
+/// is younger than `ttl` ms. Needs `p` and `ttl`.
+macro_rules! alive_nodes {
+    () => {
+        r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local alive = {}
 for _, tag in ipairs(redis.call('ZRANGEBYSCORE', p .. ':nodes', now - ttl, '+inf')) do
   alive[tag] = true
 end
-local out = {}
+"
+    };
+}
+
+/// The fields of hash KEYS[1] whose node (the field up to `|`) is alive.
+const ALIVE_FIELDS: &str = concat!(
+    r"
+local p, ttl = ARGV[1], tonumber(ARGV[2])",
+    alive_nodes!(),
+    r"local out = {}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local tag = string.match(all[i], '^[^|]+')
@@ -95,7 +106,8 @@ for i = 1, #all, 2 do
     table.insert(out, all[i + 1])
   end
 end
-return out";
+return out"
+);
 
 /// Alive nodes, their connections summed, and the distinct users online.
 const TOTALS: &str = r"
@@ -111,15 +123,11 @@ return {#nodes, connections, redis.call('HLEN', p .. ':online')}";
 
 /// For each channel presence hash in KEYS, the users on it on alive nodes other than
 /// ARGV[3] (this node).
-const PRESENT_ELSEWHERE: &str = r"
-local p, ttl, me = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local alive = {}
-for _, tag in ipairs(redis.call('ZRANGEBYSCORE', p .. ':nodes', now - ttl, '+inf')) do
-  alive[tag] = true
-end
-local out = {}
+const PRESENT_ELSEWHERE: &str = concat!(
+    r"
+local p, ttl, me = ARGV[1], tonumber(ARGV[2]), ARGV[3]",
+    alive_nodes!(),
+    r"local out = {}
 for i, key in ipairs(KEYS) do
   local users = {}
   for _, field in ipairs(redis.call('HKEYS', key)) do
@@ -130,7 +138,8 @@ for i, key in ipairs(KEYS) do
   end
   out[i] = users
 end
-return out";
+return out"
+);
 
 /// Totals for `/api/stats` `cluster` and announcement stats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,18 +22,24 @@ const PRIME: &str = include_str!("prime.lua");
 /// One stream entry: its id and its fields (`m` = the envelope).
 type Entry = (String, Vec<(String, Vec<u8>)>);
 
-/// Delivers offsets `from..=to` of `channel` in `epoch` from the stream; how many.
+/// Offsets `from..=to` of `channel` in `epoch`.
+pub struct Span<'a> {
+    pub channel: &'a str,
+    pub from: u64,
+    pub to: u64,
+    pub epoch: &'a Arc<str>,
+}
+
+/// Delivers `span` from the stream; how many.
 pub async fn fill(
     inlet: &Inlet,
     conn: &mut ConnectionManager,
     prefix: &str,
-    channel: &str,
-    from: u64,
-    to: u64,
-    epoch: &Arc<str>,
+    span: Span<'_>,
 ) -> RedisResult<usize> {
     let mut delivered = 0;
-    for (offset, p) in range(inlet, conn, prefix, channel, from, to, epoch).await? {
+    let epoch = span.epoch;
+    for (offset, p) in range(inlet, conn, prefix, span).await? {
         if inlet.deliver(&p, Some((offset, epoch))).is_ok() {
             delivered += 1;
         }
@@ -41,18 +47,15 @@ pub async fn fill(
     Ok(delivered)
 }
 
-/// Offsets `from..=to` of `channel` in `epoch`, as the stream holds them, for one
-/// replay that reaches further back than this node's copy.
+/// `span` as the stream holds it, for one replay that reaches further back than this
+/// node's copy.
 pub async fn read(
     inlet: &Inlet,
     conn: &mut ConnectionManager,
     prefix: &str,
-    channel: &str,
-    from: u64,
-    to: u64,
-    epoch: &Arc<str>,
+    span: Span<'_>,
 ) -> RedisResult<Vec<Earlier>> {
-    let stored = range(inlet, conn, prefix, channel, from, to, epoch).await?;
+    let stored = range(inlet, conn, prefix, span).await?;
     Ok(stored
         .into_iter()
         .map(|(offset, p)| Earlier {
@@ -63,26 +66,23 @@ pub async fn read(
         .collect())
 }
 
-/// The stream's entries `from..=to` of `channel` in `epoch`, decoded, in order.
+/// The stream's entries of `span`, decoded, in order.
 async fn range(
     inlet: &Inlet,
     conn: &mut ConnectionManager,
     prefix: &str,
-    channel: &str,
-    from: u64,
-    to: u64,
-    epoch: &Arc<str>,
+    span: Span<'_>,
 ) -> RedisResult<Vec<(u64, Publication)>> {
-    if from > to {
+    if span.from > span.to {
         return Ok(Vec::new());
     }
     let entries: Vec<Entry> = redis::cmd("XRANGE")
-        .arg(format!("{prefix}:hist:{channel}"))
-        .arg(format!("{from}-1"))
-        .arg(format!("{to}-1"))
+        .arg(format!("{prefix}:hist:{}", span.channel))
+        .arg(format!("{}-1", span.from))
+        .arg(format!("{}-1", span.to))
         .query_async(conn)
         .await?;
-    Ok(decode_entries(inlet, entries, epoch))
+    Ok(decode_entries(inlet, entries, span.epoch))
 }
 
 /// Brings this node's copy of `channel` to the shared history's top, once its

@@ -429,7 +429,13 @@ impl Broker for RedisBroker {
         let (s, mut conn) = (self.shared.clone(), self.commands.clone());
         let channel = channel.to_owned();
         Some(Box::pin(async move {
-            let read = gap::read(&s.inlet, &mut conn, &s.prefix, &channel, from, to, &epoch);
+            let span = gap::Span {
+                channel: &channel,
+                from,
+                to,
+                epoch: &epoch,
+            };
+            let read = gap::read(&s.inlet, &mut conn, &s.prefix, span);
             match tokio::time::timeout(FOLLOW_WAIT, read).await {
                 Ok(Ok(earlier)) => earlier,
                 Ok(Err(e)) => {
@@ -823,16 +829,13 @@ async fn receive(s: &Shared, commands: &mut ConnectionManager, topic: &[u8], pay
         let channels = &s.inlet.hub().registry.channels;
         if let Some((top, held)) = channels.top(name) {
             if held == *epoch && *offset > top + 1 {
-                let filled = gap::fill(
-                    &s.inlet,
-                    commands,
-                    &s.prefix,
-                    name,
-                    top + 1,
-                    offset - 1,
+                let span = gap::Span {
+                    channel: name,
+                    from: top + 1,
+                    to: offset - 1,
                     epoch,
-                )
-                .await;
+                };
+                let filled = gap::fill(&s.inlet, commands, &s.prefix, span).await;
                 if let Err(e) = filled {
                     tracing::warn!(channel = %name, "could not fill a gap: {e}");
                 }

@@ -123,18 +123,7 @@ async fn metrics_move_as_clients_connect_publish_get_dropped_and_refused() {
     assert_eq!(get(&m, r#"herald_refusals_total{reason="bad_token"}"#), 1.0);
 
     // Dropped: a client that never reads overflows its queue of 2 and is closed.
-    let (_stalled, _) = s.connect("stalled").await;
-    let pad = "x".repeat(64 * 1024);
-    for n in 0.. {
-        let (status, body) = s
-            .publish(json!({"user": "stalled", "data": {"n": n, "pad": pad}}))
-            .await;
-        assert_eq!(status, 200, "{body}");
-        if body["queued"] == 0 {
-            break;
-        }
-        assert!(n < 10_000, "the stalled client was never closed");
-    }
+    publish_to_a_stalled_client_until_closed(&s, false).await;
     let m = scrape(&s).await;
     assert_eq!(get(&m, "herald_slow_consumer_disconnects_total"), 1.0);
     assert!(get(&m, r#"herald_dropped_total{reason="slow_consumer"}"#) >= 1.0);

@@ -321,27 +321,6 @@ fn refusal_case(r: Refusal) -> (&'static str, fn(&mut Config)) {
     }
 }
 
-/// Publishes 64 KiB messages to a client that never reads until the server stops queueing
-/// to it (it was closed); `pace` slows down once the socket buffers must be full, so a
-/// write deadline has time to pass.
-async fn publish_to_a_stalled_client_until_closed(s: &TestServer, pace: bool) {
-    let (_stalled, _) = s.connect("stalled").await;
-    let pad = "x".repeat(64 * 1024);
-    for n in 0.. {
-        let (status, body) = s
-            .publish(json!({"user": "stalled", "data": {"n": n, "pad": pad}}))
-            .await;
-        assert_eq!(status, 200, "{body}");
-        if body["queued"] == 0 {
-            break; // closed
-        }
-        if pace && n > 200 {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        assert!(n < 10_000, "the stalled client was never closed");
-    }
-}
-
 /// Provokes exactly one refusal of kind `r` on `s`.
 async fn provoke(r: Refusal, s: &TestServer) {
     match r {
