@@ -160,8 +160,10 @@ impl Session {
             );
         }
         let ready = self.broker.follow(&name);
-        if ready.is_none() && self.later.is_none() && reading(&*self.broker, &name, since).is_none()
-        {
+        // Joined here unless something must be awaited first: the channel being followed,
+        // or (where the node's copy is short of `since`) a read of the shared history.
+        let short = since.is_some_and(|s| self.hub.registry.channels.missing(&name, s).is_some());
+        if ready.is_none() && self.later.is_none() && !short {
             return join(&self.hub, &self.conn, &name, &config, since, reference, &[]);
         }
         self.answer_later(Later::Join {

@@ -10,10 +10,10 @@
 //! bus channel every node always follows.
 //!
 //! This is bookkeeping only: the broker's tasks send the (UN)SUBSCRIBE commands and
-//! prime the channels; nothing here awaits, and the map's mutex is a leaf.
+//! prime the channels; nothing here awaits, and the map's lock is taken only by these methods (the upkeep counts subscribers under it).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -47,7 +47,9 @@ pub enum Ask {
 
 #[derive(Default)]
 pub struct Following {
-    map: Mutex<HashMap<Arc<str>, Entry>>,
+    /// Read on every channel publication (is it live here?), written when following
+    /// changes.
+    map: RwLock<HashMap<Arc<str>, Entry>>,
 }
 
 /// What a local subscriber should do before joining.
@@ -59,8 +61,12 @@ pub enum Join {
 }
 
 impl Following {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Entry>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> RwLockWriteGuard<'_, HashMap<Arc<str>, Entry>> {
+        self.map.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<Arc<str>, Entry>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A local subscriber for `channel` arrived. `connected`: the pub/sub connection is
@@ -90,12 +96,12 @@ impl Following {
 
     /// Whether `channel` is followed and primed (its publications come back here).
     pub fn is_live(&self, channel: &str) -> bool {
-        self.lock().get(channel).is_some_and(|e| e.live)
+        self.read().get(channel).is_some_and(|e| e.live)
     }
 
     /// Whether `channel` is followed at all (live or on its way).
     pub fn is_followed(&self, channel: &str) -> bool {
-        self.lock().contains_key(channel)
+        self.read().contains_key(channel)
     }
 
     /// `channel`'s subscription is live and primed: its waiters may join. Answers
@@ -173,7 +179,7 @@ impl Following {
 
     /// How many channels this node follows.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.read().len()
     }
 
     pub fn is_empty(&self) -> bool {

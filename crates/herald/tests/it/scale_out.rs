@@ -429,9 +429,30 @@ async fn channel_joins_and_leaves_are_announced_once_for_the_cluster() {
     drop(alice);
     let (mut alice, _) = nodes[2].connect("alice").await;
     subscribe(&mut alice, "lobby:x", None).await;
-    // Past the grace and the view's lag, nothing may have been sent about alice; then
-    // she leaves for good, and that is the next thing each watcher hears.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Once node 1's grace for her has run out (its presence entry is gone from Redis),
+    // nothing may have been sent about alice; then she leaves for good, and that is the
+    // next thing each watcher hears.
+    let broker = nodes[1].node().app.cfg().broker.clone();
+    let key = format!("{}:chp:lobby:x", broker.prefix);
+    let field = format!("{}|alice", nodes[1].node().app.hub.node_tag());
+    let client = redis::Client::open(broker.url.as_str()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let gone = poll_until(WAIT, || {
+        let (mut conn, key, field) = (conn.clone(), key.clone(), field.clone());
+        async move {
+            let there: bool = redis::cmd("HEXISTS")
+                .arg(key)
+                .arg(field)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            !there
+        }
+    });
+    assert!(gone.await, "node 1 let alice go after its grace");
+    // The watchers' nodes read that at their next sync; a frame it caused (there must be
+    // none) is an absence that cannot be polled for, so two syncs are waited out.
+    tokio::time::sleep(herald::broker::cluster::SYNC_EVERY * 2).await;
     drop(alice);
     for ws in [&mut w0, &mut w2] {
         let m = next_presence(ws).await;
