@@ -1,0 +1,1087 @@
+// @herald/client — the JavaScript client for herald (docs/protocol.md, DESIGN.md §3).
+//
+// One ES module, no dependencies, no build step: the server serves this very file at
+// /client/herald.js. It runs in browsers and in Node >= 20 (with --experimental-websocket,
+// or pass a WebSocket implementation as the `WebSocket` option).
+//
+// What it does for the application:
+//   - connects with the token in the query string (`?token=`; browsers cannot set headers),
+//   - reconnects with capped exponential backoff and jitter, except after 1008 / 4004,
+//   - re-subscribes every channel with `since` {offset, epoch} so nothing is missed, drops
+//     duplicates, and says `lost` when the server could not recover (reload state),
+//   - detects dead connections from app-level pings (nothing received for ~2 heartbeats),
+//   - refreshes the JWT before it expires (`refresh` frame) with `getToken()`,
+//   - resolves `publish()` by its `ack` (rejects on an `error` with the same ref),
+//   - announcement (seed 003) and cross-device sync (seed 002) helpers.
+
+const DEFAULT_BACKOFF = Object.freeze({
+  initialMs: 500,
+  maxMs: 30000,
+  factor: 2,
+  jitter: 0.5,
+  // A connection that stayed up this long resets the backoff to its first step; one
+  // that is closed sooner (accepted, then refused again) keeps climbing.
+  resetAfterMs: 5000,
+});
+
+// Closes after which retrying with the same credentials is pointless: 1008 (policy: rate
+// limit exceeded persistently, auth) and 4004 (disconnected by the server: an admin or a
+// revocation). Every other close, including abnormal ones (1005/1006), is retried.
+const TERMINAL_CODES = new Set([1008, 4004]);
+// Closes after which a fresh token is fetched (when `getToken` is set) before retrying.
+const FRESH_TOKEN_CODES = new Set([4001, 4002]);
+const CODE_RESYNC = 4003;
+const CODE_TOKEN_EXPIRED = 4002;
+
+const MAX_TIMEOUT_MS = 2 ** 31 - 1; // setTimeout's limit (~24.8 days)
+
+/** An error from the server (`error` frame) or from the client itself. */
+export class HeraldError extends Error {
+  /**
+   * @param {string} code e.g. `bad_request`, `forbidden`, `not_connected`, `timeout`
+   * @param {string} message
+   * @param {object} [frame] the server's `error` frame, when there is one
+   */
+  constructor(code, message, frame) {
+    super(message);
+    this.name = "HeraldError";
+    this.code = code;
+    if (frame !== undefined) this.frame = frame;
+    if (frame && frame.ref !== undefined) this.ref = frame.ref;
+  }
+}
+
+/** A tiny event emitter: `on` (returns an unsubscribe function), `off`, `once`. */
+export class Emitter {
+  #listeners = new Map();
+
+  on(event, listener) {
+    if (typeof listener !== "function") throw new TypeError("listener must be a function");
+    let set = this.#listeners.get(event);
+    if (!set) this.#listeners.set(event, (set = new Set()));
+    set.add(listener);
+    return () => this.off(event, listener);
+  }
+
+  once(event, listener) {
+    if (typeof listener !== "function") throw new TypeError("listener must be a function");
+    const wrapper = (...args) => {
+      this.off(event, wrapper);
+      listener.apply(this, args);
+    };
+    wrapper.listener = listener;
+    return this.on(event, wrapper);
+  }
+
+  /** Removes `listener` (also one added with `once`), or every listener of `event`. */
+  off(event, listener) {
+    const set = this.#listeners.get(event);
+    if (!set) return this;
+    if (listener === undefined) {
+      this.#listeners.delete(event);
+      return this;
+    }
+    for (const l of set) {
+      if (l === listener || l.listener === listener) set.delete(l);
+    }
+    if (set.size === 0) this.#listeners.delete(event);
+    return this;
+  }
+
+  listenerCount(event) {
+    return this.#listeners.get(event)?.size ?? 0;
+  }
+
+  /** Calls every listener; one that throws does not stop the others or the client. */
+  emit(event, ...args) {
+    const set = this.#listeners.get(event);
+    if (!set) return false;
+    for (const listener of [...set]) {
+      try {
+        listener.apply(this, args);
+      } catch (err) {
+        // Surface it like an uncaught exception (console in browsers, crash in Node,
+        // like EventEmitter), but after the client's own bookkeeping is done.
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    }
+    return true;
+  }
+}
+
+/**
+ * Decodes a JWT's payload (base64url JSON) without verifying anything: the client only
+ * needs `exp` to know when to refresh. Returns null when it is not a JWT.
+ * @param {string} token
+ */
+export function decodeJwtPayload(token) {
+  if (typeof token !== "string") return null;
+  const parts = token.split(".");
+  if (parts.length !== 3) return null;
+  try {
+    let b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+    while (b64.length % 4) b64 += "=";
+    const bin = atob(b64);
+    const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
+    const payload = JSON.parse(new TextDecoder().decode(bytes));
+    return payload && typeof payload === "object" ? payload : null;
+  } catch {
+    return null;
+  }
+}
+
+function tokenExpiry(token) {
+  const exp = decodeJwtPayload(token)?.exp;
+  return typeof exp === "number" && Number.isFinite(exp) ? exp : null;
+}
+
+function withToken(url, token) {
+  if (!token) return url;
+  const hashAt = url.indexOf("#");
+  const base = hashAt === -1 ? url : url.slice(0, hashAt);
+  const sep = base.includes("?") ? "&" : "?";
+  return `${base}${sep}token=${encodeURIComponent(token)}`;
+}
+
+/**
+ * One channel subscription. Events: `subscribed` (the frame), `publication` (a `pub`
+ * frame, never a duplicate), `recovered` / `lost` (after a re-subscribe with `since`),
+ * `presence`, `unsubscribed`, `error` (a HeraldError).
+ */
+export class Subscription extends Emitter {
+  /** @internal */
+  constructor(client, channel, since) {
+    super();
+    this.client = client;
+    this.channel = channel;
+    /** `subscribing` | `subscribed` | `failed` | `unsubscribed` */
+    this.state = "subscribing";
+    /** Last position seen on this channel, `{offset, epoch}`, or null. */
+    this.position = since ? { offset: since.offset, epoch: since.epoch } : null;
+    /** @internal the `since` sent with the pending subscribe */
+    this._sentSince = null;
+  }
+
+  get offset() {
+    return this.position?.offset ?? null;
+  }
+
+  get epoch() {
+    return this.position?.epoch ?? null;
+  }
+
+  /** Publishes on this channel (needs the namespace's `publish` rule to allow it). */
+  publish(data) {
+    return this.client.publish(this.channel, data);
+  }
+
+  unsubscribe() {
+    this.client.unsubscribe(this.channel);
+  }
+
+  /** @internal the server answered `subscribed`. Returns what happened to recovery. */
+  _onSubscribed(frame) {
+    const sent = this._sentSince;
+    this._sentSince = null;
+    this.state = "subscribed";
+    let outcome = null;
+    if (sent) {
+      if (frame.recovered === true && frame.epoch === sent.epoch) {
+        // Missed publications follow, in order, before any live one: keep the position
+        // we asked from so they pass the duplicate check.
+        this.position = { offset: sent.offset, epoch: sent.epoch };
+        outcome = "recovered";
+      } else {
+        outcome = "lost";
+      }
+    }
+    if (outcome !== "recovered" && typeof frame.offset === "number" && frame.epoch) {
+      this.position = { offset: frame.offset, epoch: frame.epoch };
+    }
+    return { outcome, since: sent };
+  }
+
+  /**
+   * @internal Checks a `pub` with a position. Returns false for a duplicate (an offset at
+   * or below the last one delivered in the same epoch), or `"epoch"` when the epoch
+   * changed under a live subscription (publications may have been lost).
+   */
+  _accept(frame) {
+    const p = this.position;
+    if (p && p.epoch === frame.epoch) {
+      if (frame.offset <= p.offset) return false;
+      this.position = { offset: frame.offset, epoch: frame.epoch };
+      return true;
+    }
+    const changed = p !== null && p.epoch !== frame.epoch;
+    this.position = { offset: frame.offset, epoch: frame.epoch };
+    return changed ? "epoch" : true;
+  }
+}
+
+/** Helpers for the user's `sync:<user id>` channel (seed 002). */
+export class Sync extends Emitter {
+  #client;
+  #sub = null;
+  #wanted = false;
+
+  /** @internal */
+  constructor(client) {
+    super();
+    this.#client = client;
+    client.on("connected", () => {
+      if (this.#wanted) this.#subscribe();
+    });
+  }
+
+  /** `sync:<user id>`, known once connected. */
+  get channel() {
+    const user = this.#client.userId;
+    return user == null ? null : `sync:${user}`;
+  }
+
+  /** The underlying Subscription, once connected (null before). */
+  get subscription() {
+    return this.#sub;
+  }
+
+  /** Subscribes to `sync:<user id>` (now, or as soon as the user id is known). */
+  start() {
+    this.#wanted = true;
+    if (this.#client.userId != null) this.#subscribe();
+    return this;
+  }
+
+  #subscribe() {
+    const channel = this.channel;
+    if (this.#sub && this.#sub.channel === channel && this.#sub.state !== "unsubscribed") return;
+    const sub = this.#client.subscribe(channel);
+    this.#sub = sub;
+    sub.on("publication", (frame) => {
+      if (this.#sub !== sub) return;
+      const event = frame.data;
+      if (!event || typeof event !== "object") return;
+      const meta = { channel: frame.channel, offset: frame.offset, epoch: frame.epoch };
+      switch (event.type) {
+        case "progress_update":
+          this.emit("progress", event, meta);
+          break;
+        case "watchlist_update":
+          this.emit("watchlist", event, meta);
+          break;
+        case "device_command":
+          this.emit("command", event, meta);
+          break;
+        default:
+          this.emit("other", event, meta);
+      }
+    });
+    sub.on("lost", (info) => this.#sub === sub && this.emit("lost", info));
+    sub.on("recovered", (info) => this.#sub === sub && this.emit("recovered", info));
+    sub.on("error", (err) => this.#sub === sub && this.emit("error", err));
+  }
+
+  /** `cb(event, meta)` for every `progress_update` from the user's other devices. */
+  onProgress(cb) {
+    this.start();
+    return this.on("progress", cb);
+  }
+
+  /** `cb(event, meta)` for every `watchlist_update` from the user's other devices. */
+  onWatchlist(cb) {
+    this.start();
+    return this.on("watchlist", cb);
+  }
+
+  /** `cb(event, meta)` for every `device_command` addressed to this device (or to all). */
+  onCommand(cb) {
+    this.start();
+    return this.on("command", cb);
+  }
+
+  #publish(event) {
+    const channel = this.channel;
+    if (channel == null) {
+      return Promise.reject(new HeraldError("not_connected", "not connected yet: the user id is unknown"));
+    }
+    return this.#client.publish(channel, event);
+  }
+
+  /** Publishes `{"type":"progress_update","content_id","position","duration"}`. */
+  sendProgress(contentId, position, duration, extra = {}) {
+    return this.#publish({
+      ...extra,
+      type: "progress_update",
+      content_id: contentId,
+      position,
+      duration,
+    });
+  }
+
+  /** Publishes `{"type":"watchlist_update","content_id","action"}`. */
+  sendWatchlist(contentId, action, extra = {}) {
+    return this.#publish({ ...extra, type: "watchlist_update", content_id: contentId, action });
+  }
+
+  /** Publishes `{"type":"device_command","command","target_device"?}`. */
+  sendCommand(command, targetDevice, extra = {}) {
+    const event = { ...extra, type: "device_command", command };
+    if (targetDevice != null) event.target_device = targetDevice;
+    return this.#publish(event);
+  }
+}
+
+/**
+ * The client. Events: `state`, `connected`, `disconnected` (the client stopped: close(),
+ * 1008, 4004, or no way to get a valid token), `reconnecting` ({attempt, delayMs, code,
+ * reason}), `error` (HeraldError), `resync` (4003: reload state), `frame` (every server
+ * frame), `publication`, `subscribed`, `lost`, `recovered`, `presence`, `announcement`,
+ * `announcementCleared`, `token`.
+ */
+export class Herald extends Emitter {
+  #url;
+  #token;
+  #getToken;
+  #WS;
+  #backoff;
+  #heartbeatTimeoutMs;
+  #pingIntervalMs;
+  #connectTimeoutMs;
+  #refreshBeforeS;
+  #publishTimeoutMs;
+
+  #state = "idle";
+  #ws = null;
+  #stopped = true;
+  #gen = 0; // bumps on every new socket / close(): stale async work checks it
+  #attempt = 0;
+  #everConnected = false;
+  #connectedAt = 0;
+  #needFreshToken = false;
+  #tokenInFlight = null;
+  #connected = null; // the last `connected` frame of the live connection
+  #lastConnected = null;
+
+  #reconnectTimer = null;
+  #connectTimer = null;
+  #pingTimer = null;
+  #watchdogTimer = null;
+  #refreshTimer = null;
+  #lastSeen = 0;
+  #lastPingAt = 0;
+  #pingEvery = 0;
+  #deadAfter = 0;
+  #pongWaiters = [];
+
+  #nextRef = 1;
+  #refs = new Map();
+  #subs = new Map();
+  #pendingAcks = new Set();
+  #connectWaiters = [];
+  #activeAnnouncement = null;
+
+  /**
+   * @param {object} options
+   * @param {string} options.url e.g. `wss://example.com/ws`
+   * @param {string} [options.token] a JWT
+   * @param {() => Promise<string> | string} [options.getToken] returns a fresh JWT
+   * @param {any} [options.WebSocket] a WebSocket constructor (default: the global one)
+   * @param {object} [options.backoff] {initialMs, maxMs, factor, jitter, resetAfterMs}
+   * @param {number} [options.heartbeatTimeoutMs] dead after this long without any frame (default 2 × heartbeat_s)
+   * @param {number} [options.pingIntervalMs] app-level ping period (default min(heartbeat_s, timeout / 2))
+   * @param {number} [options.connectTimeoutMs] time for the upgrade + `connected` (default 10000)
+   * @param {number|null|false} [options.refreshBeforeS] refresh this long before `exp` (default 30; null/false: never)
+   * @param {number} [options.publishTimeoutMs] reject a publish without ack after this long (default 10000)
+   */
+  constructor(options = {}) {
+    super();
+    if (!options || typeof options.url !== "string" || options.url === "") {
+      throw new TypeError("Herald: `url` is required (e.g. wss://host/ws)");
+    }
+    this.#url = options.url;
+    this.#token = options.token ?? null;
+    this.#getToken = options.getToken ?? null;
+    if (this.#getToken !== null && typeof this.#getToken !== "function") {
+      throw new TypeError("Herald: `getToken` must be a function returning a token");
+    }
+    this.#WS = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this.#WS !== "function") {
+      throw new TypeError(
+        "Herald: no WebSocket available; pass the `WebSocket` option (Node 20: run with --experimental-websocket)",
+      );
+    }
+    this.#backoff = { ...DEFAULT_BACKOFF, ...(options.backoff ?? {}) };
+    this.#heartbeatTimeoutMs = options.heartbeatTimeoutMs ?? null;
+    this.#pingIntervalMs = options.pingIntervalMs ?? null;
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? 10000;
+    this.#refreshBeforeS = options.refreshBeforeS === undefined ? 30 : options.refreshBeforeS;
+    this.#publishTimeoutMs = options.publishTimeoutMs ?? 10000;
+    /** Cross-device sync helpers for `sync:<user id>`. */
+    this.sync = new Sync(this);
+  }
+
+  /** `idle` | `connecting` | `connected` | `reconnecting` | `closed` */
+  get state() {
+    return this.#state;
+  }
+  get connected() {
+    return this.#state === "connected";
+  }
+  get connId() {
+    return this.#connected?.conn_id ?? null;
+  }
+  /** The user id of the last connection (kept while reconnecting). */
+  get userId() {
+    return this.#lastConnected?.user_id ?? null;
+  }
+  get node() {
+    return this.#connected?.node ?? null;
+  }
+  get heartbeatS() {
+    return this.#lastConnected?.heartbeat_s ?? null;
+  }
+  /** The token in use (the latest one from `getToken`). */
+  get token() {
+    return this.#token;
+  }
+  /** The announcement currently shown to this user (from `new_broadcast`/`active_broadcast`), or null. */
+  get activeAnnouncement() {
+    return this.#activeAnnouncement;
+  }
+  get subscriptions() {
+    return new Map(this.#subs);
+  }
+
+  /**
+   * Starts connecting (and reconnecting). Resolves with the `connected` frame; rejects
+   * when the client stops before that (close(), 1008, 4004).
+   */
+  connect() {
+    if (this.#state === "connected") return Promise.resolve(this.#connected);
+    const waiter = new Promise((resolve, reject) => this.#connectWaiters.push({ resolve, reject }));
+    if (this.#stopped) {
+      this.#stopped = false;
+      this.#attempt = 0;
+      this.#open();
+    }
+    return waiter;
+  }
+
+  /** Closes the connection (1000) and stops reconnecting. */
+  close(reason = "client closed") {
+    if (this.#stopped) return;
+    this.#stop(1000, reason, false);
+  }
+
+  /** Drops the current connection and reconnects at once (e.g. on the browser's `online` event). */
+  reconnect() {
+    if (this.#stopped) {
+      this.connect().catch(() => {});
+      return;
+    }
+    const ws = this.#ws;
+    this.#ws = null;
+    this.#teardown();
+    this.#gen++;
+    if (ws) safeClose(ws, 1000, "reconnect");
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    this.#attempt = 0;
+    this.emit("reconnecting", { attempt: 0, delayMs: 0, code: 1000, reason: "reconnect" });
+    this.#open();
+  }
+
+  // ---------------------------------------------------------------- connection
+
+  #setState(state) {
+    if (this.#state === state) return;
+    const previous = this.#state;
+    this.#state = state;
+    this.emit("state", { state, previous });
+  }
+
+  async #open() {
+    const gen = ++this.#gen;
+    this.#setState(this.#everConnected ? "reconnecting" : "connecting");
+    if (this.#wantsToken()) {
+      try {
+        await this.#fetchToken();
+      } catch (err) {
+        if (gen !== this.#gen || this.#stopped) return;
+        this.emit("error", asHeraldError(err, "token", "getToken failed"));
+        this.#retry(0, "getToken failed");
+        return;
+      }
+      if (gen !== this.#gen || this.#stopped) return;
+      this.#needFreshToken = false;
+    }
+    let ws;
+    try {
+      ws = new this.#WS(withToken(this.#url, this.#token));
+    } catch (err) {
+      // A malformed URL: retrying will not help.
+      this.emit("error", asHeraldError(err, "bad_url", "could not open the WebSocket"));
+      this.#stop(1006, String(err?.message ?? err), false);
+      return;
+    }
+    this.#ws = ws;
+    ws.onmessage = (ev) => {
+      if (this.#ws === ws) this.#onMessage(ev.data);
+    };
+    ws.onclose = (ev) => {
+      if (this.#ws === ws) this.#onSocketClosed(ev.code, ev.reason);
+    };
+    // An error always means the connection failed (the close that follows says 1006).
+    // Do not wait for that close: some implementations (Node 20's undici, on a refused
+    // connection) never fire it.
+    ws.onerror = () => {
+      if (this.#ws === ws) this.#abandon(ws, "connection error");
+    };
+    // The upgrade and the `connected` frame must arrive in time: a half-dead server
+    // (or network) may accept the TCP connection and then say nothing.
+    this.#connectTimer = setTimeout(() => {
+      if (this.#ws === ws) this.#abandon(ws, "connect timeout");
+    }, this.#connectTimeoutMs);
+  }
+
+  #wantsToken() {
+    if (!this.#getToken) return false;
+    if (!this.#token || this.#needFreshToken) return true;
+    const exp = tokenExpiry(this.#token);
+    return exp !== null && exp * 1000 <= Date.now() + 1000;
+  }
+
+  /** Calls getToken once at a time; the token becomes the one used from now on. */
+  #fetchToken() {
+    if (!this.#getToken) return Promise.reject(new HeraldError("token", "no getToken"));
+    if (!this.#tokenInFlight) {
+      this.#tokenInFlight = (async () => {
+        try {
+          const token = await this.#getToken();
+          if (typeof token !== "string" || token === "") {
+            throw new HeraldError("token", "getToken must return a non-empty string");
+          }
+          this.#token = token;
+          this.emit("token", token);
+          return token;
+        } finally {
+          this.#tokenInFlight = null;
+        }
+      })();
+    }
+    return this.#tokenInFlight;
+  }
+
+  /** Gives up on a socket that is stuck (no `connected`, or silent): reconnect. */
+  #abandon(ws, reason) {
+    this.#ws = null;
+    safeClose(ws, 1000, reason);
+    this.#onSocketClosed(1006, reason);
+  }
+
+  #onSocketClosed(code, reason) {
+    const stable = this.#connectedAt > 0 && Date.now() - this.#connectedAt >= this.#backoff.resetAfterMs;
+    this.#ws = null;
+    this.#teardown();
+    if (this.#stopped) return;
+    if (TERMINAL_CODES.has(code)) {
+      this.#stop(code, reason, true);
+      return;
+    }
+    if (FRESH_TOKEN_CODES.has(code)) {
+      if (this.#getToken) {
+        this.#needFreshToken = true;
+      } else if (code === CODE_TOKEN_EXPIRED) {
+        this.emit("error", new HeraldError("token", "the token expired and there is no getToken to get a new one"));
+        this.#stop(code, reason, true);
+        return;
+      }
+    }
+    if (code === CODE_RESYNC) this.emit("resync", { code, reason });
+    if (stable) this.#attempt = 0;
+    this.#retry(code, reason);
+  }
+
+  #retry(code, reason) {
+    const { initialMs, maxMs, factor, jitter } = this.#backoff;
+    this.#attempt += 1;
+    const base = Math.min(maxMs, initialMs * factor ** (this.#attempt - 1));
+    const delayMs = Math.max(0, Math.round(base * (1 - jitter * Math.random())));
+    this.#setState("reconnecting");
+    this.emit("reconnecting", { attempt: this.#attempt, delayMs, code, reason });
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = null;
+      if (!this.#stopped) this.#open();
+    }, delayMs);
+  }
+
+  /** The client stops for good (until connect() is called again). */
+  #stop(code, reason, byServer) {
+    this.#stopped = true;
+    this.#gen++;
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = null;
+    const ws = this.#ws;
+    this.#ws = null;
+    this.#teardown();
+    if (ws) safeClose(ws, 1000, reason);
+    this.#setState("closed");
+    const waiters = this.#connectWaiters.splice(0);
+    const err = new HeraldError("disconnected", `disconnected (${code}${reason ? `: ${reason}` : ""})`);
+    err.closeCode = code;
+    for (const w of waiters) w.reject(err);
+    this.emit("disconnected", { code, reason: reason ?? "", byServer });
+  }
+
+  /** Forgets everything tied to the current socket. */
+  #teardown() {
+    clearTimeout(this.#connectTimer);
+    clearInterval(this.#pingTimer);
+    clearTimeout(this.#watchdogTimer);
+    clearTimeout(this.#refreshTimer);
+    this.#connectTimer = this.#pingTimer = this.#watchdogTimer = this.#refreshTimer = null;
+    this.#connected = null;
+    this.#connectedAt = 0;
+    for (const w of this.#pongWaiters.splice(0)) {
+      w?.reject(new HeraldError("disconnected", "connection closed before the pong"));
+    }
+    const refs = [...this.#refs.values()];
+    this.#refs.clear();
+    for (const r of refs) {
+      if (r.kind === "publish") {
+        clearTimeout(r.timer);
+        r.reject(new HeraldError("disconnected", "connection closed before the ack"));
+      }
+    }
+    for (const sub of this.#subs.values()) {
+      if (sub.state === "subscribed" || sub.state === "subscribing") {
+        sub.state = "subscribing";
+        sub._sentSince = null;
+      }
+    }
+  }
+
+  #send(frame) {
+    const ws = this.#ws;
+    if (!ws || this.#connected === null) return false;
+    try {
+      ws.send(typeof frame === "string" ? frame : JSON.stringify(frame));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Sends a raw frame (an object is JSON-encoded). Returns false when not connected. */
+  send(frame) {
+    return this.#send(frame);
+  }
+
+  /** Sends `{"type":"ping"}`; resolves with the round-trip time in ms at its `pong`. */
+  ping() {
+    if (!this.connected) return Promise.reject(new HeraldError("not_connected", "not connected"));
+    return new Promise((resolve, reject) => {
+      const sentAt = Date.now();
+      this.#sendPing({ resolve: () => resolve(Date.now() - sentAt), reject });
+    });
+  }
+
+  #sendPing(waiter = null) {
+    if (this.#send({ type: "ping" })) {
+      this.#lastPingAt = Date.now();
+      this.#pongWaiters.push(waiter);
+    } else {
+      waiter?.reject(new HeraldError("not_connected", "not connected"));
+    }
+  }
+
+  // ---------------------------------------------------------------- heartbeat
+
+  #startHeartbeat() {
+    const hbMs = Math.max(1, this.#connected.heartbeat_s || 25) * 1000;
+    this.#deadAfter = this.#heartbeatTimeoutMs ?? 2 * hbMs;
+    this.#pingEvery = this.#pingIntervalMs ?? Math.max(50, Math.min(hbMs, Math.floor(this.#deadAfter / 2)));
+    this.#lastSeen = Date.now();
+    this.#lastPingAt = Date.now();
+    this.#pingTimer = setInterval(() => this.#sendPing(), this.#pingEvery);
+    this.#armWatchdog(this.#deadAfter);
+  }
+
+  #armWatchdog(ms) {
+    clearTimeout(this.#watchdogTimer);
+    const ws = this.#ws;
+    this.#watchdogTimer = setTimeout(() => {
+      if (this.#ws !== ws || this.#connected === null) return;
+      const now = Date.now();
+      const silent = now - this.#lastSeen;
+      if (silent < this.#deadAfter) {
+        this.#armWatchdog(this.#deadAfter - silent);
+        return;
+      }
+      // Timers of a background tab may have been throttled so that no ping went out
+      // lately: ping now and judge later rather than blame the server.
+      if (now - this.#lastPingAt > this.#pingEvery * 1.5 + 100) {
+        this.#sendPing();
+        this.#armWatchdog(Math.max(this.#pingEvery, 100));
+        return;
+      }
+      this.#abandon(ws, "heartbeat timeout");
+    }, Math.min(ms, MAX_TIMEOUT_MS));
+  }
+
+  // ---------------------------------------------------------------- token refresh
+
+  #scheduleRefresh() {
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    if (this.#refreshBeforeS === null || this.#refreshBeforeS === false || !this.#getToken) return;
+    const exp = tokenExpiry(this.#token);
+    if (exp === null) return;
+    // `refreshBeforeS` before exp; a token that lives less than that is refreshed halfway
+    // through what is left (at least 1 s apart), so short tokens cannot make a busy loop.
+    const left = exp * 1000 - Date.now();
+    const early = this.#refreshBeforeS * 1000;
+    const delay = left > early ? left - early : Math.max(1000, left / 2);
+    const gen = this.#gen;
+    this.#refreshTimer = setTimeout(() => {
+      this.#refreshTimer = null;
+      if (gen === this.#gen) this.#refreshNow(gen).catch(() => {});
+    }, Math.min(delay, MAX_TIMEOUT_MS));
+  }
+
+  async #refreshNow(gen) {
+    try {
+      const token = await this.#fetchToken();
+      if (gen !== this.#gen || this.#connected === null) return;
+      this.#send({ type: "refresh", token });
+      this.#scheduleRefresh();
+    } catch (err) {
+      if (gen !== this.#gen || this.#connected === null) throw err;
+      this.emit("error", asHeraldError(err, "token", "getToken failed"));
+      // Try again a little later while the token is still valid.
+      const exp = tokenExpiry(this.#token);
+      const left = exp === null ? 0 : exp * 1000 - Date.now();
+      if (left > 1000) {
+        this.#refreshTimer = setTimeout(
+          () => gen === this.#gen && this.#refreshNow(gen).catch(() => {}),
+          Math.min(5000, left / 2),
+        );
+      }
+      throw err;
+    }
+  }
+
+  /** Gets a fresh token now and sends it (`refresh`); it is used for reconnects too. */
+  refreshToken() {
+    if (!this.#getToken) return Promise.reject(new HeraldError("token", "no getToken option"));
+    if (!this.connected) return this.#fetchToken().then(() => undefined);
+    clearTimeout(this.#refreshTimer);
+    return this.#refreshNow(this.#gen);
+  }
+
+  // ---------------------------------------------------------------- frames
+
+  #onMessage(data) {
+    this.#lastSeen = Date.now();
+    if (typeof data !== "string") return; // herald sends text frames only
+    if (data === "pong") {
+      this.#onPong();
+      return;
+    }
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      this.emit("error", new HeraldError("bad_frame", "the server sent a frame that is not JSON"));
+      return;
+    }
+    if (!frame || typeof frame !== "object" || typeof frame.type !== "string") return;
+    this.emit("frame", frame);
+    switch (frame.type) {
+      case "connected":
+        this.#onConnected(frame);
+        break;
+      case "pub":
+        this.#onPub(frame);
+        break;
+      case "subscribed":
+        this.#onSubscribed(frame);
+        break;
+      case "unsubscribed":
+        this.#onUnsubscribed(frame);
+        break;
+      case "ack":
+        this.#onAck(frame);
+        break;
+      case "error":
+        this.#onError(frame);
+        break;
+      case "presence": {
+        const sub = this.#subs.get(frame.channel);
+        if (sub) sub.emit("presence", frame);
+        this.emit("presence", frame);
+        break;
+      }
+      case "pong":
+        this.#onPong();
+        break;
+      case "new_broadcast":
+      case "active_broadcast":
+        if (frame.broadcast && typeof frame.broadcast === "object") {
+          this.#activeAnnouncement = frame.broadcast;
+          this.emit("announcement", frame.broadcast, frame);
+        }
+        break;
+      case "broadcast_cleared":
+        this.#activeAnnouncement = null;
+        this.emit("announcementCleared", frame);
+        break;
+      default:
+        break; // a newer server's frame: `frame` listeners still saw it
+    }
+  }
+
+  #onConnected(frame) {
+    if (this.#connected !== null) return; // only the first one counts
+    clearTimeout(this.#connectTimer);
+    this.#connectTimer = null;
+    this.#connected = frame;
+    this.#lastConnected = frame;
+    this.#connectedAt = Date.now();
+    const reconnected = this.#everConnected;
+    this.#everConnected = true;
+    this.#setState("connected");
+    this.#startHeartbeat();
+    this.#scheduleRefresh();
+    for (const sub of this.#subs.values()) {
+      if (sub.state === "subscribing") this.#sendSubscribe(sub);
+    }
+    for (const id of this.#pendingAcks) this.#send({ type: "acknowledge_broadcast", broadcast_id: id });
+    this.#pendingAcks.clear();
+    for (const w of this.#connectWaiters.splice(0)) w.resolve(frame);
+    this.emit("connected", { ...frame, reconnected });
+  }
+
+  #onPong() {
+    const waiter = this.#pongWaiters.shift();
+    waiter?.resolve();
+  }
+
+  #onPub(frame) {
+    const sub = typeof frame.channel === "string" ? this.#subs.get(frame.channel) : undefined;
+    if (sub && typeof frame.offset === "number" && typeof frame.epoch === "string") {
+      const verdict = sub._accept(frame);
+      if (verdict === false) return; // already delivered
+      if (verdict === "epoch") {
+        const info = { channel: sub.channel, reason: "epoch changed", epoch: frame.epoch, offset: frame.offset };
+        sub.emit("lost", info);
+        this.emit("lost", info);
+      }
+    }
+    if (sub) sub.emit("publication", frame);
+    this.emit("publication", frame);
+  }
+
+  #onSubscribed(frame) {
+    // Only the answer to this client's own pending subscribe counts: not one to a frame
+    // the app sent raw with send(), nor a stale one for a Subscription since dropped.
+    const entry = frame.ref !== undefined ? this.#refs.get(frame.ref) : undefined;
+    if (!entry || entry.kind !== "subscribe") return;
+    this.#refs.delete(frame.ref);
+    const sub = this.#subs.get(frame.channel);
+    if (!sub || entry.sub !== sub) return; // unsubscribed meanwhile
+    const { outcome, since } = sub._onSubscribed(frame);
+    sub.emit("subscribed", frame);
+    this.emit("subscribed", frame);
+    if (outcome === "recovered") {
+      const info = { channel: sub.channel, since, offset: frame.offset, epoch: frame.epoch };
+      sub.emit("recovered", info);
+      this.emit("recovered", info);
+    } else if (outcome === "lost") {
+      const info = {
+        channel: sub.channel,
+        reason: frame.epoch !== since.epoch ? "epoch changed" : "history gone",
+        since,
+        offset: frame.offset,
+        epoch: frame.epoch,
+      };
+      sub.emit("lost", info);
+      this.emit("lost", info);
+    }
+  }
+
+  #onUnsubscribed(frame) {
+    if (frame.ref !== undefined) {
+      this.#refs.delete(frame.ref);
+      return; // the answer to an unsubscribe (ours, already handled, or a raw one)
+    }
+    // No ref: the server ended it (a refreshed token no longer allows the channel).
+    const sub = this.#subs.get(frame.channel);
+    if (!sub) return;
+    this.#subs.delete(frame.channel);
+    sub.state = "unsubscribed";
+    sub.emit("unsubscribed", { ...frame, byServer: true });
+  }
+
+  #onAck(frame) {
+    const entry = this.#refs.get(frame.ref);
+    if (!entry || entry.kind !== "publish") return;
+    this.#refs.delete(frame.ref);
+    clearTimeout(entry.timer);
+    entry.resolve(frame);
+  }
+
+  #onError(frame) {
+    const err = new HeraldError(frame.code ?? "error", frame.message ?? "error", frame);
+    const entry = frame.ref !== undefined ? this.#refs.get(frame.ref) : undefined;
+    if (entry) {
+      this.#refs.delete(frame.ref);
+      if (entry.kind === "publish") {
+        clearTimeout(entry.timer);
+        entry.reject(err);
+        return;
+      }
+      if (entry.kind === "subscribe" && this.#subs.get(entry.sub.channel) === entry.sub) {
+        entry.sub.state = "failed";
+        entry.sub._sentSince = null;
+        err.channel = entry.sub.channel;
+        entry.sub.emit("error", err);
+      }
+    }
+    this.emit("error", err);
+  }
+
+  // ---------------------------------------------------------------- channels
+
+  /**
+   * Subscribes to `channel` (now, or when connected) and keeps it across reconnects.
+   * `since` starts from a position the app saved earlier (e.g. across page loads).
+   * Subscribing to a channel twice returns the same Subscription.
+   * @param {string} channel
+   * @param {{since?: {offset: number, epoch: string}}} [options]
+   */
+  subscribe(channel, options = {}) {
+    if (typeof channel !== "string" || channel === "") throw new TypeError("channel must be a non-empty string");
+    const existing = this.#subs.get(channel);
+    if (existing) {
+      if (existing.state === "failed") {
+        existing.state = "subscribing";
+        if (this.#connected !== null) this.#sendSubscribe(existing);
+      }
+      return existing;
+    }
+    const sub = new Subscription(this, channel, options.since ?? null);
+    this.#subs.set(channel, sub);
+    if (this.#connected !== null) this.#sendSubscribe(sub);
+    return sub;
+  }
+
+  getSubscription(channel) {
+    return this.#subs.get(channel) ?? null;
+  }
+
+  #sendSubscribe(sub) {
+    const ref = this.#nextRef++;
+    const frame = { type: "subscribe", channel: sub.channel, ref };
+    const p = sub.position;
+    if (p && typeof p.offset === "number" && typeof p.epoch === "string" && p.epoch !== "") {
+      frame.since = { offset: p.offset, epoch: p.epoch };
+      sub._sentSince = { ...frame.since };
+    } else {
+      sub._sentSince = null;
+    }
+    sub.state = "subscribing";
+    this.#refs.set(ref, { kind: "subscribe", sub });
+    this.#send(frame);
+  }
+
+  unsubscribe(channel) {
+    const sub = this.#subs.get(channel);
+    if (!sub) return;
+    this.#subs.delete(channel);
+    const wasLive = sub.state === "subscribed" || sub.state === "subscribing";
+    sub.state = "unsubscribed";
+    if (wasLive && this.#connected !== null) {
+      const ref = this.#nextRef++;
+      this.#refs.set(ref, { kind: "unsubscribe", sub });
+      this.#send({ type: "unsubscribe", channel, ref });
+    }
+    sub.emit("unsubscribed", { type: "unsubscribed", channel, byServer: false });
+  }
+
+  /**
+   * Publishes `data` on `channel`. Resolves with the `ack` frame (`offset` on channels
+   * with history); rejects with a HeraldError: the server's `error` (bad_request,
+   * forbidden, …), `not_connected`, `disconnected` (closed before the ack: it may or may
+   * not have been published), or `timeout`.
+   */
+  publish(channel, data) {
+    return new Promise((resolve, reject) => {
+      if (this.#connected === null) {
+        reject(new HeraldError("not_connected", "not connected"));
+        return;
+      }
+      const ref = this.#nextRef++;
+      const timer = setTimeout(() => {
+        if (this.#refs.delete(ref)) reject(new HeraldError("timeout", "no ack in time"));
+      }, this.#publishTimeoutMs);
+      this.#refs.set(ref, { kind: "publish", resolve, reject, timer });
+      if (!this.#send({ type: "publish", channel, data, ref })) {
+        this.#refs.delete(ref);
+        clearTimeout(timer);
+        reject(new HeraldError("not_connected", "not connected"));
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------- announcements
+
+  /** `cb(broadcast, frame)` for `new_broadcast` and `active_broadcast`. Returns an unsubscribe function. */
+  onAnnouncement(cb) {
+    return this.on("announcement", cb);
+  }
+
+  /** `cb(frame)` for `broadcast_cleared`. Returns an unsubscribe function. */
+  onAnnouncementCleared(cb) {
+    return this.on("announcementCleared", cb);
+  }
+
+  /** Acknowledges an announcement for this user (sent when connected, else on connect). */
+  acknowledge(broadcastId) {
+    if (typeof broadcastId !== "string" || broadcastId === "") throw new TypeError("broadcastId must be a string");
+    if (this.#activeAnnouncement?.id === broadcastId) this.#activeAnnouncement = null;
+    if (!this.#send({ type: "acknowledge_broadcast", broadcast_id: broadcastId })) {
+      this.#pendingAcks.add(broadcastId);
+    }
+  }
+
+  /** Asks for the active announcement; it arrives through onAnnouncement (nothing if none). */
+  getActiveAnnouncement() {
+    return this.#send({ type: "get_active_broadcast" });
+  }
+}
+
+function safeClose(ws, code, reason) {
+  try {
+    // A close reason is at most 123 bytes.
+    ws.close(code, String(reason ?? "").slice(0, 100));
+  } catch {
+    try {
+      ws.close();
+    } catch {
+      /* already closed */
+    }
+  }
+}
+
+function asHeraldError(err, code, message) {
+  if (err instanceof HeraldError) return err;
+  const e = new HeraldError(code, `${message}: ${err?.message ?? err}`);
+  e.cause = err;
+  return e;
+}
+
+export default Herald;
