@@ -10,6 +10,8 @@ ARG HERALD_COMMIT=unknown
 ENV HERALD_COMMIT=${HERALD_COMMIT}
 COPY Cargo.toml Cargo.lock ./
 COPY crates ./crates
+# The JS client is embedded in the binary (served at /client/herald.js).
+COPY clients/js/src ./clients/js/src
 RUN cargo build --release --locked -p herald \
     && strip target/release/herald
 

@@ -2,8 +2,9 @@
 //!
 //! Plain atomics, incremented once per fan-out (`add(n)`), never per recipient where
 //! it can be helped. The histogram has fixed log-spaced buckets of `AtomicU64` so
-//! recording is one relaxed increment and percentiles need no lock (a Prometheus
-//! exporter for these lands with the metrics issue).
+//! recording is one relaxed increment and percentiles need no lock; `/metrics`
+//! (`http::prometheus`) reads the same atomics at scrape time. The last refusals are
+//! kept for the admin page (`GET /api/refusals`), a flood folded into one row.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -137,9 +138,18 @@ impl LatencyHistogram {
         (out, total, sum_us / 1e6)
     }
 
+    /// Each fine bucket's count now.
+    fn counts(&self) -> Vec<u64> {
+        self.buckets.iter().map(|b| b.load(Relaxed)).collect()
+    }
+
     /// The `q` quantile (0..=1) in milliseconds; 0 when nothing was recorded.
     pub fn quantile_ms(&self, q: f64) -> f64 {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        Self::quantile_of(&self.counts(), q)
+    }
+
+    /// The `q` quantile of bucket counts, in milliseconds (bucket upper bounds).
+    fn quantile_of(counts: &[u64], q: f64) -> f64 {
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return 0.0;
@@ -154,6 +164,29 @@ impl LatencyHistogram {
         }
         Self::upper_us(BUCKETS - 1) / 1000.0
     }
+}
+
+/// How far back `/api/stats` `latency_ms_recent` looks.
+pub const RECENT_WINDOW_S: usize = 10;
+
+/// The latency histogram as it was at each of the last [`RECENT_WINDOW_S`] sweeper
+/// ticks (one per second), so percentiles of the last seconds are a difference of two
+/// snapshots — the live view an admin chart needs, where the totals since start barely
+/// move after a day. Taken off the hot path: recording stays one increment.
+#[derive(Default)]
+pub struct RecentLatency {
+    snapshots: std::sync::Mutex<std::collections::VecDeque<Vec<u64>>>,
+}
+
+/// Percentiles over the last seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recent {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    /// Deliveries measured in the window, and the window's length in seconds.
+    pub count: u64,
+    pub window_s: usize,
 }
 
 pub struct Metrics {
@@ -172,6 +205,7 @@ pub struct Metrics {
     last_logged: [AtomicU64; Refusal::ALL.len()],
     epoch: Instant,
     pub latency: LatencyHistogram,
+    recent_latency: RecentLatency,
     /// Store operations that failed (the store was unreachable or erred).
     pub store_errors: AtomicU64,
     store_last_logged: AtomicU64,
@@ -183,6 +217,20 @@ pub struct Metrics {
     pub broker_malformed: AtomicU64,
     /// The upstream relay is subscribed to its bus (`/readyz`).
     pub relay_subscribed: std::sync::atomic::AtomicBool,
+    /// The last refusals, newest last.
+    recent: std::sync::Mutex<std::collections::VecDeque<RecentRefusal>>,
+}
+
+/// How many refusals `GET /api/refusals` can show.
+pub const RECENT_REFUSALS: usize = 100;
+
+/// Refusals of one reason within one second, kept for the admin page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecentRefusal {
+    /// Unix milliseconds of the first of them.
+    pub at_ms: i64,
+    pub reason: Refusal,
+    pub count: u64,
 }
 
 const LOG_EVERY_MS: u64 = 10_000;
@@ -200,12 +248,16 @@ impl Default for Metrics {
             last_logged: std::array::from_fn(|_| AtomicU64::new(0)),
             epoch: Instant::now(),
             latency: LatencyHistogram::default(),
+            recent_latency: RecentLatency::default(),
             store_errors: AtomicU64::new(0),
             store_last_logged: AtomicU64::new(0),
             degraded: AtomicU64::new(0),
             broker_outages: AtomicU64::new(0),
             broker_malformed: AtomicU64::new(0),
             relay_subscribed: std::sync::atomic::AtomicBool::new(false),
+            recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(
+                RECENT_REFUSALS,
+            )),
         }
     }
 }
@@ -252,6 +304,74 @@ impl Metrics {
             .map_or(0, |c| c.load(Relaxed))
     }
 
+    /// Remembers the latency histogram as it is now (the sweeper, once a second).
+    pub fn tick_latency(&self) {
+        let now = self.latency.counts();
+        let mut snaps = self
+            .recent_latency
+            .snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if snaps.len() > RECENT_WINDOW_S {
+            snaps.pop_front();
+        }
+        snaps.push_back(now);
+    }
+
+    /// Latency percentiles since the oldest snapshot of the window (up to
+    /// [`RECENT_WINDOW_S`] seconds ago); None before the first tick.
+    pub fn recent_latency(&self) -> Option<Recent> {
+        let now = self.latency.counts();
+        let snaps = self
+            .recent_latency
+            .snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let oldest = snaps.front()?;
+        let diff: Vec<u64> = now
+            .iter()
+            .zip(oldest)
+            .map(|(n, o)| n.saturating_sub(*o))
+            .collect();
+        let q = |q| LatencyHistogram::quantile_of(&diff, q);
+        Some(Recent {
+            p50: q(0.50),
+            p95: q(0.95),
+            p99: q(0.99),
+            count: diff.iter().sum(),
+            window_s: snaps.len(),
+        })
+    }
+
+    /// Keeps `why` among the recent refusals: the same reason within a second of the
+    /// newest row adds to its count, so a flood cannot push everything else out.
+    fn remember(&self, why: Refusal) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = recent.back_mut() {
+            if last.reason == why && now.saturating_sub(last.at_ms) < 1000 {
+                last.count += 1;
+                return;
+            }
+        }
+        if recent.len() == RECENT_REFUSALS {
+            recent.pop_front();
+        }
+        recent.push_back(RecentRefusal {
+            at_ms: now,
+            reason: why,
+            count: 1,
+        });
+    }
+
+    /// The recent refusals, newest first.
+    pub fn recent_refusals(&self) -> Vec<RecentRefusal> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().rev().copied().collect()
+    }
+
     /// True at most once per `LOG_EVERY_MS` per `last` slot: whoever wins the slot logs.
     fn log_due(&self, last: &AtomicU64) -> bool {
         // +1 so that "never logged" (0) is always due.
@@ -272,6 +392,7 @@ impl Metrics {
             return;
         };
         let total = count.fetch_add(1, Relaxed) + 1;
+        self.remember(why);
         if self.log_due(last) {
             tracing::info!(
                 reason = why.as_str(),
@@ -303,6 +424,58 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_latency_is_the_difference_since_the_oldest_snapshot() {
+        let m = Metrics::default();
+        assert_eq!(m.recent_latency(), None);
+        for _ in 0..100 {
+            m.latency.record(Duration::from_secs(1));
+        }
+        m.tick_latency();
+        for _ in 0..10 {
+            m.latency.record(Duration::from_micros(100));
+        }
+        let r = m.recent_latency().unwrap();
+        assert_eq!((r.count, r.window_s), (10, 1));
+        assert!(
+            r.p99 < 1.0,
+            "the old second-long ones are outside the window: {r:?}"
+        );
+        assert!(m.latency.quantile_ms(0.5) >= 1000.0, "the totals keep them");
+        for _ in 0..(RECENT_WINDOW_S + 5) {
+            m.tick_latency();
+        }
+        let r = m.recent_latency().unwrap();
+        assert_eq!((r.count, r.window_s), (0, RECENT_WINDOW_S + 1));
+    }
+
+    #[test]
+    fn recent_refusals_fold_a_flood_and_keep_the_newest_hundred() {
+        let m = Metrics::default();
+        for _ in 0..1000 {
+            m.refuse(Refusal::BadToken);
+        }
+        m.refuse(Refusal::BadOrigin);
+        let recent = m.recent_refusals();
+        assert_eq!(recent.len(), 2, "{recent:?}");
+        assert_eq!((recent[0].reason, recent[0].count), (Refusal::BadOrigin, 1));
+        assert_eq!(
+            (recent[1].reason, recent[1].count),
+            (Refusal::BadToken, 1000)
+        );
+        for i in 0..300 {
+            let why = if i % 2 == 0 {
+                Refusal::IpCap
+            } else {
+                Refusal::UserCap
+            };
+            m.refuse(why);
+        }
+        let recent = m.recent_refusals();
+        assert_eq!(recent.len(), RECENT_REFUSALS);
+        assert_eq!(recent[0].reason, Refusal::UserCap, "newest first");
+    }
 
     #[test]
     fn buckets_are_monotonic_and_bounded() {

@@ -1,7 +1,8 @@
 //! `SIGHUP` (DESIGN §11): the config file is read again and what can change live is
 //! applied to new connections and requests — API keys, allowed origins, trusted proxies,
 //! `[limits]`, `[ws]` limits, namespaces (and the log level, by the caller). What needs
-//! a restart (listen, TLS, broker, store, auth, relay, data dir, node name) keeps its
+//! a restart (listen, TLS, broker, store, auth, relay, data dir, node name, presence,
+//! log format, metrics listener) keeps its
 //! running value, and a change to it is reported so the operator knows.
 //!
 //! The caller has already validated the new config: an invalid file never gets here,
@@ -37,6 +38,8 @@ pub fn apply(app: &AppState, data_dir_key: &str, mut new: Config) -> Vec<&'stati
     keep!(relay, "relay");
     keep!(log.format, "log.format");
     keep!(metrics.listen, "metrics.listen");
+    // The grace period is the presence tracker's, fixed when the hub was built.
+    keep!(presence, "presence");
     app.api_keys.store(Arc::new(ApiKeys::new(
         new.api
             .keys

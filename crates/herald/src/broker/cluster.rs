@@ -62,7 +62,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local known = redis.call('ZSCORE', p .. ':nodes', tag)
 redis.call('ZADD', p .. ':nodes', now, tag)
 local stats = p .. ':node:' .. tag .. ':stats'
-redis.call('HSET', stats, 'connections', ARGV[3], 'users', ARGV[4])
+redis.call('HSET', stats, 'connections', ARGV[3], 'users', ARGV[4], 'name', ARGV[6])
 redis.call('PEXPIRE', stats, ttl)
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', p .. ':nodes', '-inf', now - ttl)) do
   local set = p .. ':node:' .. dead .. ':users'
@@ -116,10 +116,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local nodes = redis.call('ZRANGEBYSCORE', p .. ':nodes', now - ttl, '+inf')
 local connections = 0
+local each = {}
 for _, tag in ipairs(nodes) do
-  connections = connections + tonumber(redis.call('HGET', p .. ':node:' .. tag .. ':stats', 'connections') or '0')
+  local s = redis.call('HMGET', p .. ':node:' .. tag .. ':stats', 'connections', 'users', 'name')
+  connections = connections + tonumber(s[1] or '0')
+  table.insert(each, {tag, s[3] or '', tonumber(s[1] or '0'), tonumber(s[2] or '0')})
 end
-return {#nodes, connections, redis.call('HLEN', p .. ':online')}";
+return {#nodes, connections, redis.call('HLEN', p .. ':online'), each}";
 
 /// For each channel presence hash in KEYS, the users on it on alive nodes other than
 /// ARGV[3] (this node).
@@ -142,9 +145,19 @@ return out"
 );
 
 /// Totals for `/api/stats` `cluster` and announcement stats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Totals {
     pub nodes: u64,
+    pub connections: u64,
+    pub users: u64,
+    /// Each alive node: its tag, name, connections and users (as of its last beat).
+    pub per_node: Vec<NodeTotals>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeTotals {
+    pub tag: String,
+    pub name: String,
     pub connections: u64,
     pub users: u64,
 }
@@ -210,14 +223,26 @@ impl ClusterView {
     }
 
     pub async fn totals(&self) -> RedisResult<Totals> {
-        let (nodes, connections, users): (u64, u64, u64) =
+        type Each = Vec<(String, String, u64, u64)>;
+        let (nodes, connections, users, each): (u64, u64, u64, Each) =
             eval(TOTALS, &[], &[&self.prefix, &self.ttl()])
                 .query_async(&mut self.conn.clone())
                 .await?;
+        let mut per_node: Vec<NodeTotals> = each
+            .into_iter()
+            .map(|(tag, name, connections, users)| NodeTotals {
+                tag,
+                name,
+                connections,
+                users,
+            })
+            .collect();
+        per_node.sort_by(|a, b| (&a.name, &a.tag).cmp(&(&b.name, &b.tag)));
         Ok(Totals {
             nodes,
             connections,
             users,
+            per_node,
         })
     }
 }
@@ -380,6 +405,7 @@ async fn sync_once(
             &registry.connections().to_string(),
             &users.len().to_string(),
             &NODE_TTL_MS.to_string(),
+            &hub.node,
         ],
     ));
     let results: Vec<Value> = pipe.query_async(conn).await?;

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::gather::Query;
+use crate::hub::disconnect::{Disconnect, Whom, MAX_REASON_BYTES};
 use crate::hub::{Exclude, Publication, Route, Target};
 use crate::ids::{ConnId, UserId};
 
@@ -42,6 +44,63 @@ pub struct Body {
     /// An announcement event: the text of the frame for every connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub f: Option<String>,
+    /// An order to close connections (`POST /api/…/disconnect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x: Option<Order>,
+    /// A question every other node answers (`broker::gather`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lq: Option<Query>,
+}
+
+/// A disconnect order between nodes: a connection id (`c`) or a user id (`u`), the
+/// close code and reason.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct Order {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub u: Option<String>,
+    pub code: u16,
+    pub why: String,
+}
+
+impl Order {
+    pub fn of(d: &Disconnect) -> Order {
+        let (c, u) = match &d.whom {
+            Whom::Conn(id) => (Some(id.to_string()), None),
+            Whom::User(user) => (None, Some(user.to_string())),
+        };
+        Order {
+            c,
+            u,
+            code: d.code,
+            why: d.reason.clone(),
+        }
+    }
+
+    /// The order, if it names exactly one of a connection or a user, with a code an
+    /// order may send and a reason that fits a close frame.
+    pub fn into_disconnect(self) -> Result<Disconnect, Malformed> {
+        let whom = match (self.c, self.u) {
+            (Some(c), None) => Whom::Conn(ConnId::from(c)),
+            (None, Some(u)) => Whom::User(UserId::from(u)),
+            _ => {
+                return Err(Malformed::Body(
+                    "an order names one connection or user".into(),
+                ))
+            }
+        };
+        if !Disconnect::valid_code(self.code) || self.why.len() > MAX_REASON_BYTES {
+            return Err(Malformed::Body(
+                "an order's code or reason is out of range".into(),
+            ));
+        }
+        Ok(Disconnect {
+            whom,
+            code: self.code,
+            reason: self.why,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -95,6 +154,26 @@ impl Body {
             },
             d: Some(p.data.clone()),
             f: None,
+            x: None,
+            lq: None,
+        }
+    }
+
+    pub fn of_order(node: &str, seq: u64, d: &Disconnect) -> Body {
+        Body {
+            n: node.to_owned(),
+            s: seq,
+            x: Some(Order::of(d)),
+            ..Body::default()
+        }
+    }
+
+    pub fn of_query(node: &str, seq: u64, query: Query) -> Body {
+        Body {
+            n: node.to_owned(),
+            s: seq,
+            lq: Some(query),
+            ..Body::default()
         }
     }
 
@@ -110,9 +189,9 @@ impl Body {
     /// The publication this body carries (None for an announcement frame).
     pub fn into_publication(self) -> Result<Option<Publication>, Malformed> {
         let Some(data) = self.d else {
-            return match self.f {
-                Some(_) => Ok(None),
-                None => Err(Malformed::Body("neither data nor frame".into())),
+            return match (&self.f, &self.x, &self.lq) {
+                (Some(_), _, _) | (_, Some(_), _) | (_, _, Some(_)) => Ok(None),
+                (None, None, None) => Err(Malformed::Body("neither data nor frame".into())),
             };
         };
         let id = || {
@@ -209,6 +288,46 @@ mod tests {
         assert_eq!(p.exclude, want.exclude);
         assert_eq!(p.route, want.route);
         assert_eq!(p.data.get(), want.data.get());
+    }
+
+    #[test]
+    fn a_disconnect_order_round_trips_and_a_bad_one_is_refused() {
+        let d = Disconnect {
+            whom: Whom::User(UserId::from("u|1")),
+            code: 4004,
+            reason: "bye".into(),
+        };
+        let env = decode(encode(&Body::of_order("n1", 3, &d)).as_bytes()).unwrap();
+        let order = env.body.x.unwrap();
+        assert_eq!(order.into_disconnect().unwrap(), d);
+        for bad in [
+            Order {
+                c: Some("a-1".into()),
+                u: Some("u".into()),
+                code: 4004,
+                why: String::new(),
+            },
+            Order {
+                c: None,
+                u: None,
+                code: 4004,
+                why: String::new(),
+            },
+            Order {
+                c: None,
+                u: Some("u".into()),
+                code: 1002,
+                why: String::new(),
+            },
+            Order {
+                c: None,
+                u: Some("u".into()),
+                code: 4004,
+                why: "x".repeat(124),
+            },
+        ] {
+            assert!(bad.into_disconnect().is_err());
+        }
     }
 
     #[test]

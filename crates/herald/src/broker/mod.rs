@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod envelope;
 pub mod follow;
 pub mod gap;
+pub mod gather;
 pub mod redis;
 
 use std::future::Future;
@@ -15,9 +16,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::hub::channels::Earlier;
+use crate::hub::disconnect::Disconnect;
 use crate::hub::namespace::Denied;
 use crate::hub::{Delivered, Hub, Inlet, Publication};
 use crate::ws::frame::Frame;
+pub use gather::Gathered;
 
 /// A publication whose answer comes later (it went to another process first).
 pub type Pending = Pin<Box<dyn Future<Output = Result<Delivered, Denied>> + Send + 'static>>;
@@ -27,6 +30,17 @@ pub type Ready = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// Publications read from a shared history for one replay (see [`Broker::history`]).
 pub type Reading = Pin<Box<dyn Future<Output = Vec<Earlier>> + Send + 'static>>;
+
+/// What a disconnect order did: connections closed on this node, and whether it was
+/// sent to the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ordered {
+    pub here: usize,
+    pub forwarded: bool,
+}
+
+/// What other nodes answered a question (`Broker::gather_connections`).
+pub type Gathering = Pin<Box<dyn Future<Output = Result<Gathered, String>> + Send + 'static>>;
 
 /// The answer to a publication: now, or once the broker has it.
 pub enum Submitted {
@@ -58,6 +72,22 @@ pub trait Broker: Send + Sync {
 
     /// Queues an announcement event's frame to every connection on every node.
     fn announce(&self, frame_text: &[u8]);
+
+    /// Closes the connections `order` names on every node; answers how many were
+    /// closed here and whether the order went to the other nodes (they act when it
+    /// reaches them).
+    fn disconnect(&self, order: Disconnect) -> Ordered {
+        Ordered {
+            here: self.hub().disconnect(&order),
+            forwarded: false,
+        }
+    }
+
+    /// The other nodes' connections matching `search` (each node's newest `limit`),
+    /// bounded in time ([`gather::DEADLINE`]); None on one node.
+    fn gather_connections(&self, _search: &str, _limit: usize) -> Option<Gathering> {
+        None
+    }
 
     /// A local subscriber is about to join `channel`: None when it may join now, or
     /// what to wait for first (the node starting to follow the channel across nodes,

@@ -33,7 +33,10 @@ use super::cluster::{self, ClusterView};
 use super::envelope::{self, Body};
 use super::follow::{Ask, Following, Join};
 use super::gap;
-use super::{Broker, Health, Reading, Ready, Submitted};
+use super::gather;
+use super::Gathering;
+use super::{Broker, Health, Ordered, Reading, Ready, Submitted};
+use crate::hub::disconnect::Disconnect;
 use crate::hub::fanout::conn_device;
 use crate::hub::namespace::Denied;
 use crate::hub::{Delivered, Hub, Inlet, Publication, Target};
@@ -404,6 +407,59 @@ impl Broker for RedisBroker {
         if self.jobs.try_send(Job { seq, cmd }).is_err() {
             s.metrics.degraded.fetch_add(1, Relaxed);
         }
+    }
+
+    fn disconnect(&self, order: Disconnect) -> Ordered {
+        // Here at once; to the other nodes over the bus. During an outage only this
+        // node's connections are closed (counted as degraded, and said in the answer).
+        let s = &self.shared;
+        let here = s.inlet.hub().disconnect(&order);
+        let mut forwarded = false;
+        if s.up() {
+            let seq = s.seq.fetch_add(1, Relaxed);
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(&s.bus)
+                .arg(envelope::encode(&Body::of_order(&s.node, seq, &order)));
+            forwarded = self.jobs.try_send(Job { seq, cmd }).is_ok();
+        }
+        if !forwarded {
+            s.metrics.degraded.fetch_add(1, Relaxed);
+        }
+        Ordered { here, forwarded }
+    }
+
+    fn gather_connections(&self, search: &str, limit: usize) -> Option<Gathering> {
+        let s = self.shared.clone();
+        let jobs = self.jobs.clone();
+        let cluster = self.cluster.clone();
+        let commands = self.commands.clone();
+        let search = search.to_owned();
+        Some(Box::pin(async move {
+            if !s.up() {
+                return Err("the broker (Redis) is unreachable".to_owned());
+            }
+            let alive = cluster
+                .totals()
+                .await
+                .map_err(|e| format!("the cluster view (Redis) is unreachable: {e}"))?
+                .nodes;
+            let seq = s.seq.fetch_add(1, Relaxed);
+            let id = format!("{}-{seq}", s.node);
+            let key = gather::reply_key(&s.prefix, &id);
+            let query = gather::Query {
+                id,
+                q: search,
+                l: limit,
+            };
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(&s.bus)
+                .arg(envelope::encode(&Body::of_query(&s.node, seq, query)));
+            if jobs.try_send(Job { seq, cmd }).is_err() {
+                return Err("the broker's queue is full".to_owned());
+            }
+            let others = alive.saturating_sub(1);
+            Ok(gather::collect(commands, key, others, limit).await)
+        }))
     }
 
     fn follow(&self, channel: &str) -> Option<Ready> {
@@ -820,6 +876,35 @@ async fn receive(s: &Shared, commands: &mut ConnectionManager, topic: &[u8], pay
     if !fits {
         s.metrics.broker_malformed.fetch_add(1, Relaxed);
         tracing::debug!("broker: dropped a message on the wrong pub/sub channel");
+        return;
+    }
+    if let Some(query) = env.body.lq {
+        // Answered off the receive task: listing many connections must not hold up
+        // the deliveries behind it. The answer is bounded in time (`gather::answer`).
+        if env.body.n != s.node {
+            let hub = s.inlet.hub().clone();
+            tokio::spawn(gather::answer(
+                hub,
+                commands.clone(),
+                s.prefix.clone(),
+                query,
+            ));
+        }
+        return;
+    }
+    if let Some(order) = env.body.x {
+        // Ours was carried out here when it was given.
+        if env.body.n != s.node {
+            match order.into_disconnect() {
+                Ok(d) => {
+                    s.inlet.hub().disconnect(&d);
+                }
+                Err(e) => {
+                    s.metrics.broker_malformed.fetch_add(1, Relaxed);
+                    tracing::debug!("broker: dropped a malformed order: {e}");
+                }
+            }
+        }
         return;
     }
     if let (Some((offset, epoch)), Some("c"), Some(name)) =

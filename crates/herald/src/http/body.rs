@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Deserialize;
 
 use super::error::ApiError;
 use super::App;
@@ -51,5 +52,46 @@ pub async fn read(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, A
             )
             .closing())
         }
+    }
+}
+
+/// For optional fields of a request body: absent is `None`, and `null` is refused like
+/// any other wrong type (the documented schema says a string or a number, not null), so
+/// a request means one thing. Use with `#[serde(default, deserialize_with = "present")]`.
+pub fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// A close code that may be written as an integer-valued float (`4004.0` is the integer
+/// 4004 in JSON Schema); anything else that is not a `u16` is refused.
+pub fn close_code<'de, D>(d: D) -> Result<Option<u16>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let n = serde_json::Number::deserialize(d)?;
+    let whole = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u16::MAX)).contains(f))
+            .map(|f| f as u64)
+    });
+    whole
+        .and_then(|w| u16::try_from(w).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("invalid close code {n}: expected an integer")))
+}
+
+/// A request body as `T`, which must be a JSON object: serde would also fill a struct
+/// from an array, positionally, which no documented request is.
+pub fn object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let invalid =
+        |why: String| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {why}"));
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string())),
+        _ => Err(invalid("expected a JSON object".into())),
     }
 }

@@ -5,14 +5,14 @@
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::{authenticate, authorize, Caller};
-use super::error::ApiError;
+use super::error::{ApiError, Param};
 use super::App;
 use crate::announce::{self, MAX_CHARACTERS, RECOMMENDED_LENGTH};
 use crate::metrics::Source;
@@ -49,8 +49,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let caller = authorize(&app, &headers).map_err(ApiError::closing)?;
     let body = super::body::read(&app, &headers, body).await?;
-    let req: CreateBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")))?;
+    let req: CreateBody = super::body::object(&body)?;
     let (message, chars) = announce::validate(&req.message, &req.kind)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
     let created = app
@@ -94,11 +93,11 @@ pub async fn clear(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
 pub async fn acknowledge(
     State(app): State<App>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Param(id): Param,
 ) -> Result<Json<Value>, ApiError> {
     let Caller::User(user) = authenticate(&app, &headers)? else {
         return Err(ApiError::new(
-            ErrorCode::BadRequest,
+            ErrorCode::Forbidden,
             "acknowledging needs a user's token, not an API key",
         ));
     };

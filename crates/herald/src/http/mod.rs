@@ -1,13 +1,16 @@
 //! The HTTP face of a node: the accept loop (plain or TLS, with the slowloris guard),
 //! the router, and one file per endpoint group.
 
+pub mod assets;
 pub mod auth;
 pub mod body;
 pub mod broadcasts;
 pub mod conformance;
 pub mod conn_caps;
+pub mod connections;
 pub mod error;
 pub mod head_guard;
+pub mod openapi;
 pub mod presence;
 pub mod prometheus;
 pub mod publish;

@@ -1,12 +1,12 @@
 //! `GET /api/presence/users/{id}` and `GET /api/channels/{name}/presence` (DESIGN §7–8).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::auth::authorize;
-use super::error::ApiError;
+use super::error::{ApiError, Param};
 use super::publish::denied;
 use super::App;
 use crate::protocol::codes::ErrorCode;
@@ -15,9 +15,10 @@ use crate::session::validate_channel;
 pub async fn user(
     State(app): State<App>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Param(id): Param,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers)?;
+    super::connections::checked_id(&id, "a user id")?;
     if let Some(cluster) = app.broker.cluster() {
         let (online, connections) = cluster.user(&id).await.map_err(unavailable)?;
         return Ok(Json(
@@ -35,7 +36,7 @@ pub async fn user(
 pub async fn channel(
     State(app): State<App>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    Param(name): Param,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers)?;
     validate_channel(&name).map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;

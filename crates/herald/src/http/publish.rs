@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::auth::authorize;
+use super::body::present;
 use super::error::ApiError;
 use super::App;
 use crate::config::namespaces::SYNC;
@@ -27,12 +28,18 @@ use crate::session::validate_channel;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishBody {
+    #[serde(default, deserialize_with = "present")]
     channel: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     user: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     group: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     all: Option<bool>,
     data: Box<RawValue>,
+    #[serde(default, deserialize_with = "present")]
     exclude_user: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     exclude_conn: Option<String>,
 }
 
@@ -44,8 +51,7 @@ pub async fn publish(
     authorize(&app, &headers).map_err(ApiError::closing)?;
     let body = super::body::read(&app, &headers, body).await?;
     let accepted = Instant::now();
-    let req: PublishBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")))?;
+    let req: PublishBody = super::body::object(&body)?;
     let target = match (req.channel, req.user, req.group, req.all) {
         (Some(c), None, None, None | Some(false)) => {
             validate_channel(&c).map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;

@@ -4,6 +4,8 @@
 //! does not wait for them, tokio-rs/axum#3003).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -115,7 +117,12 @@ async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let metrics = app.metrics.clone();
+    // Whether a request came on this connection: the head-read timeout then ends an
+    // idle keep-alive connection, which is no refusal (browsers keep spare ones).
+    let served = Arc::new(AtomicBool::new(false));
+    let seen = served.clone();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        seen.store(true, Relaxed);
         req.extensions_mut().insert(ConnectInfo(peer));
         let router = router.clone();
         let oversized = head_guard::oversized(&req);
@@ -151,7 +158,9 @@ async fn serve_http<I>(
         }
     };
     if let Err(e) = result {
-        if e.is_timeout() {
+        if e.is_timeout() && served.load(Relaxed) {
+            tracing::debug!(%peer, "idle keep-alive connection closed");
+        } else if e.is_timeout() {
             app.metrics.refuse(Refusal::HandshakeTimeout);
             tracing::debug!(%peer, "request head not received in time; dropped");
         } else {

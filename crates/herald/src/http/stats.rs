@@ -1,4 +1,4 @@
-//! `/api/stats`, `/healthz`, `/readyz` (DESIGN §7, CRATES §6 #6).
+//! `/api/stats`, `/api/refusals`, `/healthz`, `/readyz` (DESIGN §7, CRATES §6 #6).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -19,9 +19,12 @@ pub async fn stats(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
     let m = &app.metrics;
     let lat = &m.latency;
     let cluster = match app.broker.cluster() {
-        None => json!({"nodes": 1, "connections": connections, "users": users}),
+        None => json!({"nodes": 1, "connections": connections, "users": users,
+            "per_node": [{"tag": hub.node_tag(), "name": hub.node, "connections": connections, "users": users}]}),
         Some(view) => match view.totals().await {
-            Ok(t) => json!({"nodes": t.nodes, "connections": t.connections, "users": t.users}),
+            Ok(t) => {
+                json!({"nodes": t.nodes, "connections": t.connections, "users": t.users, "per_node": t.per_node})
+            }
             Err(e) => json!({"error": format!("the cluster view (Redis) is unreachable: {e}")}),
         },
     };
@@ -34,8 +37,28 @@ pub async fn stats(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
         "slow_consumer_disconnects": m.slow_consumer_disconnects.load(Relaxed),
         "refused": crate::metrics::Refusal::ALL.iter().map(|r| (r.as_str().to_owned(), Value::from(m.refusals(*r)))).collect::<serde_json::Map<_, _>>(),
         "latency_ms": {"p50": lat.quantile_ms(0.50), "p95": lat.quantile_ms(0.95), "p99": lat.quantile_ms(0.99)},
+        "latency_ms_recent": m.recent_latency().map(|r| json!({"p50": r.p50, "p95": r.p95, "p99": r.p99, "count": r.count, "window_s": r.window_s})),
         "broker": {"degraded": m.degraded.load(Relaxed), "outages": m.broker_outages.load(Relaxed), "malformed": m.broker_malformed.load(Relaxed), "following": app.broker.following()},
     })))
+}
+
+/// `GET /api/refusals`: the last refusals, newest first, a flood of one reason within a
+/// second folded into one row with its count (`/api/stats` `refused` has the totals).
+pub async fn refusals(State(app): State<App>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers)?;
+    let rows: Vec<Value> = app
+        .metrics
+        .recent_refusals()
+        .iter()
+        .map(|r| {
+            json!({
+                "at": crate::store::time::rfc3339(r.at_ms),
+                "reason": r.reason.as_str(),
+                "count": r.count,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"refusals": rows})))
 }
 
 pub async fn healthz() -> Json<Value> {

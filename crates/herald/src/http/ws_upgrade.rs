@@ -201,6 +201,8 @@ async fn run(
         identity,
         outbox: outbox.clone(),
         last_seen_ms: AtomicU64::new(hub.now_ms()),
+        connected_at_ms: crate::store::time::now_ms(),
+        ip,
         channels: Mutex::new(Default::default()),
     });
     let span =

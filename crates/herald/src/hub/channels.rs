@@ -951,6 +951,8 @@ mod tests {
             },
             outbox: Arc::new(Outbox::new(1024, 1 << 20)),
             last_seen_ms: AtomicU64::new(0),
+            connected_at_ms: 0,
+            ip: std::net::IpAddr::from([127, 0, 0, 1]),
             expires_at: AtomicU64::new(0),
             channels: Mutex::new(HashSet::new()),
             groups: Mutex::new(Vec::new()),

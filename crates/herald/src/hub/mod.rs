@@ -4,7 +4,9 @@
 
 pub mod budget;
 pub mod channels;
+pub mod disconnect;
 pub mod fanout;
+pub mod listing;
 pub mod namespace;
 pub mod presence;
 #[cfg(test)]

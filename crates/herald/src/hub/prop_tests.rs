@@ -284,6 +284,8 @@ impl World {
             },
             outbox: Arc::new(Outbox::new(s.queue, QUEUE_BYTES)),
             last_seen_ms: AtomicU64::new(0),
+            connected_at_ms: 0,
+            ip: std::net::IpAddr::from([127, 0, 0, 1]),
             expires_at: AtomicU64::new(0),
             channels: Mutex::new(HashSet::new()),
             groups: Mutex::new(Vec::new()),

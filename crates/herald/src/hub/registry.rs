@@ -29,6 +29,10 @@ pub struct ConnHandle {
     pub outbox: Arc<Outbox>,
     /// `Hub::now_ms` of the last bytes received.
     pub last_seen_ms: AtomicU64,
+    /// Unix milliseconds when it was accepted (for `GET /api/connections`).
+    pub connected_at_ms: i64,
+    /// The client's address (after `trusted_proxies`).
+    pub ip: IpAddr,
     /// Unix seconds when the token expires (0 = never); replaced by `refresh`.
     pub expires_at: AtomicU64,
     /// The channels this connection is subscribed to; changed only through
@@ -361,6 +365,8 @@ mod tests {
             },
             outbox: Arc::new(Outbox::new(4, 1024)),
             last_seen_ms: AtomicU64::new(0),
+            connected_at_ms: 0,
+            ip: std::net::IpAddr::from([127, 0, 0, 1]),
             expires_at: AtomicU64::new(0),
             channels: Mutex::new(HashSet::new()),
             groups: Mutex::new(vec![Arc::from("g")]),

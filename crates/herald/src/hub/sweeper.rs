@@ -1,5 +1,6 @@
 //! One task for every connection's timers: server Pings every `heartbeat_s`, the idle
-//! timeout, token expiry (4002), and channel upkeep (history TTL, presence leaves). A
+//! timeout, token expiry (4002), channel upkeep (history TTL, presence leaves), and the
+//! latency snapshot behind the recent percentiles. A
 //! single 1 s tick over the registry costs far less than a timer per connection and
 //! keeps idle connections free of timer state.
 
@@ -27,6 +28,7 @@ pub async fn run(hub: Arc<Hub>, stop: CancellationToken) {
         seconds += 1;
         let send_ping = seconds.is_multiple_of(hub.heartbeat_s.load(Relaxed).max(1));
         sweep(&hub, send_ping.then_some(&ping));
+        hub.metrics.tick_latency();
     }
 }
 
@@ -91,6 +93,8 @@ mod tests {
             },
             outbox: Arc::new(Outbox::new(16, 1 << 16)),
             last_seen_ms: AtomicU64::new(hub.now_ms()),
+            connected_at_ms: 0,
+            ip: std::net::IpAddr::from([127, 0, 0, 1]),
             expires_at: AtomicU64::new(expires_at),
             channels: Mutex::new(HashSet::new()),
             groups: Mutex::new(Vec::new()),

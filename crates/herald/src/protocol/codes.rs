@@ -18,6 +18,8 @@ pub enum ErrorCode {
     Unavailable,
     /// HTTP only: a request body that did not arrive in time (408).
     Timeout,
+    /// HTTP only: a known path asked with a method it does not answer (405).
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
@@ -32,6 +34,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -46,6 +49,7 @@ impl ErrorCode {
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 }
@@ -64,6 +68,9 @@ pub enum CloseCode {
     Replaced,
     TokenExpired,
     Resync,
+    /// An admin or a revocation closed it: clients do not reconnect with the same
+    /// credentials.
+    Disconnected,
 }
 
 impl CloseCode {
@@ -80,6 +87,7 @@ impl CloseCode {
             CloseCode::Replaced => 4001,
             CloseCode::TokenExpired => 4002,
             CloseCode::Resync => 4003,
+            CloseCode::Disconnected => 4004,
         }
     }
 
@@ -97,6 +105,7 @@ impl CloseCode {
             CloseCode::Replaced => "connection limit",
             CloseCode::TokenExpired => "token expired",
             CloseCode::Resync => "resync",
+            CloseCode::Disconnected => "disconnected by the server",
         }
     }
 }
@@ -119,6 +128,7 @@ mod tests {
             ErrorCode::Internal => ("internal", 500),
             ErrorCode::Unavailable => ("unavailable", 503),
             ErrorCode::Timeout => ("timeout", 408),
+            ErrorCode::MethodNotAllowed => ("method_not_allowed", 405),
         }
     }
 
@@ -135,6 +145,7 @@ mod tests {
             CloseCode::Replaced => 4001,
             CloseCode::TokenExpired => 4002,
             CloseCode::Resync => 4003,
+            CloseCode::Disconnected => 4004,
         }
     }
 
@@ -150,6 +161,8 @@ mod tests {
             TooLarge,
             Internal,
             Unavailable,
+            Timeout,
+            MethodNotAllowed,
         ] {
             assert_eq!((c.as_str(), c.http_status().as_u16()), error_contract(c));
         }
@@ -170,6 +183,7 @@ mod tests {
             Replaced,
             TokenExpired,
             Resync,
+            Disconnected,
         ];
         for c in all {
             assert_eq!(c.code(), close_contract(c), "{c:?}");

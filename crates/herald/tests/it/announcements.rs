@@ -269,12 +269,12 @@ async fn validation(store: &TestStore) {
         .0,
         400
     );
-    // Acknowledging needs a user: an API key gets 400.
+    // Acknowledging needs a user: an API key is nobody to acknowledge for (403).
     assert_eq!(
         s.post_json("/api/broadcasts/whatever/ack", &s.api_key, json!({}))
             .await
             .0,
-        400
+        403
     );
     s.shutdown().await;
 }

@@ -120,6 +120,7 @@ async fn stats_and_health_have_the_documented_shape() {
     assert_eq!(st["node"]["users"], 1);
     assert_eq!(st["cluster"]["connections"], 2);
     assert_eq!(st["cluster"]["nodes"], 1);
+    assert_eq!(st["cluster"]["per_node"][0]["connections"], 2);
     assert_eq!(st["publications"], 1);
     assert_eq!(st["deliveries"], 2);
     // Frames were written (`connected`, the publication), so latency was recorded: the

@@ -174,6 +174,51 @@ async fn expired_token_closes_with_4002_unless_refreshed() {
 }
 
 #[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_but_not_counted_as_a_refusal() {
+    let s = TestServer::start_with(|c| c.limits.handshake_timeout_s = 1).await;
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    // The answer, then the close of the idle connection after the head-read timeout.
+    loop {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // A connection that never sends a head still is a refusal (the control); both
+    // are counted, if at all, before their sockets close.
+    let mut silent = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let n = tokio::time::timeout(WAIT, silent.read(&mut buf))
+        .await
+        .expect("dropped in time")
+        .unwrap_or(0);
+    assert!(n == 0 || buf.starts_with(b"HTTP/1.1 408"));
+    eventually("the silent one is counted", || async {
+        s.stats().await["refused"]["handshake_timeout"] != 0
+    })
+    .await;
+    assert_eq!(
+        s.stats().await["refused"]["handshake_timeout"],
+        1,
+        "only the silent one"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn slowloris_upgrade_is_dropped_after_the_handshake_timeout() {
     let s = TestServer::start_with(|c| c.limits.handshake_timeout_s = 1).await;
     // The server's clock starts at accept, after this instant.

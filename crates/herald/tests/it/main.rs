@@ -2,6 +2,7 @@
 
 mod support;
 
+mod admin_api;
 mod announcements;
 mod bad_input;
 mod channels;
@@ -13,6 +14,7 @@ mod jwt_keys;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod openapi;
 mod presence;
 mod refusals;
 mod relay;

@@ -488,9 +488,8 @@ async fn provoke(r: Refusal, s: &TestServer) {
     }
 }
 
-/// `/api/stats` `refused`, over a connection of its own: a pooled keep-alive connection
-/// left idle longer than `limits.handshake_timeout_s` is dropped by the head-read timeout
-/// and counted as `handshake_timeout` too, which would blur the count under test.
+/// `/api/stats` `refused`, over a connection of its own, so no pooled connection of the
+/// test's own client is in play while refusals are counted.
 async fn refused(s: &TestServer) -> Value {
     let res = reqwest::Client::builder()
         .pool_max_idle_per_host(0)

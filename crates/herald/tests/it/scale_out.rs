@@ -747,6 +747,27 @@ async fn presence_and_stats_answer_for_every_node() {
         c["nodes"] == 3 && c["connections"] == 3 && c["users"] == 2
     });
     assert!(totals.await, "{}", nodes[2].stats().await);
+    // Each node's own row, for the admin page's per-node view.
+    let per_node = nodes[0].stats().await["cluster"]["per_node"].clone();
+    let mut rows: Vec<(String, u64)> = per_node
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["tag"].as_str().unwrap().to_owned(),
+                r["connections"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    let mut want: Vec<(String, u64)> = nodes
+        .iter()
+        .zip([1, 2, 0])
+        .map(|(s, n)| (s.node().app.hub.node_tag().to_owned(), n))
+        .collect();
+    want.sort();
+    assert_eq!(rows, want, "{per_node}");
 
     // A reload that lands on another node never reads offline anywhere.
     drop(alice);
@@ -1173,6 +1194,83 @@ async fn a_lost_pub_sub_connection_is_caught_up_from_the_shared_history() {
         assert_eq!(m["offset"].as_u64(), Some(expect), "gap or duplicate");
     }
     assert_nothing_before_marker(&nodes[0], &mut watcher, "w").await;
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_disconnect_order_reaches_the_node_that_holds_the_connection() {
+    let nodes = cluster(3).await;
+    let (mut on1, _) = nodes[1].connect("dave").await;
+    let (mut on2, _) = nodes[2].connect("dave").await;
+    let (mut erin, hello) = nodes[2].connect("erin").await;
+    let (mut bystander, _) = nodes[1].connect("frank").await;
+    let key = nodes[0].api_key.clone();
+
+    // A user: every node closes that user's connections.
+    let (status, body) = nodes[0]
+        .post_json("/api/users/dave/disconnect", &key, json!({}))
+        .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"disconnected": 0, "forwarded": true}))
+    );
+    assert_eq!(close_code(&mut on1).await, Some(4004));
+    assert_eq!(close_code(&mut on2).await, Some(4004));
+
+    // A connection held by another node: forwarded there, closed there.
+    let path = format!(
+        "/api/connections/{}/disconnect",
+        hello["conn_id"].as_str().unwrap()
+    );
+    let (status, body) = nodes[0].post_json(&path, &key, json!({"code": 4010})).await;
+    assert_eq!(
+        (status, body),
+        (202, json!({"disconnected": 0, "forwarded": true}))
+    );
+    assert_eq!(close_code(&mut erin).await, Some(4010));
+
+    send_text(&mut bystander, r#"{"type":"ping"}"#).await;
+    assert_eq!(next_json(&mut bystander).await["type"], "pong");
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn the_connection_list_of_any_node_holds_every_nodes_connections() {
+    let nodes = cluster(3).await;
+    let mut held = Vec::new();
+    for (i, user) in [(1, "gina"), (2, "hank"), (2, "gina")] {
+        let (ws, hello) = nodes[i].connect(user).await;
+        held.push((ws, hello["conn_id"].as_str().unwrap().to_owned()));
+    }
+    let (status, list) = nodes[0].get_json("/api/connections").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["nodes"], json!({"asked": 3, "answered": 3}), "{list}");
+    assert_eq!(
+        (list["total"].clone(), list["matched"].clone()),
+        (json!(3), json!(3))
+    );
+    let mut got: Vec<String> = list["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["conn_id"].as_str().unwrap().to_owned())
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = held.iter().map(|(_, id)| id.clone()).collect();
+    want.sort();
+    assert_eq!(got, want);
+
+    let (_, found) = nodes[0].get_json("/api/connections?q=gina&limit=1").await;
+    assert_eq!(found["matched"], 2, "{found}");
+    assert_eq!(
+        found["connections"][0]["conn_id"],
+        held[2].1.as_str(),
+        "newest first"
+    );
     for s in nodes {
         s.shutdown().await;
     }
