@@ -9,6 +9,9 @@ const POLL_MS = 1000;
 const WINDOW_MS = 120_000; // the charts show the last two minutes
 const MAX_CHARS = 280;
 const CONN_LIMIT = 200;
+/** How often the connection list is reloaded by the poll. */
+const CONN_EVERY_MS = 3000;
+let lastConnLoad = -Infinity;
 const FETCH_TIMEOUT_MS = 5000;
 
 const $ = (sel) => document.querySelector(sel);
@@ -374,6 +377,12 @@ function renderStats(s) {
     sub.title = '';
     setText(sub, `${plural(cl.users, 'user')} · ${plural(cl.nodes, 'node')}`);
   }
+  // Connections per node, once there is more than one (each node's last heartbeat).
+  const perNode = $('#stat-per-node');
+  const nodes = Array.isArray(cl.per_node) ? cl.per_node : [];
+  perNode.hidden = nodes.length < 2;
+  setText(perNode, nodes.map((p) => `${p.name || p.tag} ${fmtInt(p.connections)}`).join(' · '));
+  perNode.title = nodes.map((p) => `${p.name} (${p.tag}): ${p.connections} connections, ${p.users} users`).join('\n');
 
   setText('#stat-publications', fmtInt(s.publications));
   setText('#stat-deliveries', fmtInt(s.deliveries));
@@ -758,7 +767,9 @@ async function poll() {
   const jobs = [
     api('/api/stats').then(renderStats),
     api('/api/broadcasts?limit=1').then(renderActive),
-    loadConnections(),
+    // The list asks every node of a cluster: every few seconds, not every poll (a search
+    // or a disconnect reloads it at once).
+    started - lastConnLoad >= CONN_EVERY_MS ? (lastConnLoad = started, loadConnections()) : null,
     api('/api/refusals').then((d) => { refusalsMissing = false; renderRefusals(d); }, (e) => {
       if (e.status === 404 && e.code === 'not_found') { refusalsMissing = true; renderRefusals(null); return; }
       throw e;
@@ -766,7 +777,7 @@ async function poll() {
   ];
   if (presence.user) jobs.push(lookupUser(presence.user));
   if (presence.channel) jobs.push(lookupChannel(presence.channel));
-  const results = await Promise.allSettled(jobs);
+  const results = await Promise.allSettled(jobs.filter(Boolean));
   inFlight = false;
   if (!running) return;
   const failed = results.filter((r) => r.status === 'rejected').map((r) => r.reason);
