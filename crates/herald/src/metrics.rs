@@ -266,14 +266,17 @@ impl Default for Metrics {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Api,
+    /// `POST /api/publish/batch`, one count per publication.
+    Batch,
     Client,
     Relay,
     Announcement,
 }
 
 impl Source {
-    pub const ALL: [Source; 4] = [
+    pub const ALL: [Source; 5] = [
         Source::Api,
+        Source::Batch,
         Source::Client,
         Source::Relay,
         Source::Announcement,
@@ -282,6 +285,7 @@ impl Source {
     pub const fn as_str(self) -> &'static str {
         match self {
             Source::Api => "api",
+            Source::Batch => "batch",
             Source::Client => "client",
             Source::Relay => "relay",
             Source::Announcement => "announcement",

@@ -103,6 +103,11 @@ pub struct BenchArgs {
     /// once `subscribed` is back), and the publisher publishes to it instead of `all`.
     #[arg(long, value_name = "NAME", value_parser = parse_channel)]
     pub channel: Option<String>,
+    /// Publications per request: 1 posts each to `/api/publish`; more posts them in
+    /// groups to `/api/publish/batch` (at the same publication rate), as a backend that
+    /// has many at once would.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch: u32,
 }
 
 /// `--channel`: the server's own channel-name rule, so that a name that passes needs no
@@ -376,7 +381,12 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
     let mut cpu = None;
     if connected > 0 {
         let plan = publisher::Plan {
-            url: format!("{}/api/publish", server.base_url),
+            url: if args.batch > 1 {
+                format!("{}/api/publish/batch", server.base_url)
+            } else {
+                format!("{}/api/publish", server.base_url)
+            },
+            batch: args.batch as usize,
             api_key: server.api_key.clone(),
             rate: args.rate,
             duration: Duration::from_secs(args.duration),

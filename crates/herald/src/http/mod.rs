@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod auth;
+pub mod batch;
 pub mod body;
 pub mod broadcasts;
 pub mod conformance;

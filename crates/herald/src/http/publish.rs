@@ -18,7 +18,7 @@ use super::App;
 use crate::config::namespaces::SYNC;
 use crate::hub::namespace::Denied;
 use crate::hub::Route;
-use crate::hub::{Exclude, Publication, Target};
+use crate::hub::{Delivered, Exclude, Publication, Target};
 use crate::ids::{ConnId, UserId};
 use crate::metrics::Source;
 use crate::protocol::codes::ErrorCode;
@@ -27,7 +27,7 @@ use crate::session::validate_channel;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PublishBody {
+pub struct PublishBody {
     #[serde(default, deserialize_with = "present")]
     channel: Option<String>,
     #[serde(default, deserialize_with = "present")]
@@ -52,6 +52,20 @@ pub async fn publish(
     let body = super::body::read(&app, &headers, body).await?;
     let accepted = Instant::now();
     let req: PublishBody = super::body::object(&body)?;
+    let delivered = app
+        .broker
+        .publish(publication_of(req, accepted)?)
+        .wait()
+        .await
+        .map_err(denied)?;
+    app.metrics.accepted(Source::Api);
+    Ok(Json(answer(&delivered)))
+}
+
+/// The publication a request body asks for: exactly one target, a valid channel name,
+/// and on `sync:` a valid sync event (a targeted `device_command` goes to that device's
+/// priority lane and never into history, DESIGN §5).
+pub fn publication_of(req: PublishBody, accepted: Instant) -> Result<Publication, ApiError> {
     let target = match (req.channel, req.user, req.group, req.all) {
         (Some(c), None, None, None | Some(false)) => {
             validate_channel(&c).map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;
@@ -67,8 +81,6 @@ pub async fn publish(
             ));
         }
     };
-    // `sync` events are validated as from a client; a targeted `device_command` goes to
-    // that device's priority lane and never into history (DESIGN §5).
     let mut event = None;
     if let Target::Channel(c) = &target {
         if c.split_once(':').is_some_and(|(ns, _)| ns == SYNC) {
@@ -79,7 +91,7 @@ pub async fn publish(
             );
         }
     }
-    let publication = Publication {
+    Ok(Publication {
         target,
         exclude: Exclude {
             user: req.exclude_user.map(UserId::from),
@@ -91,21 +103,18 @@ pub async fn publish(
         accepted,
         creator: None,
         route: event.as_ref().map_or(Route::Normal, Route::of_sync),
-    };
-    let delivered = app
-        .broker
-        .publish(publication)
-        .wait()
-        .await
-        .map_err(denied)?;
-    app.metrics.accepted(Source::Api);
-    let body = match delivered.position {
+    })
+}
+
+/// What a delivered publication answers: the local recipients, and on a channel with
+/// history its offset and epoch.
+pub fn answer(delivered: &Delivered) -> Value {
+    match &delivered.position {
         Some((offset, epoch)) => {
-            json!({ "queued": delivered.queued, "offset": offset, "epoch": &*epoch })
+            json!({ "queued": delivered.queued, "offset": offset, "epoch": &**epoch })
         }
         None => json!({ "queued": delivered.queued }),
-    };
-    Ok(Json(body))
+    }
 }
 
 /// A publication the namespace rules or the broker refuse.

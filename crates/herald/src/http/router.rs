@@ -10,8 +10,8 @@ use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 
 use super::{
-    assets, broadcasts, conformance, connections, error, openapi, presence, prometheus, publish,
-    stats, ws_upgrade, App,
+    assets, batch, broadcasts, conformance, connections, error, openapi, presence, prometheus,
+    publish, stats, ws_upgrade, App,
 };
 
 /// One route: its method, its path (axum's `{param}` syntax, as in OpenAPI) and what
@@ -35,6 +35,11 @@ pub fn endpoints(app: &App) -> Vec<Endpoint> {
     let mut e = vec![
         at(Method::GET, "/ws", get(ws_upgrade::upgrade)),
         at(Method::POST, "/api/publish", post(publish::publish)),
+        at(
+            Method::POST,
+            "/api/publish/batch",
+            post(batch::publish_batch),
+        ),
         at(Method::GET, "/api/stats", get(stats::stats)),
         at(Method::GET, "/api/refusals", get(stats::refusals)),
         at(Method::GET, "/api/connections", get(connections::list)),

@@ -5,6 +5,7 @@ mod support;
 mod admin_api;
 mod announcements;
 mod bad_input;
+mod batch;
 mod channels;
 mod cli;
 mod fanout;

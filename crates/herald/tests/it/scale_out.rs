@@ -1275,3 +1275,42 @@ async fn the_connection_list_of_any_node_holds_every_nodes_connections() {
         s.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_batch_over_redis_keeps_its_order_on_every_node() {
+    let nodes = cluster(3).await;
+    let (mut far, _) = nodes[2].connect("ivy").await;
+    subscribe(&mut far, "news", None).await;
+    let (mut near, _) = nodes[0].connect("jon").await;
+    subscribe(&mut near, "news", None).await;
+    let publications: Vec<Value> = (0..200)
+        .map(|i| json!({"channel": "news", "data": i}))
+        .collect();
+    let (status, body) = nodes[0]
+        .post_json(
+            "/api/publish/batch",
+            &nodes[0].api_key.clone(),
+            json!({"publications": publications}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let offsets: Vec<u64> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, (1..=200).collect::<Vec<u64>>());
+    for ws in [&mut far, &mut near] {
+        for i in 0..200u64 {
+            let m = next_pub(ws).await;
+            assert_eq!(
+                (m["offset"].as_u64(), m["data"].as_u64()),
+                (Some(i + 1), Some(i))
+            );
+        }
+    }
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
