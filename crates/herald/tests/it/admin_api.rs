@@ -5,21 +5,6 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-async fn subscribe(ws: &mut Ws, channel: &str) {
-    send_text(
-        ws,
-        &json!({"type": "subscribe", "channel": channel}).to_string(),
-    )
-    .await;
-    loop {
-        let reply = next_json(ws).await;
-        assert_ne!(reply["type"], "error", "{reply}");
-        if reply["type"] == "subscribed" {
-            return;
-        }
-    }
-}
-
 fn ids(list: &Value) -> Vec<String> {
     list["connections"]
         .as_array()
@@ -43,7 +28,7 @@ async fn connections_are_listed_newest_first_and_found_by_search() {
     let phone = s.token_with("alice", |c| c.device = Some("phone".into()));
     let (_alice, hello_a) = s.connect_token(&phone).await;
     let (mut bob, hello_b) = s.connect("bob").await;
-    subscribe(&mut bob, "news-today").await;
+    subscribe_to(&mut bob, "news-today").await;
     let (a, b) = (
         hello_a["conn_id"].as_str().unwrap(),
         hello_b["conn_id"].as_str().unwrap(),

@@ -5,27 +5,12 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-async fn subscribe(ws: &mut Ws, channel: &str) {
-    send_text(
-        ws,
-        &json!({"type": "subscribe", "channel": channel}).to_string(),
-    )
-    .await;
-    loop {
-        let reply = next_json(ws).await;
-        assert_ne!(reply["type"], "error", "{reply}");
-        if reply["type"] == "subscribed" {
-            return;
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_batch_is_applied_in_order_and_answered_one_result_each() {
     // The reader reads after the batch: its queue holds all of it.
     let s = TestServer::start_with(|c| c.ws.queue_messages = 1024).await;
     let (mut ws, _) = s.connect("reader").await;
-    subscribe(&mut ws, "news").await;
+    subscribe_to(&mut ws, "news").await;
     let mut publications: Vec<Value> = (0..300)
         .map(|i| json!({"channel": "news", "data": {"i": i}}))
         .collect();

@@ -460,3 +460,17 @@ pub async fn publish_to_a_stalled_client_until_closed(s: &TestServer, pace: bool
         assert!(n < 10_000, "the stalled client was never closed");
     }
 }
+
+/// Subscribes `ws` to `channel` and waits for `subscribed` (skipping other frames; an
+/// `error` fails the test).
+pub async fn subscribe_to(ws: &mut Ws, channel: &str) {
+    let msg = serde_json::json!({"type": "subscribe", "channel": channel});
+    send_text(ws, &msg.to_string()).await;
+    loop {
+        let reply = next_json(ws).await;
+        assert_ne!(reply["type"], "error", "{reply}");
+        if reply["type"] == "subscribed" {
+            return;
+        }
+    }
+}
