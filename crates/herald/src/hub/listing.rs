@@ -56,10 +56,14 @@ impl Hub {
         let mut all: Vec<Arc<ConnHandle>> = Vec::new();
         self.registry.for_each_conn(|c| all.push(c.clone()));
         let needle = search.trim().to_lowercase();
+        // Rows (with their copied strings) are built only for the connections that match.
         let mut rows: Vec<ConnRow> = all
             .iter()
-            .map(|c| self.row(c))
-            .filter(|r| needle.is_empty() || matches(r, &needle))
+            .filter_map(|c| {
+                let subscriptions = self.sorted_subscriptions(c);
+                (needle.is_empty() || matches(c, &subscriptions, &needle))
+                    .then(|| self.row(c, subscriptions))
+            })
             .collect();
         let matched = rows.len();
         sort_newest_first(&mut rows);
@@ -71,7 +75,7 @@ impl Hub {
         }
     }
 
-    fn row(&self, c: &ConnHandle) -> ConnRow {
+    fn sorted_subscriptions(&self, c: &ConnHandle) -> Vec<String> {
         let mut subscriptions: Vec<String> = self
             .registry
             .subscriptions(c)
@@ -79,6 +83,10 @@ impl Hub {
             .map(|s| s.to_string())
             .collect();
         subscriptions.sort_unstable();
+        subscriptions
+    }
+
+    fn row(&self, c: &ConnHandle, subscriptions: Vec<String>) -> ConnRow {
         ConnRow {
             conn_id: c.conn_id.to_string(),
             user_id: c.identity.user.to_string(),
@@ -93,12 +101,14 @@ impl Hub {
     }
 }
 
-fn matches(r: &ConnRow, needle: &str) -> bool {
+/// Whether the search text (lower case) is in the user id, device, connection id or one
+/// of the channels.
+fn matches(c: &ConnHandle, subscriptions: &[String], needle: &str) -> bool {
     let has = |s: &str| s.to_lowercase().contains(needle);
-    has(&r.user_id)
-        || r.device.as_deref().is_some_and(has)
-        || has(&r.conn_id)
-        || r.subscriptions.iter().any(|s| has(s))
+    has(&c.identity.user)
+        || c.identity.device.as_deref().is_some_and(has)
+        || has(&c.conn_id)
+        || subscriptions.iter().any(|s| has(s))
 }
 
 #[cfg(test)]
