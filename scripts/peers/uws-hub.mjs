@@ -43,15 +43,30 @@ app.ws("/ws", {
   closeOnBackpressureLimit: opts["close-on-backpressure"] !== null ? 1 : 0, // an int in uWS
   idleTimeout: 120,
   sendPingsAutomatically: true,
-  // No `upgrade` handler: uWS accepts every upgrade (any token, any Origin).
+  // Every upgrade is accepted (any token, any Origin); one with `X-API-Key` is a
+  // backend publisher, as in herald: not subscribed to everyone, its `publish` frames
+  // applied and acked in order (`herald bench --publisher ws`).
+  upgrade: (res, req, context) => {
+    res.upgrade(
+      { backend: req.getHeader("x-api-key") !== "" },
+      req.getHeader("sec-websocket-key"),
+      req.getHeader("sec-websocket-protocol"),
+      req.getHeader("sec-websocket-extensions"),
+      context,
+    );
+  },
   open: (ws) => {
-    ws.subscribe(ALL);
+    if (!ws.getUserData().backend) ws.subscribe(ALL);
     ws.send(
       `{"type":"connected","conn_id":"p-${++nextConn}","user_id":"u","node":"peer","heartbeat_s":25}`,
       false,
     );
   },
   message: (ws, message, isBinary) => {
+    if (ws.getUserData().backend && !isBinary) {
+      const reply = backendMessage(Buffer.from(message).toString());
+      if (reply) return void ws.send(reply, false);
+    }
     const reply = clientMessage(Buffer.from(message).toString(), isBinary, {
       subscribe: (name) => ws.subscribe(`c:${name}`),
       unsubscribe: (name) => ws.unsubscribe(`c:${name}`),
@@ -97,6 +112,23 @@ for (const sig of ["SIGTERM", "SIGINT"]) {
     );
     process.exit(0);
   });
+}
+
+/** A backend's `publish` frame applied, answered with herald's `ack`; null otherwise. */
+function backendMessage(text) {
+  let msg;
+  try {
+    msg = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (msg === null || typeof msg !== "object" || msg.type !== "publish") return null;
+  const ref = msg.ref === undefined ? "" : `,"ref":${JSON.stringify(msg.ref)}`;
+  const p = publication(msg);
+  if (!p) return errorFrame("bad_request", "publish all or a channel", msg.ref);
+  const answer = apply(p);
+  const offset = answer.offset === undefined ? "" : `,"offset":${answer.offset}`;
+  return `{"type":"ack"${ref}${offset}}`;
 }
 
 /** Publishes one checked publication; returns its `{"queued":n}` answer. */

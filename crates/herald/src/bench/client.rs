@@ -117,6 +117,18 @@ pub async fn connect(target: &Target, i: usize) -> Result<Conn, String> {
 /// reads the first text message (`connected`, unless the server says otherwise): the
 /// client side of herald's own codec, for the bench and `herald listen`.
 pub async fn open(addr: SocketAddr, host: &str, token: &str) -> Result<(Conn, Bytes), String> {
+    // A JWT is base64url and dots: safe in a query string as is.
+    open_with(addr, host, &format!("/ws?token={token}"), "").await
+}
+
+/// [`open`] with the request target and extra header lines (each ending in `\r\n`) given:
+/// a backend publisher upgrades with `X-API-Key` instead of a token.
+pub async fn open_with(
+    addr: SocketAddr,
+    host: &str,
+    target: &str,
+    headers: &str,
+) -> Result<(Conn, Bytes), String> {
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {}", e.kind()))?;
@@ -124,11 +136,9 @@ pub async fn open(addr: SocketAddr, host: &str, token: &str) -> Result<(Conn, By
         .set_nodelay(true)
         .map_err(|e| format!("nodelay: {}", e.kind()))?;
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
-    // A JWT is base64url and dots: safe in a query string as is.
     let request = format!(
-        "GET /ws?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        host
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
     );
     stream
         .write_all(request.as_bytes())
@@ -201,6 +211,12 @@ fn check_101(head: &[u8], expected_accept: &str) -> Result<(), String> {
 }
 
 impl Conn {
+    /// The socket, what was read past the last message, and the reader mid-stream: for
+    /// a caller that reads and writes from two tasks.
+    pub fn into_parts(self) -> (TcpStream, BytesMut, MessageReader) {
+        (self.stream, self.buf, self.reader)
+    }
+
     /// Sends one masked text message.
     pub async fn send_text(&mut self, text: &[u8]) -> std::io::Result<()> {
         let mut frame = BytesMut::with_capacity(14 + text.len());
@@ -316,7 +332,7 @@ async fn send_control(stream: &mut TcpStream, opcode: u8, payload: &[u8]) -> std
 }
 
 /// Appends a final, masked client frame (any size: `put_header` picks the length form).
-fn masked(out: &mut BytesMut, opcode: u8, payload: &[u8]) {
+pub fn masked(out: &mut BytesMut, opcode: u8, payload: &[u8]) {
     let key = rand::random::<[u8; 4]>();
     put_header(out, true, opcode, payload.len(), Some(key));
     let start = out.len();

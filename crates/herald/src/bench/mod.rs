@@ -27,6 +27,7 @@ pub mod client;
 mod publisher;
 mod stamp;
 mod sys;
+mod ws_publisher;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -108,12 +109,23 @@ pub struct BenchArgs {
     /// has many at once would.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub batch: u32,
+    /// How publications are sent: `http` (`/api/publish`, or batches with `--batch`) or
+    /// `ws` — the pipelined backend publisher: one `/ws` connection with the API key,
+    /// many publications in flight, acks in order (DESIGN §7).
+    #[arg(long, value_enum, default_value_t = PublisherKind::Http, conflicts_with = "batch")]
+    pub publisher: PublisherKind,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublisherKind {
+    Http,
+    Ws,
 }
 
 /// `--channel`: the server's own channel-name rule, so that a name that passes needs no
 /// JSON escaping and the server will not refuse it as malformed.
 fn parse_channel(name: &str) -> Result<String, String> {
-    crate::session::validate_channel(name)?;
+    crate::protocol::channel::validate_channel(name)?;
     Ok(name.to_owned())
 }
 
@@ -412,7 +424,22 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
         };
         let cpu_before = (sys::cpu_seconds(None), servers_cpu());
         pub_start_ns = base.elapsed().as_nanos() as u64;
-        outcome = publisher::run(&http, &plan, base).await;
+        outcome = match args.publisher {
+            PublisherKind::Http => publisher::run(&http, &plan, base).await,
+            PublisherKind::Ws => {
+                let first = targets.first().context("no target")?;
+                let ws_plan = ws_publisher::WsPlan {
+                    addr: first.addr,
+                    host: first.host.clone(),
+                    api_key: plan.api_key.clone(),
+                    rate: plan.rate,
+                    duration: plan.duration,
+                    payload: plan.payload,
+                    channel: plan.channel.clone(),
+                };
+                ws_publisher::run(&ws_plan, base).await
+            }
+        };
         let wall =
             Duration::from_nanos(base.elapsed().as_nanos() as u64 - pub_start_ns).as_secs_f64();
         let ours = cpu_before.0.zip(sys::cpu_seconds(None)).map(|(a, b)| b - a);
@@ -420,8 +447,9 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
         cpu = ours.map(|o| (o, theirs, wall));
         // Stragglers: until every queued delivery has arrived, at most STRAGGLERS.
         let give_up = Instant::now() + STRAGGLERS;
-        if !args.spread_urls.is_empty() {
-            // Each node's `queued` counts its own clients only: expect every client.
+        if !args.spread_urls.is_empty() || args.publisher == PublisherKind::Ws {
+            // Each node's `queued` counts its own clients only, and an `ack` carries no
+            // count: expect every client.
             outcome.queued = outcome.ok * connected as u64;
         }
         while received_total.load(Relaxed) < outcome.queued && Instant::now() < give_up {
@@ -477,6 +505,17 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
 }
 
 /// What the publisher targets, for messages: `all` or `channel NAME`.
+fn publisher_name(args: &BenchArgs) -> String {
+    match (args.publisher, args.batch) {
+        (PublisherKind::Ws, _) => format!(
+            "pipelined over /ws (up to {} in flight)",
+            ws_publisher::WINDOW
+        ),
+        (PublisherKind::Http, 1) => "one per POST /api/publish".to_owned(),
+        (PublisherKind::Http, n) => format!("{n} per POST /api/publish/batch"),
+    }
+}
+
 fn target_name(args: &BenchArgs) -> String {
     match &args.channel {
         Some(c) => format!("channel {c}"),
@@ -528,14 +567,15 @@ impl Report {
         let _ =
             writeln!(
             o,
-            "  publications    {} sent ({} ok, {} failed) at {}/s for {} s, in {:.2} s; data {} B",
+            "  publications    {} sent ({} ok, {} failed) at {}/s for {} s, in {:.2} s; data {} B; {}",
             p.sent,
             p.ok,
             p.failed,
             args.rate,
             args.duration,
             p.elapsed.as_secs_f64(),
-            stamp::encode_data(0, args.payload as usize).len().max(args.payload as usize)
+            stamp::encode_data(0, args.payload as usize).len().max(args.payload as usize),
+            publisher_name(args)
         );
         if let Some(e) = &p.first_error {
             let _ = writeln!(o, "    first error   {e}");
