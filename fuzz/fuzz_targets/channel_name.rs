@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use herald::config::namespaces::{builtin, DEFAULT};
 use herald::config::NamespaceConfig;
 use herald::hub::namespace::{owns, Denied, Namespaces};
-use herald::session::validate_channel;
+use herald::protocol::channel::validate_channel;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,8 +6,8 @@
 //! bytes of `[A-Za-z0-9_.:@-]`.
 #![no_main]
 
+use herald::protocol::channel::validate_channel;
 use herald::protocol::client::{decode, ClientMessage, Inbound};
-use herald::session::validate_channel;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,13 +18,17 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(Inbound::Message(m)) => match m {
             ClientMessage::Subscribe { channel, .. }
-            | ClientMessage::Unsubscribe { channel, .. }
-            | ClientMessage::Publish { channel, .. } => check_channel(&channel),
+            | ClientMessage::Unsubscribe { channel, .. } => check_channel(&channel),
             ClientMessage::Ping
             | ClientMessage::Refresh { .. }
             | ClientMessage::AcknowledgeBroadcast { .. }
             | ClientMessage::GetActiveBroadcast => {}
         },
+        Ok(Inbound::Publish(p)) => {
+            if let Some(channel) = &p.channel {
+                check_channel(channel);
+            }
+        }
         Err(e) => assert!(!e.message.is_empty(), "empty decode error for {data:?}"),
     }
 });

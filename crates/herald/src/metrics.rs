@@ -60,6 +60,8 @@ refusals! {
     BodyTimeout => "body_timeout",
     // A request head over `http::head_guard::HEAD_MAX` (431 with a JSON body).
     HeadTooLarge => "head_too_large",
+    // A `publish` frame while `ws.max_in_flight` publications await their answer.
+    InFlight => "in_flight",
 }
 
 impl Refusal {
@@ -269,15 +271,18 @@ pub enum Source {
     /// `POST /api/publish/batch`, one count per publication.
     Batch,
     Client,
+    /// A `publish` frame from a backend publisher on `/ws` (an API key or admin token).
+    Backend,
     Relay,
     Announcement,
 }
 
 impl Source {
-    pub const ALL: [Source; 5] = [
+    pub const ALL: [Source; 6] = [
         Source::Api,
         Source::Batch,
         Source::Client,
+        Source::Backend,
         Source::Relay,
         Source::Announcement,
     ];
@@ -287,6 +292,7 @@ impl Source {
             Source::Api => "api",
             Source::Batch => "batch",
             Source::Client => "client",
+            Source::Backend => "backend",
             Source::Relay => "relay",
             Source::Announcement => "announcement",
         }

@@ -2,7 +2,7 @@
 //! subscriptions, token refresh. Every refusal is an `error` frame and the connection
 //! carries on; only a persistent flood closes it (1008).
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,10 @@ use crate::hub::namespace::{Denied, Resolved};
 use crate::hub::{ConnHandle, Exclude, Hub, Publication, Route, Target};
 use crate::metrics::{Refusal, Source};
 use crate::outbox::{Outbox, Push};
+use crate::protocol::channel::validate_channel;
 use crate::protocol::client::{self, ClientMessage, Inbound, Since};
 use crate::protocol::codes::{CloseCode, ErrorCode};
+use crate::protocol::publish::{too_deep, within_depth, PublishFrame};
 use crate::protocol::server;
 use crate::protocol::sync;
 use crate::store::{active_for, Store, StoreError};
@@ -33,6 +35,31 @@ pub struct SessionLimits {
     pub rate_burst: u32,
     pub close_after: Duration,
     pub max_subscriptions: usize,
+    /// Publications submitted and not yet answered, at most (`ws.max_in_flight`).
+    pub max_in_flight: usize,
+}
+
+/// Who is on the other end, as far as publishing goes (DESIGN §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Publishes to the channels its rights allow, never echoed to itself, within the
+    /// inbound rate limit. An admin token makes it a [`Role::Publisher`] instead.
+    Client,
+    /// An admin token: a `publish` frame is what `POST /api/publish` takes — any target,
+    /// exclusions, no namespace publish rule — still within the inbound rate limit.
+    Publisher,
+    /// An API key on the upgrade: a publisher without the inbound rate limit.
+    Backend,
+}
+
+impl Role {
+    pub fn of(identity: &Identity) -> Role {
+        match (identity.backend, identity.admin) {
+            (true, _) => Role::Backend,
+            (false, true) => Role::Publisher,
+            (false, false) => Role::Client,
+        }
+    }
 }
 
 pub struct Session {
@@ -47,8 +74,12 @@ pub struct Session {
     /// What this connection may do now: the token's rights, replaced by `refresh`.
     rights: Identity,
     verifier: Option<Arc<Verifier>>,
+    role: Role,
     limiter: InboundLimiter,
     max_subscriptions: usize,
+    max_in_flight: usize,
+    /// Publications handed to the later-task and not answered yet.
+    in_flight: Arc<AtomicUsize>,
     /// An announcement lookup or acknowledgement is in flight (at most one at a time).
     store_busy: Arc<AtomicBool>,
 }
@@ -59,6 +90,7 @@ impl Session {
         store: Arc<dyn Store>,
         conn: Arc<ConnHandle>,
         verifier: Option<Arc<Verifier>>,
+        role: Role,
         limits: &SessionLimits,
     ) -> Session {
         Session {
@@ -69,8 +101,11 @@ impl Session {
             rights: conn.identity.clone(),
             conn,
             verifier,
+            role,
             limiter: InboundLimiter::new(limits.rate_per_s, limits.rate_burst, limits.close_after),
             max_subscriptions: limits.max_subscriptions,
+            max_in_flight: limits.max_in_flight,
+            in_flight: Arc::new(AtomicUsize::new(0)),
             store_busy: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -85,8 +120,11 @@ impl Session {
         self.reply(server::error_frame(code, message, reference));
     }
 
-    /// The rate limit applies to every inbound data message.
+    /// The rate limit applies to every inbound data message, except a backend's.
     fn admit(&mut self) -> Result<(), Flow> {
+        if self.role == Role::Backend {
+            return Ok(());
+        }
         match self.limiter.check(Instant::now()) {
             Verdict::Allow => Ok(()),
             Verdict::Refuse { notify } => {
@@ -122,11 +160,6 @@ impl Session {
                     None => self.reply(frame),
                 }
             }
-            ClientMessage::Publish {
-                channel,
-                data,
-                reference,
-            } => self.publish(channel, &data, reference.as_ref()),
             ClientMessage::Refresh { token } => self.refresh(&token),
             ClientMessage::AcknowledgeBroadcast { broadcast_id } => self.acknowledge(broadcast_id),
             ClientMessage::GetActiveBroadcast => self.get_active_broadcast(),
@@ -175,33 +208,83 @@ impl Session {
         });
     }
 
-    /// A client publication: namespace rules, `sync` validation, then the same fan-out
-    /// as the HTTP API, never echoed to the publishing connection.
-    fn publish(&mut self, channel: String, data: &Value, reference: Option<&Value>) {
-        let Some(ns) = self.resolve(&channel, reference) else {
-            return;
+    /// A `publish` frame: a client's to a channel, or a publisher's with any target.
+    fn publish(&mut self, frame: PublishFrame) {
+        if self.in_flight.load(Relaxed) >= self.max_in_flight {
+            self.hub.metrics.refuse(Refusal::InFlight);
+            let why = "too many publications waiting for their answer; wait for the acks";
+            return self.error(ErrorCode::RateLimited, why, frame.reference.as_ref());
+        }
+        let (publication, source, reference) = match self.role {
+            Role::Client => match self.client_publication(frame) {
+                Ok((p, reference)) => (p, Source::Client, reference),
+                Err((denied, reference)) => return self.denied(denied, reference.as_ref()),
+            },
+            Role::Publisher | Role::Backend => {
+                let (request, reference) = frame.into_request();
+                match crate::hub::request::publication_of(request, Instant::now()) {
+                    Ok(p) => (p, Source::Backend, reference),
+                    Err(denied) => return self.denied(denied, reference.as_ref()),
+                }
+            }
+        };
+        match (self.broker.publish(publication), &self.later) {
+            (Submitted::Done(result), None) => {
+                if result.is_ok() {
+                    self.hub.metrics.accepted(source);
+                }
+                self.reply(answer_frame(result, reference.as_ref()))
+            }
+            (submitted, _) => {
+                self.in_flight.fetch_add(1, Relaxed);
+                self.answer_later(Later::Ack {
+                    submitted,
+                    source,
+                    reference,
+                })
+            }
+        }
+    }
+
+    /// A client's publication: to a channel only, under the namespace rules and `sync`
+    /// validation, never echoed to the publishing connection.
+    #[allow(clippy::type_complexity)] // the refusal carries the `ref` it answers
+    fn client_publication(
+        &self,
+        frame: PublishFrame,
+    ) -> Result<(Publication, Option<Value>), (Denied, Option<Value>)> {
+        if frame.needs_backend() {
+            let why = "only a backend (an API key or an admin token) may publish to a user, a group or everyone, or exclude recipients";
+            return Err((Denied::Forbidden(why), frame.reference));
+        }
+        let (request, reference) = frame.into_request();
+        let Some(channel) = request.channel else {
+            let why = "a publish needs a `channel`".to_owned();
+            return Err((Denied::BadRequest(why), reference));
+        };
+        if let Err(why) = validate_channel(&channel) {
+            return Err((Denied::BadRequest(why), reference));
+        }
+        if !within_depth(&request.data) {
+            return Err((Denied::BadRequest(too_deep()), reference));
+        }
+        let ns = match self.hub.namespaces().resolve(&channel) {
+            Ok(ns) => ns,
+            Err(denied) => return Err((denied, reference)),
         };
         if let Err(denied) = ns.may_publish(&self.rights) {
-            return self.denied(denied, reference);
+            return Err((denied, reference));
         }
-        let event = if ns.namespace == SYNC {
-            match sync::validate(data) {
-                Ok(e) => Some(e),
-                Err(why) => return self.error(ErrorCode::BadRequest, &why, reference),
+        let mut route = Route::Normal;
+        if ns.namespace == SYNC {
+            let event = serde_json::from_str::<Value>(request.data.get())
+                .map_err(|e| e.to_string())
+                .and_then(|v| sync::validate(&v));
+            match event {
+                Ok(e) => route = Route::of_sync(&e),
+                Err(why) => return Err((Denied::BadRequest(why), reference)),
             }
-        } else {
-            None
-        };
-        let raw = match serde_json::value::to_raw_value(data) {
-            Ok(raw) => raw,
-            Err(_) => {
-                return self.error(
-                    ErrorCode::BadRequest,
-                    "data is not serializable JSON",
-                    reference,
-                )
-            }
-        };
+        }
         let publication = Publication {
             target: Target::Channel(channel),
             exclude: Exclude {
@@ -210,23 +293,12 @@ impl Session {
                 device: None,
                 conn_device: None,
             },
-            data: raw,
+            data: request.data,
             accepted: Instant::now(),
             creator: Some(self.conn.identity.user.clone()),
-            route: event.as_ref().map_or(Route::Normal, Route::of_sync),
+            route,
         };
-        match (self.broker.publish(publication), &self.later) {
-            (Submitted::Done(result), None) => {
-                if result.is_ok() {
-                    self.hub.metrics.accepted(Source::Client);
-                }
-                self.reply(answer_frame(result, reference))
-            }
-            (submitted, _) => self.answer_later(Later::Ack {
-                submitted,
-                reference: reference.cloned(),
-            }),
-        }
+        Ok((publication, reference))
     }
 
     /// Hands work to the connection's task for later answers, so that answers keep the
@@ -235,9 +307,14 @@ impl Session {
         let later = self.later.get_or_insert_with(|| {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Later>();
             let (broker, conn) = (self.broker.clone(), self.conn.clone());
+            let in_flight = self.in_flight.clone();
             tokio::spawn(async move {
                 while let Some(work) = rx.recv().await {
+                    let ack = matches!(work, Later::Ack { .. });
                     work.finish(&*broker, &conn).await;
+                    if ack {
+                        in_flight.fetch_sub(1, Relaxed);
+                    }
                 }
             });
             tx
@@ -389,6 +466,7 @@ impl Handler for Session {
         match client::decode(&text) {
             Ok(Inbound::TextPing) => self.reply(server::text_pong_frame()),
             Ok(Inbound::Message(m)) => self.handle(m),
+            Ok(Inbound::Publish(p)) => self.publish(p),
             Err(e) => self.error(ErrorCode::BadRequest, &e.message, e.reference.as_ref()),
         }
         Flow::Continue
@@ -412,6 +490,7 @@ enum Later {
     /// A publication's `ack` or `error`, once the broker has answered.
     Ack {
         submitted: Submitted,
+        source: Source,
         reference: Option<Value>,
     },
     /// A subscribe, once its channel is followed (or the wait is over).
@@ -432,11 +511,12 @@ impl Later {
         let frame = match self {
             Later::Ack {
                 submitted,
+                source,
                 reference,
             } => {
                 let result = submitted.wait().await;
                 if result.is_ok() {
-                    hub.metrics.accepted(Source::Client);
+                    hub.metrics.accepted(source);
                 }
                 answer_frame(result, reference.as_ref())
             }
@@ -536,25 +616,6 @@ pub fn send_active_broadcast(
     });
 }
 
-/// Channel names: 1..=256 bytes of `[A-Za-z0-9_.:@-]` (DESIGN §12). The default
-/// namespace has no prefix: `default:news` would be a second name for `news`, a second
-/// channel that publications to the first never reach, so it is refused.
-pub fn validate_channel(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 256 {
-        return Err("channel name must be 1 to 256 bytes".into());
-    }
-    if name.starts_with("default:") {
-        return Err("channels of the default namespace are written without `default:`".into());
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "_.:@-".contains(*c)))
-    {
-        return Err(format!("channel name may not contain {c:?}"));
-    }
-    Ok(())
-}
-
 /// `ack` with the offset, or the `error` a refused publication gets.
 fn answer_frame(result: Result<crate::hub::Delivered, Denied>, reference: Option<&Value>) -> Frame {
     match result {
@@ -563,18 +624,5 @@ fn answer_frame(result: Result<crate::hub::Delivered, Denied>, reference: Option
             let (code, message) = denied.answer();
             server::error_frame(code, &message, reference)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn channel_names() {
-        assert!(super::validate_channel("news").is_ok());
-        assert!(super::validate_channel("sync:42.tv").is_ok());
-        assert!(super::validate_channel("").is_err());
-        assert!(super::validate_channel("a b").is_err());
-        assert!(super::validate_channel("default:news").is_err());
-        assert!(super::validate_channel(&"x".repeat(257)).is_err());
     }
 }

@@ -121,6 +121,7 @@ impl Verifier {
             device: c.device.map(Arc::from),
             groups: c.groups.into_iter().map(Arc::from).collect(),
             admin: c.admin,
+            backend: false,
             expires_at: Some(c.exp),
         })
     }

@@ -128,6 +128,9 @@ pub struct WsConfig {
     pub max_subscriptions: usize,
     /// A socket that accepts no bytes for this long is closed (slow consumer).
     pub write_timeout_s: u64,
+    /// `publish` frames one connection may have waiting for their answer (a pipelined
+    /// backend's window); past it a publish is refused with `rate_limited`.
+    pub max_in_flight: usize,
 }
 
 impl Default for WsConfig {
@@ -143,6 +146,7 @@ impl Default for WsConfig {
             rate_limit_close_after_s: 10,
             max_subscriptions: 1000,
             write_timeout_s: 30,
+            max_in_flight: 1000,
         }
     }
 }
@@ -340,6 +344,7 @@ impl Config {
             ("ws.rate_per_s", ws.rate_per_s as usize),
             ("ws.rate_burst", ws.rate_burst as usize),
             ("ws.max_subscriptions", ws.max_subscriptions),
+            ("ws.max_in_flight", ws.max_in_flight),
             (
                 "limits.connections_per_user",
                 self.limits.connections_per_user,

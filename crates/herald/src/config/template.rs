@@ -60,6 +60,9 @@ rate_limit_close_after_s = 10
 max_subscriptions = 1000
 # A socket that accepts no bytes for this long is closed (counted as a slow consumer).
 write_timeout_s = 30
+# `publish` frames one connection may have waiting for their answer (the window of a
+# pipelined backend publisher); past it a publish gets `error` rate_limited.
+max_in_flight = 1000
 
 [limits]
 # Open connections per user and per client IP; over it the upgrade gets HTTP 429.

@@ -16,11 +16,12 @@ use serde_json::{json, Value};
 
 use super::auth::authorize;
 use super::error::ApiError;
-use super::publish::{answer, denied, publication_of, PublishBody};
+use super::publish::{answer, denied, publication_of};
 use super::App;
 use crate::broker::Submitted;
 use crate::metrics::Source;
 use crate::protocol::codes::ErrorCode;
+use crate::protocol::publish::PublishRequest;
 
 /// The most publications one batch may carry.
 pub const MAX_BATCH: usize = 1000;
@@ -53,7 +54,7 @@ pub async fn publish_batch(
         .publications
         .iter()
         .map(|raw| {
-            let req: PublishBody = super::body::object(raw.get().as_bytes())?;
+            let req: PublishRequest = super::body::object(raw.get().as_bytes())?;
             Ok(app.broker.publish(publication_of(req, accepted)?))
         })
         .collect();

@@ -55,16 +55,7 @@ pub async fn read(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, A
     }
 }
 
-/// For optional fields of a request body: absent is `None`, and `null` is refused like
-/// any other wrong type (the documented schema says a string or a number, not null), so
-/// a request means one thing. Use with `#[serde(default, deserialize_with = "present")]`.
-pub fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::Deserialize<'de>,
-{
-    T::deserialize(d).map(Some)
-}
+pub use crate::protocol::publish::present;
 
 /// A close code that may be written as an integer-valued float (`4004.0` is the integer
 /// 4004 in JSON Schema); anything else that is not a `u16` is refused.

@@ -9,8 +9,8 @@ use super::auth::authorize;
 use super::error::{ApiError, Param};
 use super::publish::denied;
 use super::App;
+use crate::protocol::channel::validate_channel;
 use crate::protocol::codes::ErrorCode;
-use crate::session::validate_channel;
 
 pub async fn user(
     State(app): State<App>,

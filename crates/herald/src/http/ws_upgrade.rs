@@ -28,7 +28,7 @@ use crate::metrics::{Metrics, Refusal};
 use crate::outbox::Outbox;
 use crate::protocol::codes::{CloseCode, ErrorCode};
 use crate::protocol::server::{broadcast_frame, frame_of, Connected};
-use crate::session::{Session, SessionLimits};
+use crate::session::{Role, Session, SessionLimits};
 use crate::store::active_for;
 use crate::ws::frame::Frame;
 use crate::ws::handshake::{self, HandshakeError};
@@ -47,7 +47,7 @@ pub async fn upgrade(
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    let (accept_key, identity, admission, ip) = accept;
+    let (accept_key, identity, admission, ip, role) = accept;
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return ApiError::new(ErrorCode::BadRequest, "this connection cannot be upgraded")
             .into_response();
@@ -55,7 +55,7 @@ pub async fn upgrade(
     let task_app = app.clone();
     app.tracker.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => run(task_app, upgraded, identity, admission, ip).await,
+            Ok(upgraded) => run(task_app, upgraded, identity, admission, ip, role).await,
             Err(e) => tracing::debug!("upgrade failed: {e}"),
         }
     });
@@ -108,7 +108,7 @@ pub async fn drive_upgraded<H: Handler>(
     }
 }
 
-type Accepted = (String, Identity, Admission, std::net::IpAddr);
+type Accepted = (String, Identity, Admission, std::net::IpAddr, Role);
 
 fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiError> {
     let headers = req.headers();
@@ -140,7 +140,11 @@ fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiErro
         app.metrics.refuse(Refusal::BadOrigin);
         return Err(ApiError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
+    // An API key makes the connection a backend publisher whatever `auth.mode` is
+    // (DESIGN §7); a bearer that is not a key may still be a token.
+    let backend = api_key(app, headers)?;
     let identity = match &app.verifier {
+        _ if backend => Identity::backend(),
         None => Identity::anonymous(ANON.fetch_add(1, Relaxed)),
         Some(v) => {
             let token = token_from(headers, req.uri().query()).ok_or_else(|| {
@@ -169,7 +173,30 @@ fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiErro
                 format!("too many connections for {what}"),
             )
         })?;
-    Ok((accept, identity, admission, client.ip))
+    let role = Role::of(&identity);
+    Ok((accept, identity, admission, client.ip, role))
+}
+
+/// Whether the upgrade presents one of the API keys: as `Authorization: Bearer` (which
+/// may instead be a token: not a key, then) or as `X-API-Key` (which must be a key: 401
+/// otherwise). Never from the query or a cookie: a key is a backend's, sent in a header.
+fn api_key(app: &App, headers: &axum::http::HeaderMap) -> Result<bool, ApiError> {
+    let keys = app.api_keys.load();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::auth::token::bearer);
+    if bearer.is_some_and(|b| keys.accepts(b)) {
+        return Ok(true);
+    }
+    match headers.get("x-api-key") {
+        None => Ok(false),
+        Some(v) if v.to_str().is_ok_and(|k| keys.accepts(k.trim())) => Ok(true),
+        Some(_) => {
+            app.metrics.refuse(Refusal::BadApiKey);
+            Err(ApiError::new(ErrorCode::Unauthorized, "invalid API key"))
+        }
+    }
 }
 
 /// The life of one hub connection, from the upgraded socket to the last byte.
@@ -179,12 +206,19 @@ async fn run(
     identity: Identity,
     admission: Admission,
     ip: std::net::IpAddr,
+    role: Role,
 ) {
     let hub = app.hub.clone();
     let (id, conn_id) = hub.next_conn_id();
     let cfg = app.cfg();
     let ws = &cfg.ws;
-    let outbox = Arc::new(Outbox::new(ws.queue_messages, ws.queue_bytes));
+    // A publisher's queue also holds an answer for each publication it may have in
+    // flight: a pipelined backend that reads its acks is never closed for its window.
+    let queue_messages = match role {
+        Role::Client => ws.queue_messages,
+        Role::Publisher | Role::Backend => ws.queue_messages.saturating_add(ws.max_in_flight),
+    };
+    let outbox = Arc::new(Outbox::new(queue_messages, ws.queue_bytes));
     // `connected` is queued before registration, so it is always the first frame.
     let hello = frame_of(&Connected::new(
         &conn_id,
@@ -237,12 +271,14 @@ async fn run(
         rate_burst: ws.rate_burst,
         close_after: Duration::from_secs(ws.rate_limit_close_after_s),
         max_subscriptions: ws.max_subscriptions,
+        max_in_flight: ws.max_in_flight,
     };
     let mut session = Session::new(
         app.broker.clone(),
         app.store.clone(),
         handle,
         app.verifier.clone(),
+        role,
         &limits,
     );
     let read_limits = Limits {

@@ -947,6 +947,7 @@ mod tests {
                 device: None,
                 groups: Vec::new(),
                 admin: false,
+                backend: false,
                 expires_at: None,
             },
             outbox: Arc::new(Outbox::new(1024, 1 << 20)),

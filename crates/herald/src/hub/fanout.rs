@@ -350,8 +350,11 @@ impl Hub {
     ) -> usize {
         let mut queued = 0usize;
         let mut slow: Vec<Arc<ConnHandle>> = Vec::new();
+        // A backend publisher is not an audience: "everyone" means every client. (Its
+        // identity is looked at only while some backend is connected.)
+        let skip_backends = *target == Target::All && self.registry.has_backends();
         let mut visit = |c: &Arc<ConnHandle>| {
-            if exclude.excludes(c) {
+            if exclude.excludes(c) || (skip_backends && c.identity.backend) {
                 return;
             }
             match c.outbox.try_push(frame.clone(), accepted) {

@@ -12,6 +12,7 @@ pub mod presence;
 #[cfg(test)]
 mod prop_tests;
 pub mod registry;
+pub mod request;
 pub mod sweeper;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

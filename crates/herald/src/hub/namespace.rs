@@ -23,6 +23,8 @@ pub struct Resolved<'a> {
 /// Why a subscription or publication is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denied {
+    /// The request itself is malformed (a target, a channel name, a sync event).
+    BadRequest(String),
     UnknownNamespace(String),
     Forbidden(&'static str),
     /// The publication's frame could not fit any connection's queue.
@@ -37,6 +39,7 @@ impl Denied {
     /// The one answer to this refusal, over HTTP (status from the code) and WebSocket.
     pub fn answer(self) -> (ErrorCode, String) {
         match self {
+            Denied::BadRequest(why) => (ErrorCode::BadRequest, why),
             Denied::UnknownNamespace(ns) => (
                 ErrorCode::NotFound,
                 format!("namespace `{ns}` is not configured"),
@@ -124,6 +127,7 @@ mod tests {
             device: None,
             groups: vec![],
             admin,
+            backend: false,
             expires_at: None,
         }
     }

@@ -280,6 +280,7 @@ impl World {
                 device: None,
                 groups: Vec::new(),
                 admin: false,
+                backend: false,
                 expires_at: None,
             },
             outbox: Arc::new(Outbox::new(s.queue, QUEUE_BYTES)),

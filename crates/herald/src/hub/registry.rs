@@ -135,6 +135,9 @@ pub struct Registry {
     counts: Mutex<Counts>,
     max_per_user: AtomicUsize,
     max_per_ip: AtomicUsize,
+    /// Registered backend connections: while there are none (the usual case), a
+    /// publication to everyone need not look at each recipient's identity.
+    backends: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -183,6 +186,9 @@ impl Drop for Registration {
         let h = &self.handle;
         let r = &self.registry;
         write(r.conn_shard(h.id)).remove(&h.id);
+        if h.identity.backend {
+            r.backends.fetch_sub(1, Relaxed);
+        }
         r.users.remove(&h.identity.user, h.id);
         for g in h.groups.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             r.groups.remove(g, h.id);
@@ -213,6 +219,7 @@ impl Registry {
             counts: Mutex::new(Counts::default()),
             max_per_user: AtomicUsize::new(max_per_user),
             max_per_ip: AtomicUsize::new(max_per_ip),
+            backends: AtomicUsize::new(0),
         }
     }
 
@@ -254,6 +261,9 @@ impl Registry {
         admission: Admission,
         handle: Arc<ConnHandle>,
     ) -> Registration {
+        if handle.identity.backend {
+            self.backends.fetch_add(1, Relaxed);
+        }
         write(self.conn_shard(handle.id)).insert(handle.id, handle.clone());
         self.users.insert(&handle.identity.user, &handle);
         self.presence.connected(&handle.identity.user);
@@ -329,6 +339,11 @@ impl Registry {
         read(self.conn_shard(id)).get(&id).cloned()
     }
 
+    /// Whether any backend connection is registered (see `backends`).
+    pub fn has_backends(&self) -> bool {
+        self.backends.load(Relaxed) > 0
+    }
+
     pub fn connections(&self) -> usize {
         self.conns.iter().map(|s| read(s).len()).sum()
     }
@@ -361,6 +376,7 @@ mod tests {
                 device: None,
                 groups: vec![Arc::from("g")],
                 admin: false,
+                backend: false,
                 expires_at: None,
             },
             outbox: Arc::new(Outbox::new(4, 1024)),

@@ -89,6 +89,7 @@ mod tests {
                 device: None,
                 groups: vec![],
                 admin: false,
+                backend: false,
                 expires_at: Some(expires_at),
             },
             outbox: Arc::new(Outbox::new(16, 1 << 16)),

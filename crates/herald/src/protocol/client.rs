@@ -4,6 +4,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::publish::PublishFrame;
+
 /// `since` on a subscribe: the last position the client saw.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,12 +30,6 @@ pub enum ClientMessage {
         #[serde(default, rename = "ref")]
         reference: Option<Value>,
     },
-    Publish {
-        channel: String,
-        data: Value,
-        #[serde(default, rename = "ref")]
-        reference: Option<Value>,
-    },
     Refresh {
         token: String,
     },
@@ -43,11 +39,13 @@ pub enum ClientMessage {
     GetActiveBroadcast,
 }
 
-/// A text frame, decoded: the bare text `"ping"` is its own message (seed 000 clients).
-#[derive(Debug, Clone, PartialEq)]
+/// A text frame, decoded: the bare text `"ping"` is its own message (seed 000 clients),
+/// and a `publish` keeps its `data` raw.
+#[derive(Debug)]
 pub enum Inbound {
     TextPing,
     Message(ClientMessage),
+    Publish(PublishFrame),
 }
 
 /// Why a client frame was not understood, with the `ref` if one could be recovered.
@@ -62,6 +60,11 @@ pub fn decode(text: &[u8]) -> Result<Inbound, DecodeError> {
     if trimmed == b"ping" || trimmed == b"\"ping\"" {
         return Ok(Inbound::TextPing);
     }
+    // A publish first: it is the frame a busy publisher sends most.
+    let publish_error = match serde_json::from_slice::<PublishFrame>(trimmed) {
+        Ok(p) => return Ok(Inbound::Publish(p)),
+        Err(e) => e,
+    };
     match serde_json::from_slice::<ClientMessage>(trimmed) {
         Ok(m) => Ok(Inbound::Message(m)),
         Err(e) => {
@@ -69,6 +72,12 @@ pub fn decode(text: &[u8]) -> Result<Inbound, DecodeError> {
             // correlate the error.
             let loose: Option<Value> = serde_json::from_slice(trimmed).ok();
             let reference = loose.as_ref().and_then(|v| v.get("ref")).cloned();
+            // A publish that did not parse is explained by the publish decoder.
+            let is_publish = loose
+                .as_ref()
+                .and_then(|v| v.get("type"))
+                .is_some_and(|t| t == "publish");
+            let e = if is_publish { publish_error } else { e };
             let message = match loose {
                 None => format!("not valid JSON: {e}"),
                 Some(Value::Object(o)) if !o.contains_key("type") => {
@@ -89,24 +98,36 @@ mod tests {
 
     #[test]
     fn decodes_every_client_type() {
-        assert_eq!(decode(b"ping"), Ok(Inbound::TextPing));
-        assert_eq!(
+        assert!(matches!(decode(b"ping"), Ok(Inbound::TextPing)));
+        assert!(matches!(
             decode(br#"{"type":"ping"}"#),
             Ok(Inbound::Message(ClientMessage::Ping))
+        ));
+        let Ok(Inbound::Publish(p)) =
+            decode(br#"{"type":"publish","channel":"news","data":[1, 2],"ref":"a"}"#)
+        else {
+            panic!("a publish frame")
+        };
+        assert_eq!(
+            (p.channel.as_deref(), p.data.get()),
+            (Some("news"), "[1, 2]")
         );
         let sub = decode(
             br#"{"type":"subscribe","channel":"news","since":{"offset":3,"epoch":"e"},"ref":7}"#,
         );
+        let Ok(Inbound::Message(sub)) = sub else {
+            panic!("a subscribe")
+        };
         assert_eq!(
             sub,
-            Ok(Inbound::Message(ClientMessage::Subscribe {
+            ClientMessage::Subscribe {
                 channel: "news".into(),
                 since: Some(Since {
                     offset: 3,
                     epoch: "e".into()
                 }),
                 reference: Some(json!(7)),
-            }))
+            }
         );
         assert!(matches!(
             decode(br#"{"type":"get_active_broadcast"}"#),
@@ -130,5 +151,8 @@ mod tests {
         let wrong = decode(br#"{"type":"subscribe","channel":5}"#).unwrap_err();
         assert!(wrong.message.contains("invalid type"), "{}", wrong.message);
         assert!(decode(b"[1,2]").is_err());
+        let publish = decode(br#"{"type":"publish","channel":"x","ref":3}"#).unwrap_err();
+        assert!(publish.message.contains("`data`"), "{}", publish.message);
+        assert_eq!(publish.reference, Some(json!(3)));
     }
 }

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::broker::{Broker, Submitted};
 use crate::hub::{Exclude, Publication, Route, Target};
+use crate::protocol::channel::validate_channel;
 use crate::protocol::sync::from_upstream;
-use crate::session::validate_channel;
 
 /// Why an upstream message was not relayed (logged, never fatal).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

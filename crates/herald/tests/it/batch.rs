@@ -50,23 +50,7 @@ async fn a_batch_is_applied_in_order_and_answered_one_result_each() {
         );
     }
     assert_eq!(next_pub(&mut ws).await["data"], "direct");
-    let text = reqwest::Client::new()
-        .get(format!("http://{}/metrics", s.addr))
-        .bearer_auth(&s.api_key)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        text.contains("herald_publications_total{source=\"batch\"} 301"),
-        "{}",
-        text.lines()
-            .filter(|l| l.contains("publications_total"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_publications_counted(&s, "batch", 301).await;
     s.shutdown().await;
 }
 

@@ -4,6 +4,7 @@ mod support;
 
 mod admin_api;
 mod announcements;
+mod backend;
 mod bad_input;
 mod batch;
 mod channels;

@@ -318,6 +318,13 @@ fn refusal_case(r: Refusal) -> (&'static str, fn(&mut Config)) {
         Refusal::HttpConnCap => ("http_conn_cap", |c| c.limits.http_connections_per_ip = 2),
         Refusal::BodyTimeout => ("body_timeout", |c| c.limits.http_body_timeout_s = 1),
         Refusal::HeadTooLarge => ("head_too_large", |_| {}),
+        // Over Redis a publication waits for its echo: the second of two in one write
+        // arrives while the first is in flight.
+        Refusal::InFlight => ("in_flight", |c| {
+            c.broker.url = std::env::var("REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into());
+            c.broker.prefix = format!("herald-it-in-flight-{}", std::process::id());
+            c.ws.max_in_flight = 1;
+        }),
     }
 }
 
@@ -483,6 +490,33 @@ async fn provoke(r: Refusal, s: &TestServer) {
                 got.starts_with(b"HTTP/1.1 431"),
                 "{}",
                 String::from_utf8_lossy(&got)
+            );
+        }
+        Refusal::InFlight => {
+            use futures_util::SinkExt;
+            let ready = poll_until(WAIT, || async {
+                s.get_json("/readyz").await.1["broker"] == "ok"
+            });
+            assert!(ready.await, "the node reached Redis");
+            let mut ws = s.connect_backend().await;
+            for r in 1..=2 {
+                let m = tokio_tungstenite::tungstenite::Message::text(
+                    json!({"type":"publish","all":true,"data":r,"ref":r}).to_string(),
+                );
+                ws.feed(m).await.unwrap();
+            }
+            ws.flush().await.unwrap();
+            let refused = next_json(&mut ws).await;
+            assert_eq!(
+                (refused["code"].as_str(), refused["ref"].as_i64()),
+                (Some("rate_limited"), Some(2)),
+                "{refused}"
+            );
+            let acked = next_json(&mut ws).await;
+            assert_eq!(
+                (acked["type"].as_str(), acked["ref"].as_i64()),
+                (Some("ack"), Some(1)),
+                "{acked}"
             );
         }
     }

@@ -1314,3 +1314,49 @@ async fn a_batch_over_redis_keeps_its_order_on_every_node() {
         s.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_pipelined_backend_over_redis_is_acked_in_order_and_delivered_in_order_everywhere() {
+    use futures_util::SinkExt;
+    let nodes = cluster(3).await;
+    let (mut far, _) = nodes[2].connect("ivy").await;
+    subscribe(&mut far, "news", None).await;
+    let (mut near, _) = nodes[0].connect("jon").await;
+    subscribe(&mut near, "news", None).await;
+    let mut backend = nodes[0].connect_backend().await;
+    // Every publication is sent before the first ack can come back from Redis.
+    for i in 0..300 {
+        let f = json!({"type": "publish", "channel": "news", "data": i, "ref": i});
+        backend
+            .feed(tokio_tungstenite::tungstenite::Message::text(f.to_string()))
+            .await
+            .unwrap();
+    }
+    let f = json!({"type": "publish", "user": "ivy", "data": "direct", "ref": "u"});
+    backend
+        .feed(tokio_tungstenite::tungstenite::Message::text(f.to_string()))
+        .await
+        .unwrap();
+    backend.flush().await.unwrap();
+    for i in 0..300u64 {
+        let ack = next_json(&mut backend).await;
+        assert_eq!(ack, json!({"type": "ack", "ref": i, "offset": i + 1}));
+    }
+    assert_eq!(
+        next_json(&mut backend).await,
+        json!({"type": "ack", "ref": "u"})
+    );
+    for ws in [&mut far, &mut near] {
+        for i in 0..300u64 {
+            let m = next_pub(ws).await;
+            assert_eq!(
+                (m["offset"].as_u64(), m["data"].as_u64()),
+                (Some(i + 1), Some(i))
+            );
+        }
+    }
+    assert_eq!(next_pub(&mut far).await["data"], "direct");
+    for s in nodes {
+        s.shutdown().await;
+    }
+}

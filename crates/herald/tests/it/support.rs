@@ -129,6 +129,19 @@ impl TestServer {
         (ws, hello)
     }
 
+    /// Connects as a backend publisher (the API key in `X-API-Key`) and consumes
+    /// `connected`.
+    pub async fn connect_backend(&self) -> Ws {
+        let url = format!("ws://{}/ws", self.addr);
+        let mut ws = self
+            .try_upgrade(&url, &[("x-api-key", &self.api_key)])
+            .await
+            .expect("a backend upgrade is accepted");
+        let hello = next_json(&mut ws).await;
+        assert_eq!(hello["type"], "connected", "{hello}");
+        ws
+    }
+
     /// Tries an upgrade with extra headers; returns the HTTP status and body on refusal.
     pub async fn try_upgrade(
         &self,
@@ -473,4 +486,26 @@ pub async fn subscribe_to(ws: &mut Ws, channel: &str) {
             return;
         }
     }
+}
+
+/// Asserts that `/metrics` counts exactly `n` publications from `source`.
+pub async fn assert_publications_counted(s: &TestServer, source: &str, n: u64) {
+    let text = reqwest::Client::new()
+        .get(format!("http://{}/metrics", s.addr))
+        .bearer_auth(&s.api_key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!("herald_publications_total{{source=\"{source}\"}} {n}");
+    assert!(
+        text.lines().any(|l| l == line),
+        "{line} in:\n{}",
+        text.lines()
+            .filter(|l| l.contains("publications_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
