@@ -64,6 +64,7 @@ fn check_resolve(name: &str, cfg: &BTreeMap<String, NamespaceConfig>) {
             assert!(!cfg.contains_key(&ns), "{ns:?} exists but was refused");
         }
         Err(Denied::Forbidden(why)) => panic!("resolve({name:?}) forbade: {why}"),
+        Err(Denied::BadRequest(why)) => panic!("resolve({name:?}) called it malformed: {why}"),
         Err(d @ (Denied::TooLarge(_) | Denied::ChannelBudget | Denied::Unavailable(_))) => {
             panic!("resolve({name:?}) refused as a publication: {d:?}")
         }
