@@ -90,7 +90,6 @@ impl Session {
         store: Arc<dyn Store>,
         conn: Arc<ConnHandle>,
         verifier: Option<Arc<Verifier>>,
-        role: Role,
         limits: &SessionLimits,
     ) -> Session {
         Session {
@@ -99,9 +98,9 @@ impl Session {
             later: None,
             store,
             rights: conn.identity.clone(),
+            role: Role::of(&conn.identity),
             conn,
             verifier,
-            role,
             limiter: InboundLimiter::new(limits.rate_per_s, limits.rate_burst, limits.close_after),
             max_subscriptions: limits.max_subscriptions,
             max_in_flight: limits.max_in_flight,

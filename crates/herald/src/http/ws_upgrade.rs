@@ -47,7 +47,7 @@ pub async fn upgrade(
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    let (accept_key, identity, admission, ip, role) = accept;
+    let (accept_key, identity, admission, ip) = accept;
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return ApiError::new(ErrorCode::BadRequest, "this connection cannot be upgraded")
             .into_response();
@@ -55,7 +55,7 @@ pub async fn upgrade(
     let task_app = app.clone();
     app.tracker.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => run(task_app, upgraded, identity, admission, ip, role).await,
+            Ok(upgraded) => run(task_app, upgraded, identity, admission, ip).await,
             Err(e) => tracing::debug!("upgrade failed: {e}"),
         }
     });
@@ -108,7 +108,7 @@ pub async fn drive_upgraded<H: Handler>(
     }
 }
 
-type Accepted = (String, Identity, Admission, std::net::IpAddr, Role);
+type Accepted = (String, Identity, Admission, std::net::IpAddr);
 
 fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiError> {
     let headers = req.headers();
@@ -173,8 +173,7 @@ fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiErro
                 format!("too many connections for {what}"),
             )
         })?;
-    let role = Role::of(&identity);
-    Ok((accept, identity, admission, client.ip, role))
+    Ok((accept, identity, admission, client.ip))
 }
 
 /// Whether the upgrade presents one of the API keys: as `Authorization: Bearer` (which
@@ -206,7 +205,6 @@ async fn run(
     identity: Identity,
     admission: Admission,
     ip: std::net::IpAddr,
-    role: Role,
 ) {
     let hub = app.hub.clone();
     let (id, conn_id) = hub.next_conn_id();
@@ -214,7 +212,7 @@ async fn run(
     let ws = &cfg.ws;
     // A publisher's queue also holds an answer for each publication it may have in
     // flight: a pipelined backend that reads its acks is never closed for its window.
-    let queue_messages = match role {
+    let queue_messages = match Role::of(&identity) {
         Role::Client => ws.queue_messages,
         Role::Publisher | Role::Backend => ws.queue_messages.saturating_add(ws.max_in_flight),
     };
@@ -278,7 +276,6 @@ async fn run(
         app.store.clone(),
         handle,
         app.verifier.clone(),
-        role,
         &limits,
     );
     let read_limits = Limits {
