@@ -3,7 +3,8 @@
 //!
 //! Input layout (so seeds stay plain frames with a short prefix):
 //! `[small_max: u8] [k: u8] [k split offsets: u16 LE each] [stream...]`.
-//! Each input runs with `small_max` and with the default `ws.max_message_bytes`.
+//! Each input runs with `small_max` and with the default `ws.max_message_bytes`, and
+//! with permessage-deflate off and on (RSV1 messages inflated, bounded by the max).
 //!
 //! Checked: no panic; every call returns (a message consumes bytes, so the caller's
 //! loop ends); a `Violation` is 1002, 1007 or 1009; what comes out obeys RFC 6455
@@ -42,12 +43,14 @@ fuzz_target!(|data: &[u8]| {
         usize::from(small_max),
         WsConfig::default().max_message_bytes,
     ] {
-        let whole = read(stream, &[], max);
-        let split = read(stream, &cuts, max);
-        assert_eq!(
-            whole, split,
-            "split at {cuts:?} changed the result (max {max})"
-        );
+        for deflate in [false, true] {
+            let whole = read(stream, &[], max, deflate);
+            let split = read(stream, &cuts, max, deflate);
+            assert_eq!(
+                whole, split,
+                "split at {cuts:?} changed the result (max {max}, deflate {deflate})"
+            );
+        }
     }
 });
 
@@ -60,8 +63,8 @@ struct Outcome {
 
 /// Feeds `stream` cut at `cuts` into one reader, draining after every piece, as the
 /// connection driver does after each read.
-fn read(stream: &[u8], cuts: &[usize], max: usize) -> Outcome {
-    let mut reader = MessageReader::new(max, true);
+fn read(stream: &[u8], cuts: &[usize], max: usize, deflate: bool) -> Outcome {
+    let mut reader = MessageReader::new(max, true).with_deflate(deflate);
     let mut buf = BytesMut::new();
     let mut messages = Vec::new();
     let mut start = 0;
@@ -124,7 +127,7 @@ fn check_headers(buf: &[u8]) {
             Err(_) => continue,
         };
         assert!(h.header_len <= buf.len() && h.header_len <= 14);
-        assert_eq!(h.rsv, 0);
+        assert_eq!(h.rsv & 0b011, 0, "RSV2/RSV3 are never accepted");
         assert_eq!(h.mask.is_some(), expect_masked);
         assert!(h.payload_len >> 63 == 0);
         if h.opcode >= frame::OP_CLOSE {

@@ -38,8 +38,8 @@ export async function waitUntil(fn, { timeout = 10_000, interval = 50, what = 'c
 
 const withoutKeys = (obj, keys) => Object.fromEntries(Object.entries(obj).filter(([k]) => !keys.includes(k)));
 
-/** Starts `herald serve` and resolves once it prints its address. */
-export async function startHerald({ bin = HERALD_BIN, startTimeout = 20_000 } = {}) {
+/** Starts `herald serve` and resolves once it prints its address; `env` adds HERALD_… settings. */
+export async function startHerald({ bin = HERALD_BIN, startTimeout = 20_000, env = {} } = {}) {
   if (!existsSync(bin)) throw new Error(`no herald binary at ${bin} (set HERALD_BIN)`);
   const dataDir = mkdtempSync(path.join(tmpdir(), 'herald-browser-'));
   // herald runs under a small sh wrapper that stops it (SIGTERM) as soon as our end of its
@@ -51,7 +51,7 @@ export async function startHerald({ bin = HERALD_BIN, startTimeout = 20_000 } = 
   const child = spawn('/bin/sh', ['-c', wrapper, bin, ...args], {
     stdio: ['pipe', 'pipe', 'pipe'],
     // the test's own HERALD_BIN/HERALD_ASSETS are not configuration: herald would warn
-    env: { ...withoutKeys(process.env, ['HERALD_BIN', 'HERALD_ASSETS']), BROWSER_TEST_DATA_DIR: dataDir },
+    env: { ...withoutKeys(process.env, ['HERALD_BIN', 'HERALD_ASSETS']), ...env, BROWSER_TEST_DATA_DIR: dataDir },
   });
   child.stdin.on('error', () => {});
   let log = '';
@@ -133,9 +133,9 @@ export async function startHerald({ bin = HERALD_BIN, startTimeout = 20_000 } = 
  * A WebSocket client (the `ws` package, no Origin header) that records every frame.
  * Resolves once the `connected` frame has arrived.
  */
-export async function connectClient(server, token, { timeout = 10_000 } = {}) {
+export async function connectClient(server, token, { timeout = 10_000, perMessageDeflate = true } = {}) {
   const wsUrl = `${server.url.replace(/^http/, 'ws')}/ws?token=${encodeURIComponent(token)}`;
-  const ws = new WebSocket(wsUrl, { handshakeTimeout: timeout });
+  const ws = new WebSocket(wsUrl, { handshakeTimeout: timeout, perMessageDeflate });
   const client = {
     ws,
     frames: [],

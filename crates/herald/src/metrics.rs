@@ -201,6 +201,9 @@ pub struct Metrics {
     /// Of those, dropped by the `drop_oldest` policy (the connection stayed).
     pub dropped_oldest: AtomicU64,
     pub slow_consumer_disconnects: AtomicU64,
+    /// Frames written compressed (permessage-deflate), and the bytes that saved.
+    pub compressed_deliveries: AtomicU64,
+    pub compression_saved_bytes: AtomicU64,
     refusals: [AtomicU64; Refusal::ALL.len()],
     /// Per reason, when a refusal was last logged (ms since `epoch`): a flood of refusals
     /// is one log line per reason per `LOG_EVERY`, with the running count.
@@ -246,6 +249,8 @@ impl Default for Metrics {
             dropped: AtomicU64::new(0),
             dropped_oldest: AtomicU64::new(0),
             slow_consumer_disconnects: AtomicU64::new(0),
+            compressed_deliveries: AtomicU64::new(0),
+            compression_saved_bytes: AtomicU64::new(0),
             refusals: std::array::from_fn(|_| AtomicU64::new(0)),
             last_logged: std::array::from_fn(|_| AtomicU64::new(0)),
             epoch: Instant::now(),

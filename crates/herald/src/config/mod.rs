@@ -131,6 +131,41 @@ pub struct WsConfig {
     /// `publish` frames one connection may have waiting for their answer (a pipelined
     /// backend's window); past it a publish is refused with `rate_limited`.
     pub max_in_flight: usize,
+    pub compression: CompressionConfig,
+}
+
+/// permessage-deflate (RFC 7692): off unless enabled here or by a namespace.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// Compress publications of every namespace that does not say otherwise, and those
+    /// to users, groups and everyone.
+    pub enabled: bool,
+    /// Frames whose payload is shorter than this go uncompressed.
+    pub threshold_bytes: usize,
+    /// zlib level, 1 (fastest) to 9 (smallest).
+    pub level: u32,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            enabled: false,
+            threshold_bytes: 512,
+            level: 6,
+        }
+    }
+}
+
+impl CompressionConfig {
+    /// How frames are compressed when compression is on for them.
+    pub fn policy(&self) -> crate::ws::deflate::Policy {
+        crate::ws::deflate::Policy {
+            threshold: self.threshold_bytes,
+            level: self.level,
+            always: false,
+        }
+    }
 }
 
 impl Default for WsConfig {
@@ -147,6 +182,7 @@ impl Default for WsConfig {
             max_subscriptions: 1000,
             write_timeout_s: 30,
             max_in_flight: 1000,
+            compression: CompressionConfig::default(),
         }
     }
 }
@@ -335,6 +371,12 @@ impl Config {
             errs.push(format!(
                 "ws.idle_timeout_s: must be greater than ws.heartbeat_s ({})",
                 ws.heartbeat_s
+            ));
+        }
+        if !(1..=9).contains(&ws.compression.level) {
+            errs.push(format!(
+                "ws.compression.level: must be 1 (fastest) to 9 (smallest), got {}",
+                ws.compression.level
             ));
         }
         for (key, v) in [

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::ws::deflate::Policy;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SubscribeRule {
@@ -46,6 +48,13 @@ pub struct NamespaceConfig {
     /// Track who is subscribed and send `presence` join/leave frames.
     pub presence: bool,
     pub slow_consumer: SlowConsumerPolicy,
+    /// permessage-deflate for this namespace's publications; unset follows
+    /// `ws.compression.enabled`.
+    pub compression: Option<bool>,
+    /// What `compression` and `ws.compression` come to, filled in where the hub takes
+    /// the namespaces in (not a config key).
+    #[serde(skip)]
+    pub deflate: Option<Policy>,
 }
 
 impl Default for NamespaceConfig {
@@ -57,6 +66,8 @@ impl Default for NamespaceConfig {
             history_ttl_s: 300,
             presence: false,
             slow_consumer: SlowConsumerPolicy::Disconnect,
+            compression: None,
+            deflate: None,
         }
     }
 }

@@ -64,6 +64,16 @@ write_timeout_s = 30
 # pipelined backend publisher); past it a publish gets `error` rate_limited.
 max_in_flight = 1000
 
+[ws.compression]
+# permessage-deflate (RFC 7692) for clients that offer it. Each publication is
+# compressed once for all of them; a namespace may say `compression = true|false`
+# for its channels (unset: follow `enabled`, which also covers users, groups, all).
+enabled = false
+# Frames whose payload is shorter than this go uncompressed.
+threshold_bytes = 512
+# zlib level: 1 (fastest) to 9 (smallest).
+level = 6
+
 [limits]
 # Open connections per user and per client IP; over it the upgrade gets HTTP 429.
 connections_per_user = 100
@@ -115,6 +125,8 @@ grace_ms = 2000
 #   history_ttl_s  how long they stay recoverable
 #   presence       track subscribers; send `presence` join/leave frames
 #   slow_consumer  "disconnect" (close 4000, client recovers) | "drop_oldest" (latest wins)
+#   compression    true | false: permessage-deflate for this namespace's publications
+#                  (unset: follow ws.compression.enabled)
 # `default` and `sync` are built in; redefine them here to change them, and add more
 # with [namespaces.NAME].
 [namespaces.default]

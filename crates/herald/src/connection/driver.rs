@@ -16,6 +16,7 @@ use super::writer::run_writer;
 use crate::metrics::{Metrics, Refusal};
 use crate::outbox::Outbox;
 use crate::protocol::codes::CloseCode;
+use crate::ws::deflate::WindowBits;
 use crate::ws::frame::{Frame, OP_PONG};
 use crate::ws::message::{Message, MessageReader, ViolationKind};
 
@@ -54,6 +55,8 @@ pub struct Limits {
     pub max_message: usize,
     /// A socket that takes no bytes for this long is closed.
     pub write_timeout: Duration,
+    /// permessage-deflate was agreed in the handshake: the window our frames may use.
+    pub deflate: Option<WindowBits>,
 }
 
 /// Runs a connection until it is closed and both directions are done.
@@ -75,8 +78,10 @@ pub async fn drive<R, W, H>(
         outbox.clone(),
         metrics.clone(),
         limits.write_timeout,
+        limits.deflate,
     ));
-    let mut messages = MessageReader::new(limits.max_message, true);
+    let mut messages =
+        MessageReader::new(limits.max_message, true).with_deflate(limits.deflate.is_some());
     let mut peer_closed = false;
 
     // Bytes that arrived with the upgrade request are processed first.

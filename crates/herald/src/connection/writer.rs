@@ -1,5 +1,6 @@
 //! The one task that writes to a socket: everything queued goes out in one vectored
-//! write (`writev`), control frames first.
+//! write (`writev`), control frames first. On a connection that negotiated
+//! permessage-deflate each data frame goes out in its shared compressed form.
 
 use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering::Relaxed;
@@ -11,6 +12,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::metrics::{Metrics, Refusal};
 use crate::outbox::{Batch, Outbox, Queued};
+use crate::ws::deflate::WindowBits;
 use crate::ws::frame::Frame;
 
 /// Linux IOV_MAX: the most slices one `writev` takes.
@@ -21,19 +23,28 @@ const MAX_SLICES: usize = 1024;
 const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Writes until the outbox finishes or the socket fails. A socket that takes no bytes
-/// for `stall` is closed and counted as a slow consumer.
-pub async fn run_writer<W>(mut w: W, outbox: Arc<Outbox>, metrics: Arc<Metrics>, stall: Duration)
-where
+/// for `stall` is closed and counted as a slow consumer. `deflate` is the window the
+/// connection agreed to, if it negotiated compression.
+pub async fn run_writer<W>(
+    mut w: W,
+    outbox: Arc<Outbox>,
+    metrics: Arc<Metrics>,
+    stall: Duration,
+    deflate: Option<WindowBits>,
+) where
     W: AsyncWrite + Unpin + Send,
 {
     let mut control: Vec<Frame> = Vec::new();
     let mut data: Vec<Queued> = Vec::new();
     loop {
         let batch = outbox.next_batch(&mut control, &mut data).await;
+        if deflate.is_some() {
+            count_compression(&metrics, &data, deflate);
+        }
         let bytes = control
             .iter()
             .map(Frame::as_bytes)
-            .chain(data.iter().map(|q| q.frame.as_bytes()));
+            .chain(data.iter().map(|q| q.frame.wire(deflate)));
         let result = if batch == Batch::Finish {
             match tokio::time::timeout(FINISH_TIMEOUT, write_all(&mut w, bytes, stall)).await {
                 Ok(r) => r,
@@ -68,6 +79,22 @@ where
             let _ = tokio::time::timeout(FINISH_TIMEOUT, w.shutdown()).await;
             return;
         }
+    }
+}
+
+/// Counts the frames of a batch that go out compressed, and the bytes that saves.
+fn count_compression(metrics: &Metrics, data: &[Queued], deflate: Option<WindowBits>) {
+    let (mut frames, mut saved) = (0u64, 0u64);
+    for q in data {
+        let wire = q.frame.wire(deflate).len();
+        if wire < q.frame.len() {
+            frames += 1;
+            saved += (q.frame.len() - wire) as u64;
+        }
+    }
+    if frames > 0 {
+        metrics.compressed_deliveries.fetch_add(frames, Relaxed);
+        metrics.compression_saved_bytes.fetch_add(saved, Relaxed);
     }
 }
 

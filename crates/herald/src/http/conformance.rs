@@ -14,6 +14,7 @@ use super::App;
 use crate::connection::driver::{Flow, Handler, Limits};
 use crate::outbox::{Outbox, Push};
 use crate::protocol::codes::ErrorCode;
+use crate::ws::deflate::Policy;
 use crate::ws::frame::{Frame, OP_BINARY, OP_TEXT};
 use crate::ws::handshake;
 
@@ -34,13 +35,27 @@ impl Echo {
     }
 }
 
+/// Every echo is compressed (for a client that negotiated it): the conformance run
+/// exercises the write path of permessage-deflate, not only the read path.
+const ECHO_DEFLATE: Policy = Policy {
+    threshold: 0,
+    level: 6,
+    always: true,
+};
+
 impl Handler for Echo {
     fn on_text(&mut self, text: Bytes, outbox: &Outbox) -> Flow {
-        Echo::send(outbox, Frame::new(OP_TEXT, &text))
+        Echo::send(
+            outbox,
+            Frame::new(OP_TEXT, &text).deflatable(Some(&ECHO_DEFLATE)),
+        )
     }
 
     fn on_binary(&mut self, data: Bytes, outbox: &Outbox) -> Flow {
-        Echo::send(outbox, Frame::new(OP_BINARY, &data))
+        Echo::send(
+            outbox,
+            Frame::new(OP_BINARY, &data).deflatable(Some(&ECHO_DEFLATE)),
+        )
     }
 }
 
@@ -49,6 +64,7 @@ pub async fn echo(State(app): State<App>, mut req: Request) -> Response {
         Ok(k) => k,
         Err(e) => return ApiError::new(ErrorCode::BadRequest, e.to_string()).into_response(),
     };
+    let deflate = handshake::deflate_agreement(req.headers());
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return ApiError::new(ErrorCode::BadRequest, "cannot upgrade").into_response();
     };
@@ -61,8 +77,9 @@ pub async fn echo(State(app): State<App>, mut req: Request) -> Response {
         let limits = Limits {
             max_message: ECHO_MAX_MESSAGE,
             write_timeout: std::time::Duration::from_secs(30),
+            deflate: deflate.map(|a| a.server_window),
         };
         drive_upgraded(upgraded, outbox, &mut Echo, limits, metrics).await;
     });
-    switching_protocols(&key)
+    switching_protocols(&key, deflate.as_ref())
 }

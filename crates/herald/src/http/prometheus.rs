@@ -37,6 +37,8 @@ struct Snapshot {
     dropped_slow: u64,
     dropped_oldest: u64,
     slow_consumer_disconnects: u64,
+    compressed_deliveries: u64,
+    compression_saved_bytes: u64,
     refusals: Vec<(&'static str, u64)>,
     latency: (Vec<(f64, u64)>, u64, f64),
     broker_up: bool,
@@ -75,6 +77,8 @@ fn snapshot(app: &App) -> Snapshot {
         dropped_slow: dropped.saturating_sub(dropped_oldest),
         dropped_oldest,
         slow_consumer_disconnects: m.slow_consumer_disconnects.load(Relaxed),
+        compressed_deliveries: m.compressed_deliveries.load(Relaxed),
+        compression_saved_bytes: m.compression_saved_bytes.load(Relaxed),
         refusals: Refusal::ALL
             .iter()
             .map(|r| (r.as_str(), m.refusals(*r)))
@@ -211,6 +215,18 @@ impl Collector for Snapshot {
             "herald_slow_consumer_disconnects",
             "Connections closed with 4000 because their queue was full.",
             self.slow_consumer_disconnects,
+        )?;
+        counter(
+            e,
+            "herald_compressed_deliveries",
+            "Frames written compressed (permessage-deflate).",
+            self.compressed_deliveries,
+        )?;
+        counter(
+            e,
+            "herald_compression_saved_bytes",
+            "Bytes not written thanks to permessage-deflate.",
+            self.compression_saved_bytes,
         )?;
         let latency = e.encode_descriptor(
             "herald_delivery_latency_seconds",

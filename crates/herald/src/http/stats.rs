@@ -35,6 +35,7 @@ pub async fn stats(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
         "deliveries": m.deliveries.load(Relaxed),
         "dropped": m.dropped.load(Relaxed),
         "slow_consumer_disconnects": m.slow_consumer_disconnects.load(Relaxed),
+        "compression": {"deliveries": m.compressed_deliveries.load(Relaxed), "saved_bytes": m.compression_saved_bytes.load(Relaxed)},
         "refused": crate::metrics::Refusal::ALL.iter().map(|r| (r.as_str().to_owned(), Value::from(m.refusals(*r)))).collect::<serde_json::Map<_, _>>(),
         "latency_ms": {"p50": lat.quantile_ms(0.50), "p95": lat.quantile_ms(0.95), "p99": lat.quantile_ms(0.99)},
         "latency_ms_recent": m.recent_latency().map(|r| json!({"p50": r.p50, "p95": r.p95, "p99": r.p99, "count": r.count, "window_s": r.window_s})),

@@ -30,6 +30,7 @@ use crate::protocol::codes::{CloseCode, ErrorCode};
 use crate::protocol::server::{broadcast_frame, frame_of, Connected};
 use crate::session::{Role, Session, SessionLimits};
 use crate::store::active_for;
+use crate::ws::deflate::Agreement;
 use crate::ws::frame::Frame;
 use crate::ws::handshake::{self, HandshakeError};
 
@@ -47,7 +48,13 @@ pub async fn upgrade(
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    let (accept_key, identity, admission, ip) = accept;
+    let Accepted {
+        key,
+        identity,
+        admission,
+        ip,
+        deflate,
+    } = accept;
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return ApiError::new(ErrorCode::BadRequest, "this connection cannot be upgraded")
             .into_response();
@@ -55,21 +62,24 @@ pub async fn upgrade(
     let task_app = app.clone();
     app.tracker.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => run(task_app, upgraded, identity, admission, ip).await,
+            Ok(upgraded) => run(task_app, upgraded, identity, admission, ip, deflate).await,
             Err(e) => tracing::debug!("upgrade failed: {e}"),
         }
     });
-    switching_protocols(&accept_key)
+    switching_protocols(&key, deflate.as_ref())
 }
 
-/// The 101 answer that completes a handshake.
-pub fn switching_protocols(accept_key: &str) -> Response {
+/// The 101 answer that completes a handshake, with the permessage-deflate agreement.
+pub fn switching_protocols(accept_key: &str, deflate: Option<&Agreement>) -> Response {
     let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = res.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     if let Ok(v) = HeaderValue::from_str(accept_key) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(v) = deflate.and_then(|a| HeaderValue::from_str(&a.response()).ok()) {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
     }
     res
 }
@@ -108,7 +118,15 @@ pub async fn drive_upgraded<H: Handler>(
     }
 }
 
-type Accepted = (String, Identity, Admission, std::net::IpAddr);
+/// An upgrade that passed every check.
+struct Accepted {
+    key: String,
+    identity: Identity,
+    admission: Admission,
+    ip: std::net::IpAddr,
+    /// permessage-deflate, when offered and something here would use it.
+    deflate: Option<Agreement>,
+}
 
 fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiError> {
     let headers = req.headers();
@@ -173,7 +191,19 @@ fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiErro
                 format!("too many connections for {what}"),
             )
         })?;
-    Ok((accept, identity, admission, client.ip))
+    let deflate = app
+        .hub
+        .namespaces()
+        .negotiates_deflate()
+        .then(|| handshake::deflate_agreement(headers))
+        .flatten();
+    Ok(Accepted {
+        key: accept,
+        identity,
+        admission,
+        ip: client.ip,
+        deflate,
+    })
 }
 
 /// Whether the upgrade presents one of the API keys: as `Authorization: Bearer` (which
@@ -205,6 +235,7 @@ async fn run(
     identity: Identity,
     admission: Admission,
     ip: std::net::IpAddr,
+    deflate: Option<Agreement>,
 ) {
     let hub = app.hub.clone();
     let (id, conn_id) = hub.next_conn_id();
@@ -281,6 +312,7 @@ async fn run(
     let read_limits = Limits {
         max_message: ws.max_message_bytes,
         write_timeout: Duration::from_secs(ws.write_timeout_s),
+        deflate: deflate.map(|a| a.server_window),
     };
     async move {
         tracing::debug!("connected");

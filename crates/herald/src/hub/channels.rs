@@ -372,7 +372,8 @@ impl Channels {
                     offset,
                     epoch: &st.epoch,
                 };
-                let frame = pub_frame(Some(name), Some(position), out.data);
+                let frame = pub_frame(Some(name), Some(position), out.data)
+                    .deflatable(cfg.deflate.as_ref());
                 self.check_size(&frame)?;
                 st.last_offset = offset;
                 trim(&mut st, cfg, Instant::now(), &self.ledger);
@@ -393,7 +394,7 @@ impl Channels {
                 result.position = Some((offset, st.epoch.clone()));
                 frame
             } else {
-                let frame = pub_frame(Some(name), None, out.data);
+                let frame = pub_frame(Some(name), None, out.data).deflatable(cfg.deflate.as_ref());
                 self.check_size(&frame)?;
                 frame
             };
@@ -561,7 +562,10 @@ impl Channels {
                                 offset: e.offset,
                                 epoch: &st.epoch,
                             };
-                            frames.push(pub_frame(Some(name), Some(position), &e.data));
+                            frames.push(
+                                pub_frame(Some(name), Some(position), &e.data)
+                                    .deflatable(cfg.deflate.as_ref()),
+                            );
                         }
                     }
                 }

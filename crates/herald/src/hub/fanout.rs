@@ -198,8 +198,11 @@ impl Inlet {
 
     /// Queues a server frame (an announcement event) to every local connection.
     pub fn send_to_all(&self, frame: &Frame) -> usize {
+        let frame = frame
+            .clone()
+            .deflatable(self.hub.namespaces().broadcast_deflate());
         self.hub
-            .deliver_to(&Target::All, &Exclude::default(), frame, Instant::now())
+            .deliver_to(&Target::All, &Exclude::default(), &frame, Instant::now())
     }
 }
 
@@ -301,7 +304,8 @@ impl Hub {
                 }
             }
             other => {
-                let frame = pub_frame(None, None, &p.data);
+                let frame = pub_frame(None, None, &p.data)
+                    .deflatable(self.namespaces().broadcast_deflate());
                 let limit = self.registry.channels.max_frame();
                 if frame.len() > limit {
                     return Err(self.refused(Refused::TooLarge {

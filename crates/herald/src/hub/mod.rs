@@ -64,7 +64,10 @@ impl Hub {
                     channels_per_user: cfg.limits.channels_per_user,
                 },
             )),
-            namespaces: ArcSwap::from_pointee(Namespaces::new(&cfg.namespaces)),
+            namespaces: ArcSwap::from_pointee(Namespaces::new(
+                &cfg.namespaces,
+                &cfg.ws.compression,
+            )),
             metrics,
             node: cfg.node(),
             node_tag: format!("{:06x}", rand::random::<u32>() & 0xFF_FFFF),
@@ -85,8 +88,10 @@ impl Hub {
     /// channel budgets, heartbeat and idle timeout. Existing channels keep the
     /// namespace settings they were created with until they are forgotten.
     pub fn apply(&self, cfg: &Config) {
-        self.namespaces
-            .store(Arc::new(Namespaces::new(&cfg.namespaces)));
+        self.namespaces.store(Arc::new(Namespaces::new(
+            &cfg.namespaces,
+            &cfg.ws.compression,
+        )));
         self.registry.set_caps(
             cfg.limits.connections_per_user,
             cfg.limits.connections_per_ip,

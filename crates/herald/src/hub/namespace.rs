@@ -5,12 +5,15 @@ use std::sync::Arc;
 
 use crate::auth::Identity;
 use crate::config::namespaces::DEFAULT;
-use crate::config::{NamespaceConfig, PublishRule, SubscribeRule};
+use crate::config::{CompressionConfig, NamespaceConfig, PublishRule, SubscribeRule};
 use crate::protocol::codes::ErrorCode;
+use crate::ws::deflate::Policy;
 
 /// The namespaces of a node, resolved once from config.
 pub struct Namespaces {
     by_name: BTreeMap<String, Arc<NamespaceConfig>>,
+    broadcast: Option<Policy>,
+    negotiates: bool,
 }
 
 /// A channel name split into its namespace and the rest.
@@ -56,13 +59,39 @@ impl Denied {
 }
 
 impl Namespaces {
-    pub fn new(cfg: &BTreeMap<String, NamespaceConfig>) -> Namespaces {
+    /// The namespaces with their compression settled: a namespace's `compression`, or
+    /// else `ws.compression.enabled`.
+    pub fn new(
+        cfg: &BTreeMap<String, NamespaceConfig>,
+        compression: &CompressionConfig,
+    ) -> Namespaces {
+        let policy = compression.policy();
         Namespaces {
             by_name: cfg
                 .iter()
-                .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+                .map(|(k, v)| {
+                    let mut v = v.clone();
+                    v.deflate = v
+                        .compression
+                        .unwrap_or(compression.enabled)
+                        .then_some(policy);
+                    (k.clone(), Arc::new(v))
+                })
                 .collect(),
+            broadcast: compression.enabled.then_some(policy),
+            negotiates: compression.enabled || cfg.values().any(|v| v.compression == Some(true)),
         }
+    }
+
+    /// How publications to users, groups and everyone (and announcements) are
+    /// compressed: `ws.compression` alone says.
+    pub fn broadcast_deflate(&self) -> Option<&Policy> {
+        self.broadcast.as_ref()
+    }
+
+    /// Whether an upgrade may agree to permessage-deflate: something would use it.
+    pub fn negotiates_deflate(&self) -> bool {
+        self.negotiates
     }
 
     /// `ns:rest` → namespace `ns`; a name without `:` is in `default`.
@@ -148,7 +177,7 @@ mod tests {
 
     #[test]
     fn builtin_rules() {
-        let ns = Namespaces::new(&builtin());
+        let ns = Namespaces::new(&builtin(), &CompressionConfig::default());
         let news = ns.resolve("news").unwrap();
         assert_eq!(news.namespace, "default");
         assert!(news.may_subscribe(&user("1", false)).is_ok());

@@ -4,7 +4,11 @@
 //! per publication and every recipient's queue holds a refcounted clone of it. The bench
 //! client reuses the same code in the client role (masked frames).
 
+use std::sync::{Arc, OnceLock};
+
 use bytes::{BufMut, Bytes, BytesMut};
+
+use super::deflate::{self, Policy, WindowBits};
 
 pub const OP_CONTINUATION: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
@@ -13,9 +17,35 @@ pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PING: u8 = 0x9;
 pub const OP_PONG: u8 = 0xA;
 
+/// The first-byte bit that marks a compressed message (RFC 7692 §6).
+pub const RSV1: u8 = 0x40;
+
 /// A complete, ready-to-write WebSocket frame. Cloning shares the bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame(Bytes);
+///
+/// A frame marked [`Frame::deflatable`] also carries the place for its compressed form
+/// (RFC 7692), made by the first writer whose connection negotiated deflate and shared
+/// by all the others: one compression per frame per window size, never per recipient.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    bytes: Bytes,
+    deflated: Option<Arc<Deflated>>,
+}
+
+/// The compressed forms of one frame, by window size (9..=15 bits); `None` inside once
+/// compression was tried and did not shrink it.
+#[derive(Debug)]
+struct Deflated {
+    policy: Policy,
+    by_window: [OnceLock<Option<Bytes>>; 7],
+}
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Frame) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for Frame {}
 
 impl Frame {
     /// A final server (unmasked) frame with `opcode` and `payload`.
@@ -23,7 +53,53 @@ impl Frame {
         let mut out = BytesMut::with_capacity(header_len(payload.len(), false) + payload.len());
         put_header(&mut out, true, opcode, payload.len(), None);
         out.extend_from_slice(payload);
-        Frame(out.freeze())
+        Frame {
+            bytes: out.freeze(),
+            deflated: None,
+        }
+    }
+
+    /// This frame, to be sent compressed to connections that negotiated deflate when
+    /// `policy` says so: a data frame whose payload reaches the threshold.
+    pub fn deflatable(mut self, policy: Option<&Policy>) -> Frame {
+        let data = matches!(
+            self.bytes.first().map(|b| b & 0x0F),
+            Some(OP_TEXT | OP_BINARY)
+        );
+        if let Some(p) = policy {
+            if data && !self.payload().is_empty() && self.payload().len() >= p.threshold {
+                self.deflated = Some(Arc::new(Deflated {
+                    policy: *p,
+                    by_window: Default::default(),
+                }));
+            }
+        }
+        self
+    }
+
+    /// The bytes to write to a connection; `deflate` is the window it agreed to, if
+    /// it negotiated compression. The compressed form is made once, on first use.
+    pub fn wire(&self, deflate: Option<WindowBits>) -> &Bytes {
+        let (Some(window), Some(d)) = (deflate, &self.deflated) else {
+            return &self.bytes;
+        };
+        let Some(cell) = d.by_window.get(window.index()) else {
+            return &self.bytes;
+        };
+        cell.get_or_init(|| {
+            let packed =
+                deflate::compress(self.payload(), d.policy.level, window, d.policy.always)?;
+            let first = self.bytes.first().copied().unwrap_or(0x80 | OP_TEXT);
+            let mut out = BytesMut::with_capacity(header_len(packed.len(), false) + packed.len());
+            put_header(&mut out, true, first & 0x0F, packed.len(), None);
+            if let Some(b0) = out.first_mut() {
+                *b0 |= RSV1;
+            }
+            out.extend_from_slice(&packed);
+            Some(out.freeze())
+        })
+        .as_ref()
+        .unwrap_or(&self.bytes)
     }
 
     pub fn text(payload: &[u8]) -> Frame {
@@ -42,26 +118,28 @@ impl Frame {
         Frame::new(OP_CLOSE, &payload)
     }
 
+    /// The uncompressed frame.
     pub fn as_bytes(&self) -> &Bytes {
-        &self.0
+        &self.bytes
     }
 
     /// The payload after the (unmasked, server) header.
     pub fn payload(&self) -> &[u8] {
-        let header = match self.0.get(1).map(|b| b & 0x7f) {
+        let header = match self.bytes.get(1).map(|b| b & 0x7f) {
             Some(126) => 4,
             Some(127) => 10,
             _ => 2,
         };
-        self.0.get(header..).unwrap_or_default()
+        self.bytes.get(header..).unwrap_or_default()
     }
 
+    /// Length of the uncompressed frame (what queue limits count).
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bytes.is_empty()
     }
 }
 
@@ -147,7 +225,9 @@ pub fn parse_header(buf: &[u8], expect_masked: bool) -> Result<Option<Header>, H
     let fin = b0 & 0x80 != 0;
     let rsv = (b0 >> 4) & 0x07;
     let opcode = b0 & 0x0F;
-    if rsv != 0 {
+    // RSV1 means "compressed" under permessage-deflate; whether it may appear is the
+    // reader's to say. RSV2 and RSV3 are never ours.
+    if rsv & 0b011 != 0 {
         return Err(HeaderError::ReservedBits);
     }
     match opcode {
@@ -254,9 +334,14 @@ mod tests {
             Err(HeaderError::Unmasked)
         );
         assert_eq!(
-            parse_header(&[0xC1, 0x80], true),
+            parse_header(&[0xA1, 0x80], true),
             Err(HeaderError::ReservedBits)
         );
+        // RSV1 is the reader's call (permessage-deflate).
+        let rsv1 = parse_header(&[0xC1, 0x80, 1, 2, 3, 4], true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rsv1.rsv, 0b100);
         assert_eq!(
             parse_header(&[0x83, 0x80], true),
             Err(HeaderError::ReservedOpcode)
@@ -270,6 +355,47 @@ mod tests {
             Err(HeaderError::BadControl)
         );
         assert_eq!(parse_header(&[0x81], true), Ok(None));
+    }
+
+    #[test]
+    fn a_deflatable_frame_is_compressed_once_per_window_and_shared() {
+        let payload =
+            br#"{"type":"pub","data":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#.repeat(8);
+        let policy = Policy {
+            threshold: 100,
+            level: 6,
+            always: false,
+        };
+        let f = Frame::text(&payload).deflatable(Some(&policy));
+        let copy = f.clone();
+        assert_eq!(f.wire(None), f.as_bytes(), "not negotiated: as it is");
+        let z = f.wire(Some(WindowBits::MAX));
+        assert_eq!(z[0], 0x80 | RSV1 | OP_TEXT);
+        let h = parse_header(z, false).unwrap().unwrap();
+        let plain = deflate::inflate(&z[h.header_len..], payload.len()).unwrap();
+        assert_eq!(plain, payload);
+        assert_eq!(
+            copy.wire(Some(WindowBits::MAX)).as_ptr(),
+            z.as_ptr(),
+            "every clone shares the one compression"
+        );
+        let small = copy.wire(WindowBits::new(9));
+        assert_ne!(
+            small.as_ptr(),
+            z.as_ptr(),
+            "another window, another compression"
+        );
+        // Below the threshold, without a policy, or a control frame: never compressed.
+        let short = Frame::text(b"{}").deflatable(Some(&policy));
+        assert_eq!(short.wire(Some(WindowBits::MAX)), short.as_bytes());
+        let plain = Frame::text(&payload).deflatable(None);
+        assert_eq!(plain.wire(Some(WindowBits::MAX)), plain.as_bytes());
+        let ping = Frame::new(OP_PING, &[b'a'; 120]).deflatable(Some(&Policy {
+            threshold: 0,
+            level: 6,
+            always: true,
+        }));
+        assert_eq!(ping.wire(Some(WindowBits::MAX)), ping.as_bytes());
     }
 
     #[test]

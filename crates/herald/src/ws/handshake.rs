@@ -8,6 +8,8 @@ use axum::http::{header, HeaderMap, Method};
 use base64::Engine;
 use sha1::{Digest, Sha1};
 
+use super::deflate::{negotiate, Agreement};
+
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +52,16 @@ pub fn accept_key(method: &Method, headers: &HeaderMap) -> Result<String, Handsh
         }
     }
     Ok(derive_accept(key))
+}
+
+/// The permessage-deflate agreement for this request, if it offers one we accept.
+pub fn deflate_agreement(headers: &HeaderMap) -> Option<Agreement> {
+    negotiate(
+        headers
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
 }
 
 /// `base64(sha1(key + GUID))`.

@@ -4,10 +4,13 @@
 //! for both the hub's connections and the conformance echo route: reserved bits and
 //! opcodes, control-frame rules, continuation order (1002), UTF-8 checked incrementally
 //! so a bad fragment fails fast (1007), and the message size cap checked from the header
-//! before any payload is buffered (1009).
+//! before any payload is buffered (1009). With permessage-deflate negotiated, a message
+//! whose first frame has RSV1 is inflated once complete, the cap applying to what it
+//! inflates to, and its UTF-8 checked after inflation.
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::deflate::{self, InflateError};
 use super::frame::{self, apply_mask, parse_header, HeaderError};
 
 /// A complete inbound message.
@@ -74,6 +77,8 @@ impl From<HeaderError> for Violation {
 
 struct Partial {
     text: bool,
+    /// RSV1 on the first frame: the data is deflated (UTF-8 is checked after inflation).
+    compressed: bool,
     data: BytesMut,
     utf8_checked: usize,
 }
@@ -82,6 +87,8 @@ struct Partial {
 pub struct MessageReader {
     max_message: usize,
     expect_masked: bool,
+    /// permessage-deflate was negotiated: RSV1 may mark a message as compressed.
+    deflate: bool,
     partial: Option<Partial>,
     /// Of the current, still incomplete text frame: payload bytes already unmasked in
     /// place, and how many of those are known to be valid UTF-8 (fail fast, RFC 6455 §8.1).
@@ -100,12 +107,25 @@ impl MessageReader {
         MessageReader {
             max_message,
             expect_masked,
+            deflate: false,
             partial: None,
             frame_unmasked: 0,
             frame_checked: 0,
             frames: 0,
             empty_fragments: 0,
         }
+    }
+
+    /// Accepts compressed messages (permessage-deflate was negotiated).
+    pub fn with_deflate(mut self, on: bool) -> MessageReader {
+        self.deflate = on;
+        self
+    }
+
+    /// The most compressed bytes a message may bring: a little over the limit, as
+    /// deflate adds a few bytes to data it cannot shrink.
+    fn max_compressed(&self) -> usize {
+        self.max_message + self.max_message / 64 + 64
     }
 
     /// Complete frames taken out of the buffer so far.
@@ -125,8 +145,19 @@ impl MessageReader {
                 return Ok(None);
             };
             let is_control = h.opcode >= frame::OP_CLOSE;
+            let rsv1 = h.rsv & 0b100 != 0;
+            let starts_message = matches!(h.opcode, frame::OP_TEXT | frame::OP_BINARY);
+            if rsv1 && !(self.deflate && starts_message) {
+                return Err(HeaderError::ReservedBits.into());
+            }
+            let compressed = rsv1 || self.partial.as_ref().is_some_and(|p| p.compressed);
+            let cap = if compressed {
+                self.max_compressed()
+            } else {
+                self.max_message
+            };
             let already = self.partial.as_ref().map_or(0, |p| p.data.len()) as u64;
-            if !is_control && already + h.payload_len > self.max_message as u64 {
+            if !is_control && already + h.payload_len > cap as u64 {
                 return Err(Violation {
                     code: ViolationKind::TooBig,
                     why: "message too big",
@@ -144,7 +175,9 @@ impl MessageReader {
             }
             let len = h.payload_len as usize; // bounded by max_message or 125 above
             if buf.len() < h.header_len + len {
-                self.check_incomplete_text(&h, buf)?;
+                if !compressed {
+                    self.check_incomplete_text(&h, buf)?;
+                }
                 return Ok(None);
             }
             buf.advance(h.header_len);
@@ -163,11 +196,13 @@ impl MessageReader {
                 frame::OP_PONG => return Ok(Some(Message::Pong(payload.freeze()))),
                 frame::OP_CLOSE => return parse_close(&payload).map(|c| Some(Message::Close(c))),
                 frame::OP_TEXT | frame::OP_BINARY if h.fin => {
-                    return complete(h.opcode == frame::OP_TEXT, payload).map(Some);
+                    let text = h.opcode == frame::OP_TEXT;
+                    return self.complete(text, rsv1, payload.freeze()).map(Some);
                 }
                 frame::OP_TEXT | frame::OP_BINARY => {
                     let mut p = Partial {
                         text: h.opcode == frame::OP_TEXT,
+                        compressed: rsv1,
                         data: payload,
                         utf8_checked: 0,
                     };
@@ -182,6 +217,9 @@ impl MessageReader {
                     p.data.extend_from_slice(&payload);
                     check_utf8_prefix(&mut p)?;
                     if h.fin {
+                        if p.compressed {
+                            return self.complete(p.text, true, p.data.freeze()).map(Some);
+                        }
                         if p.text && p.utf8_checked != p.data.len() {
                             return Err(invalid_utf8());
                         }
@@ -245,19 +283,39 @@ const fn invalid_utf8() -> Violation {
     }
 }
 
-fn complete(text: bool, payload: BytesMut) -> Result<Message, Violation> {
+impl MessageReader {
+    /// A whole message: inflated first if it came compressed, then checked.
+    fn complete(&self, text: bool, compressed: bool, payload: Bytes) -> Result<Message, Violation> {
+        if !compressed {
+            return complete(text, payload);
+        }
+        match deflate::inflate(&payload, self.max_message) {
+            Ok(plain) => complete(text, Bytes::from(plain)),
+            Err(InflateError::TooBig) => Err(Violation {
+                code: ViolationKind::TooBig,
+                why: "message too big",
+            }),
+            Err(InflateError::Corrupt) => Err(Violation {
+                code: ViolationKind::InvalidPayload,
+                why: "invalid deflate data",
+            }),
+        }
+    }
+}
+
+fn complete(text: bool, payload: Bytes) -> Result<Message, Violation> {
     if text {
         simdutf8::basic::from_utf8(&payload).map_err(|_| invalid_utf8())?;
-        Ok(Message::Text(payload.freeze()))
+        Ok(Message::Text(payload))
     } else {
-        Ok(Message::Binary(payload.freeze()))
+        Ok(Message::Binary(payload))
     }
 }
 
 /// Validates the not-yet-checked part of a fragmented text message; an incomplete
 /// trailing sequence is fine until the final fragment.
 fn check_utf8_prefix(p: &mut Partial) -> Result<(), Violation> {
-    if !p.text {
+    if !p.text || p.compressed {
         return Ok(());
     }
     let rest = p.data.get(p.utf8_checked..).unwrap_or_default();
@@ -441,5 +499,91 @@ mod tests {
             Ok(Some(Message::Text(Bytes::from("hello"))))
         );
         assert!(buf.is_empty());
+    }
+
+    /// A masked client frame with RSV1 set on the first byte when `rsv1`.
+    fn deflated_frame(fin: bool, opcode: u8, rsv1: bool, payload: &[u8]) -> Vec<u8> {
+        let mut f = client_frame(fin, opcode, payload);
+        if rsv1 {
+            f[0] |= frame::RSV1;
+        }
+        f
+    }
+
+    fn read_deflate(bytes: &[u8], max: usize) -> Vec<Result<Message, Violation>> {
+        let mut r = MessageReader::new(max, true).with_deflate(true);
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        loop {
+            match r.next_message(&mut buf) {
+                Ok(Some(m)) => out.push(Ok(m)),
+                Ok(None) => return out,
+                Err(v) => {
+                    out.push(Err(v));
+                    return out;
+                }
+            }
+        }
+    }
+
+    fn packed(plain: &[u8]) -> Vec<u8> {
+        deflate::compress(plain, 6, deflate::WindowBits::MAX, false).unwrap()
+    }
+
+    #[test]
+    fn a_compressed_message_is_inflated_whole_or_in_fragments() {
+        let text = "héllo compressed wörld ".repeat(20);
+        let z = packed(text.as_bytes());
+        let got = read_deflate(&deflated_frame(true, OP_TEXT, true, &z), 1024);
+        assert_eq!(got, vec![Ok(Message::Text(Bytes::from(text.clone())))]);
+        // Fragments cut through the compressed bytes (and a character), a ping between.
+        let (a, b) = z.split_at(z.len() / 2);
+        let mut bytes = deflated_frame(false, OP_TEXT, true, a);
+        bytes.extend(client_frame(true, OP_PING, b"p"));
+        bytes.extend(deflated_frame(true, OP_CONTINUATION, false, b));
+        let got = read_deflate(&bytes, 1024);
+        assert_eq!(got[1], Ok(Message::Text(Bytes::from(text))));
+        // Uncompressed messages still pass on a deflate connection.
+        let got = read_deflate(&client_frame(true, OP_BINARY, b"raw"), 1024);
+        assert_eq!(got, vec![Ok(Message::Binary(Bytes::from_static(b"raw")))]);
+    }
+
+    #[test]
+    fn rsv1_is_a_protocol_error_unless_negotiated_and_on_a_first_frame() {
+        let z = packed(&b"abc".repeat(50));
+        let protocol = |got: &[Result<Message, Violation>]| matches!(got.last(), Some(Err(v)) if v.code == ViolationKind::Protocol);
+        assert!(protocol(&read_all(&deflated_frame(
+            true, OP_TEXT, true, &z
+        ))));
+        let mut cont = deflated_frame(false, OP_TEXT, true, &z[..2]);
+        cont.extend(deflated_frame(true, OP_CONTINUATION, true, &z[2..]));
+        assert!(protocol(&read_deflate(&cont, 1024)));
+        assert!(protocol(&read_deflate(
+            &deflated_frame(true, OP_PING, true, b""),
+            1024
+        )));
+    }
+
+    #[test]
+    fn the_limit_applies_after_inflation() {
+        let zeros = vec![b'0'; 100_000];
+        let bomb = packed(&zeros);
+        assert!(bomb.len() < 1024);
+        let got = read_deflate(&deflated_frame(true, OP_TEXT, true, &bomb), 64 * 1024);
+        assert!(matches!(got[..], [Err(v)] if v.code == ViolationKind::TooBig));
+        let fits = packed(&zeros[..64 * 1024]);
+        let got = read_deflate(&deflated_frame(true, OP_TEXT, true, &fits), 64 * 1024);
+        assert!(matches!(&got[..], [Ok(Message::Text(t))] if t.len() == 64 * 1024));
+    }
+
+    #[test]
+    fn bad_deflate_data_and_bad_utf8_inside_are_1007() {
+        let invalid = |got: &[Result<Message, Violation>]| matches!(got.last(), Some(Err(v)) if v.code == ViolationKind::InvalidPayload);
+        let garbage = read_deflate(&deflated_frame(true, OP_TEXT, true, &[0xff; 40]), 1024);
+        assert!(invalid(&garbage), "{garbage:?}");
+        let latin1 =
+            packed(&[b'a', 0xE9, b'b', b'c', b'a', b'b', b'c', b'a', b'b', b'c'].repeat(10));
+        let got = read_deflate(&deflated_frame(true, OP_TEXT, true, &latin1), 1024);
+        assert!(invalid(&got), "{got:?}");
     }
 }

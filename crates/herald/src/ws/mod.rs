@@ -6,6 +6,7 @@
 //! connection (see docs/decisions.md). The handshake lives here too so refusals can be
 //! answered with JSON before the 101.
 
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod message;

@@ -212,16 +212,24 @@ fn the_configuration_reference_lists_every_key_with_its_variable() {
     ))
     .unwrap();
     let parsed: toml::Table = toml::from_str(&toml_text).unwrap();
-    let mut keys = Vec::new();
-    for (k, v) in &parsed {
-        match v {
-            toml::Value::Table(t) if k != "namespaces" => {
-                keys.extend(t.keys().map(|inner| format!("{k}.{inner}")));
+    /// Every leaf key under `table`, dotted (`ws.compression.level`); namespaces are
+    /// documented per key of a namespace, not per namespace.
+    fn leaves(prefix: &str, table: &toml::Table, keys: &mut Vec<String>) {
+        for (k, v) in table {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(_) if key == "namespaces" => {}
+                toml::Value::Table(t) => leaves(&key, t, keys),
+                _ => keys.push(key),
             }
-            toml::Value::Table(_) => {}
-            _ => keys.push(k.clone()),
         }
     }
+    let mut keys = Vec::new();
+    leaves("", &parsed, &mut keys);
     // Keys genconfig shows commented out (optional, no default).
     let mut section = String::new();
     for line in toml_text.lines() {

@@ -9,6 +9,7 @@ mod bad_input;
 mod batch;
 mod channels;
 mod cli;
+mod compression;
 mod fanout;
 mod hardening;
 mod hostile;
