@@ -23,7 +23,9 @@ const opts = parseArgs(process.argv.slice(2), {
   port: "0",
   "max-backpressure": String(1024 * 1024),
   "close-on-backpressure": null, // a flag
+  compression: null, // a flag: permessage-deflate with uWS's shared compressor
 });
+const compress = opts.compression !== null;
 const port = Number(opts.port);
 const maxBackpressure = Number(opts["max-backpressure"]);
 if (!Number.isInteger(port) || port < 0 || port > 65535) die(`bad --port ${opts.port}`);
@@ -37,7 +39,7 @@ const counts = { publications: 0, recipients: 0 };
 const app = uWS.App();
 
 app.ws("/ws", {
-  compression: uWS.DISABLED,
+  compression: compress ? uWS.SHARED_COMPRESSOR : uWS.DISABLED,
   maxPayloadLength: MAX_MESSAGE,
   maxBackpressure,
   closeOnBackpressureLimit: opts["close-on-backpressure"] !== null ? 1 : 0, // an int in uWS
@@ -137,7 +139,7 @@ function apply(p) {
   if (p.channel === undefined) {
     const queued = app.numSubscribers(ALL);
     counts.recipients += queued;
-    app.publish(ALL, `{"type":"pub","data":${p.data}}`, false, false);
+    app.publish(ALL, `{"type":"pub","data":${p.data}}`, false, compress);
     return { queued };
   }
   const offset = (offsets.get(p.channel) ?? 0) + 1;
@@ -149,7 +151,7 @@ function apply(p) {
     topic,
     `{"type":"pub","channel":"${p.channel}","offset":${offset},"epoch":"${EPOCH}","data":${p.data}}`,
     false,
-    false,
+    compress,
   );
   return { queued, offset, epoch: EPOCH };
 }

@@ -37,7 +37,13 @@ pub struct Target {
     /// `Some`: the `subscribe` message each client sends right after `connected` (to the
     /// `--channel`); the client counts as connected only once `subscribed` is back.
     pub subscribe: Option<Bytes>,
+    /// Offer permessage-deflate, and fail if the server does not agree.
+    pub deflate: bool,
 }
+
+/// The offer a `--deflate` client makes (what browsers send).
+pub const DEFLATE_OFFER: &str =
+    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
 
 /// The `subscribe` message for `channel`, which the caller has checked against the
 /// server's channel-name rule (letters, digits, `_.:@-`): nothing to escape.
@@ -75,6 +81,8 @@ pub struct Conn {
     stream: TcpStream,
     buf: BytesMut,
     reader: MessageReader,
+    /// The server agreed to permessage-deflate: its frames may come compressed.
+    pub deflate: bool,
 }
 
 /// Mints a token for `bench-{i}`, connects, upgrades, waits for `connected`, and with a
@@ -91,7 +99,17 @@ pub async fn connect(target: &Target, i: usize) -> Result<Conn, String> {
         aud: None,
     };
     let token = mint_hs256(&target.hmac_secret, &claims).map_err(|e| format!("mint token: {e}"))?;
-    let (mut conn, first) = open(target.addr, &target.host, &token).await?;
+    let offer = if target.deflate { DEFLATE_OFFER } else { "" };
+    let (mut conn, first) = open_with(
+        target.addr,
+        &target.host,
+        &format!("/ws?token={token}"),
+        offer,
+    )
+    .await?;
+    if target.deflate && !conn.deflate {
+        return Err("the server declined permessage-deflate (is ws.compression enabled?)".into());
+    }
     if !find(&first, br#""type":"connected""#) {
         return Err("first message is not `connected`".into());
     }
@@ -160,16 +178,16 @@ pub async fn open_with(
             Err(e) => return Err(format!("read upgrade: {}", e.kind())),
         }
     };
-    check_101(
-        buf.get(..head_len).unwrap_or_default(),
-        &derive_accept(key.as_bytes()),
-    )?;
+    let head = buf.get(..head_len).unwrap_or_default();
+    check_101(head, &derive_accept(key.as_bytes()))?;
+    let deflate = agreed_deflate(head);
     buf.advance(head_len);
 
     let mut conn = Conn {
         stream,
         buf,
-        reader: MessageReader::new(MAX_MESSAGE, false),
+        reader: MessageReader::new(MAX_MESSAGE, false).with_deflate(deflate),
+        deflate,
     };
     // The first text message is `connected`: only then is the client in the hub.
     let first = conn.next_text("`connected`").await?;
@@ -188,6 +206,16 @@ fn error_code(frame: &[u8]) -> String {
             std::str::from_utf8(rest.get(..end)?).ok()
         });
     code.unwrap_or("?").to_owned()
+}
+
+/// Whether a 101 head agrees to permessage-deflate.
+fn agreed_deflate(head: &[u8]) -> bool {
+    String::from_utf8_lossy(head).lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("sec-websocket-extensions")
+                && v.trim().starts_with("permessage-deflate")
+        })
+    })
 }
 
 /// Checks the status line and `Sec-WebSocket-Accept` of a response head.

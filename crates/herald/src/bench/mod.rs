@@ -114,6 +114,11 @@ pub struct BenchArgs {
     /// many publications in flight, acks in order (DESIGN §7).
     #[arg(long, value_enum, default_value_t = PublisherKind::Http, conflicts_with = "batch")]
     pub publisher: PublisherKind,
+    /// Clients offer permessage-deflate (as browsers do) and inflate what comes
+    /// compressed; a client the server does not agree with counts as failed to connect.
+    /// The server needs `ws.compression.enabled` (or a namespace with compression).
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -300,6 +305,7 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
             host: authority.clone(),
             hmac_secret: server.hmac_secret.clone(),
             subscribe: args.channel.as_deref().map(client::subscribe_message),
+            deflate: args.deflate,
         }));
     }
     let http = reqwest::Client::builder()
@@ -654,6 +660,20 @@ impl Report {
                 "  server stats    deliveries {}, dropped {}, slow-consumer disconnects {}, fan-out latency p99 {} ms",
                 s["deliveries"], s["dropped"], s["slow_consumer_disconnects"], s["latency_ms"]["p99"]
             );
+            #[allow(
+                clippy::indexing_slicing,
+                reason = "reading serde_json::Value by key yields Null when absent; never panics"
+            )]
+            let (compressed, saved) = (
+                s["compression"]["deliveries"].as_u64().unwrap_or(0),
+                s["compression"]["saved_bytes"].as_u64().unwrap_or(0),
+            );
+            if let Some(each) = saved.checked_div(compressed) {
+                let _ = writeln!(
+                    o,
+                    "  compression     {compressed} deliveries compressed, {saved} bytes saved ({each} per delivery)",
+                );
+            }
         }
         if let Some((ours, theirs, wall)) = self.cpu {
             let share = |s: f64| 100.0 * s / wall;

@@ -1,7 +1,7 @@
 //! The send timestamp carried in each publication's `data`.
 //!
-//! The publisher sends `data = "t=<nanos>;xxxx…"` (a JSON string padded to `--payload`
-//! bytes), where `<nanos>` is measured from an `Instant` shared by the publisher and every
+//! The publisher sends `data = "t=<nanos>;…"` (a JSON string padded to `--payload` bytes
+//! with words, so that it compresses like text rather than like one repeated byte), where `<nanos>` is measured from an `Instant` shared by the publisher and every
 //! client of this process. The server copies `data` verbatim into the `pub` frame, after
 //! whatever else it carries (`{"type":"pub","data":"t=…;…"}` for `all`,
 //! `{"type":"pub","channel":…,"offset":…,"epoch":…,"data":"t=…;…"}` for a channel), so a
@@ -14,13 +14,29 @@ const MARKER: &[u8] = b"\"data\":\"t=";
 /// Most digits a `u64` can have.
 const MAX_DIGITS: usize = 20;
 
+/// Words the padding is made of: what a now-playing or feed update says.
+const WORDS: [&str; 16] = [
+    "id", "title", "artist", "album", "track", "played", "queue", "volume", "position", "duration",
+    "genre", "year", "cover", "lyrics", "next", "shuffle",
+];
+
 /// The `data` string (without its JSON quotes) for a publication sent at `stamp_ns`,
-/// padded with `x` to `size` bytes (never shorter than the stamp itself).
+/// padded to `size` bytes (never shorter than the stamp itself) with pseudo-random words
+/// and numbers — the same for every publication of a size, and nothing to escape.
 pub fn encode_data(stamp_ns: u64, size: usize) -> String {
     let mut s = format!("t={stamp_ns};");
-    if s.len() < size {
-        s.extend(std::iter::repeat_n('x', size - s.len()));
+    let mut x: u32 = 0x9E37_79B9;
+    while s.len() < size {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let word = WORDS.get((x % 16) as usize).copied().unwrap_or("id");
+        s.push_str(word);
+        s.push(' ');
+        s.push_str(&(x % 1000).to_string());
+        s.push(' ');
     }
+    s.truncate(size.max(s.find(';').map_or(0, |p| p + 1)));
     s
 }
 
@@ -28,7 +44,7 @@ pub fn encode_data(stamp_ns: u64, size: usize) -> String {
 /// `channel` is spliced in as is: the caller has checked it against the server's
 /// channel-name rule (letters, digits and `_.:@-`), which leaves nothing to escape.
 pub fn publish_body(stamp_ns: u64, size: usize, channel: Option<&str>) -> String {
-    // `encode_data` yields only ASCII digits, `t=;` and `x`: nothing to escape.
+    // `encode_data` yields only ASCII letters, digits, spaces and `t=;`: nothing to escape.
     let data = encode_data(stamp_ns, size);
     match channel {
         Some(c) => format!(r#"{{"channel":"{c}","data":"{data}"}}"#),
