@@ -258,14 +258,16 @@ impl Outbox {
                     || !s.frames.is_empty()
                     || (s.closing && !s.close_taken);
                 if has_work {
-                    control.extend(s.control.drain(..));
+                    // The queues' buffers go to the writer with their frames (it frees
+                    // them once written): an idle connection holds no queue memory.
+                    take_into(control, &mut s.control);
                     s.inflight_messages = s.frames.len() + s.priority.len();
                     s.inflight_bytes = s.bytes;
                     let State {
                         priority, frames, ..
                     } = &mut *s;
-                    data.extend(priority.drain(..));
-                    data.extend(frames.drain(..));
+                    take_into(data, priority);
+                    take_into(data, frames);
                     s.bytes = 0;
                     if s.closing {
                         s.close_taken = true;
@@ -289,9 +291,44 @@ impl Outbox {
     }
 }
 
+/// Moves everything in `queue` to the end of `into`, leaving `queue` unallocated: into an
+/// empty `into` the queue's own buffer moves (no copy, no allocation).
+fn take_into<T>(into: &mut Vec<T>, queue: &mut VecDeque<T>) {
+    let taken = std::mem::take(queue);
+    if into.is_empty() {
+        *into = Vec::from(taken);
+    } else {
+        into.extend(taken);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_outbox_holds_no_queue_buffers() {
+        let o = Outbox::new(100, 1 << 20);
+        let now = Instant::now();
+        o.try_push(Frame::text(b"a"), now);
+        o.try_push_priority(Frame::text(b"b"), now);
+        o.push_control(Frame::new(crate::ws::frame::OP_PING, b""));
+        let (mut control, mut data) = (Vec::new(), Vec::new());
+        let batch = futures_util::FutureExt::now_or_never(o.next_batch(&mut control, &mut data));
+        assert_eq!(batch, Some(Batch::Write));
+        assert_eq!((control.len(), data.len()), (1, 2));
+        assert_eq!(data[0].frame, Frame::text(b"b"), "priority first");
+        let s = o.lock();
+        assert_eq!(
+            (
+                s.frames.capacity(),
+                s.priority.capacity(),
+                s.control.capacity()
+            ),
+            (0, 0, 0),
+            "the buffers left with the batch"
+        );
+    }
 
     #[test]
     fn full_by_messages_or_bytes() {

@@ -1,10 +1,12 @@
 //! The read side of every WebSocket connection: bytes in, messages out, the control
 //! protocol (ping, close) answered here so each handler only sees data messages.
 //!
-//! The task running [`drive`] owns the socket; the writer is a child task it waits for.
+//! The task running [`drive`] owns the socket and runs its writer too (polled beside the
+//! reader, not spawned: one task per connection).
 //! Whoever closes the connection (the peer, a protocol error, the hub with 4000/4002,
 //! shutdown with 1001) goes through [`Outbox::close`], which only the first caller wins.
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,13 +75,17 @@ pub async fn drive<R, W, H>(
     W: AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
-    let mut writer_task = tokio::spawn(run_writer(
+    // The writer runs inside this task, polled beside the reader: one task (and one
+    // allocation) per connection, and a wake-up for queued frames resumes it directly.
+    let writer = run_writer(
         writer,
         outbox.clone(),
         metrics.clone(),
         limits.write_timeout,
         limits.deflate,
-    ));
+    );
+    let mut writer = pin!(writer);
+    let mut writer_done = false;
     let mut messages =
         MessageReader::new(limits.max_message, true).with_deflate(limits.deflate.is_some());
     let mut peer_closed = false;
@@ -91,6 +97,8 @@ pub async fn drive<R, W, H>(
             tokio::select! {
                 biased;
                 _ = outbox.closed() => break 'read,
+                // It ends only once the outbox is closing (or after closing it itself).
+                () = &mut writer, if !writer_done => { writer_done = true; continue 'read }
                 r = reader.read_into(&mut buf) => match r {
                     Ok(0) | Err(_) => { peer_closed = true; break 'read }
                     Ok(_) => {}
@@ -160,20 +168,24 @@ pub async fn drive<R, W, H>(
         }
     }
 
-    // Closed from our side: the peer gets a moment to answer with its own close.
+    // Closed from our side: the peer gets a moment to answer with its own close, while
+    // the writer sends ours.
     if !peer_closed {
-        let _ = tokio::time::timeout(
+        let mut drain = pin!(tokio::time::timeout(
             CLOSE_GRACE,
             drain_until_close(&mut reader, &mut buf, &mut messages),
-        )
-        .await;
+        ));
+        loop {
+            tokio::select! {
+                _ = &mut drain => break,
+                () = &mut writer, if !writer_done => writer_done = true,
+            }
+        }
     }
     outbox.close(None, true);
-    if tokio::time::timeout(CLOSE_GRACE * 2, &mut writer_task)
-        .await
-        .is_err()
-    {
-        writer_task.abort();
+    if !writer_done {
+        // Past this the socket is dropped with whatever was not written.
+        let _ = tokio::time::timeout(CLOSE_GRACE * 2, &mut writer).await;
     }
 }
 

@@ -1,5 +1,6 @@
-//! The one task that writes to a socket: everything queued goes out in one vectored
-//! write (`writev`), control frames first. On a connection that negotiated
+//! The one future that writes to a socket, polled inside the connection's task beside
+//! the reader: everything queued goes out in one vectored write (`writev`), control
+//! frames first. On a connection that negotiated
 //! permessage-deflate each data frame goes out in its shared compressed form.
 
 use std::io::{self, IoSlice};
@@ -66,11 +67,10 @@ pub async fn run_writer<W>(
                 metrics.latency.record(q.accepted.elapsed());
             }
         }
-        control.clear();
-        data.clear();
-        if data.capacity() > 256 {
-            data.shrink_to(16);
-        }
+        // The batch's buffers came from the outbox's queues: freed here, so an idle
+        // connection holds none (the next push allocates afresh).
+        control = Vec::new();
+        data = Vec::new();
         if result.is_err() {
             outbox.close(None, true);
             return;

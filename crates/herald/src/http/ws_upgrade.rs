@@ -85,7 +85,8 @@ pub fn switching_protocols(accept_key: &str, deflate: Option<&Agreement>) -> Res
 }
 
 /// Runs `handler` over an upgraded socket: the raw TCP fast path when the socket is
-/// plain TCP, a buffered split otherwise (TLS).
+/// plain TCP, a buffered split otherwise (TLS). Each drive is boxed at its own size: an
+/// inline one would make every connection's task as large as the larger of the two.
 pub async fn drive_upgraded<H: Handler>(
     upgraded: Upgraded,
     outbox: Arc<Outbox>,
@@ -100,11 +101,11 @@ pub async fn drive_upgraded<H: Handler>(
             // of hyper's 8 KiB read buffer and would otherwise live as long as the socket.
             let buf = BytesMut::from(&parts.read_buf[..]);
             drop(parts.read_buf);
-            drive(r, w, buf, outbox, handler, limits, metrics).await;
+            Box::pin(drive(r, w, buf, outbox, handler, limits, metrics)).await;
         }
         Err(upgraded) => {
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-            drive(
+            Box::pin(drive(
                 Buffered(r),
                 w,
                 BytesMut::new(),
@@ -112,7 +113,7 @@ pub async fn drive_upgraded<H: Handler>(
                 handler,
                 limits,
                 metrics,
-            )
+            ))
             .await;
         }
     }
