@@ -13,6 +13,7 @@ import json
 import pathlib
 import re
 import struct
+import zlib
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -21,9 +22,10 @@ MASK = bytes([0x37, 0xFA, 0x21, 0x3D])
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
-def frame(opcode, payload, fin=True, wide=None):
-    """A masked client frame; `wide` forces the 16- or 64-bit length form."""
-    head = bytes([(0x80 if fin else 0) | opcode])
+def frame(opcode, payload, fin=True, wide=None, rsv1=False):
+    """A masked client frame; `wide` forces the 16- or 64-bit length form; `rsv1` marks
+    a permessage-deflate message."""
+    head = bytes([(0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode])
     n = len(payload)
     if wide == 64 or n > 0xFFFF:
         head += bytes([0x80 | 127]) + struct.pack(">Q", n)
@@ -40,8 +42,17 @@ def reader_input(stream, small_max=125, cuts=()):
     return bytes([small_max, len(cuts)]) + b"".join(struct.pack("<H", c) for c in cuts) + stream
 
 
+def deflated(data):
+    """Raw deflate, sync-flushed, the 00 00 ff ff tail removed (RFC 7692 §7.2.1)."""
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
 def frame_reader():
     hello = frame(OP_TEXT, b"hello")
+    packed = deflated(('{"type":"subscribe","channel":"news"} ' * 8).encode())
     frag = (
         frame(OP_TEXT, "hé".encode(), fin=False)
         + frame(OP_PING, b"p")
@@ -58,6 +69,15 @@ def frame_reader():
         "ping_pong_text": reader_input(
             frame(OP_PING, b"") + frame(OP_PONG, b"x" * 125) + hello, cuts=(3,)
         ),
+        # permessage-deflate (read with deflate on; off, RSV1 is a protocol error).
+        "deflated_text": reader_input(frame(OP_TEXT, packed, rsv1=True)),
+        "deflated_fragmented": reader_input(
+            frame(OP_TEXT, packed[:10], fin=False, rsv1=True)
+            + frame(OP_PING, b"p")
+            + frame(OP_CONT, packed[10:]),
+            cuts=(4, 20),
+        ),
+        "deflate_bomb": reader_input(frame(OP_TEXT, deflated(b"0" * 200_000), rsv1=True)),
     }
 
 
