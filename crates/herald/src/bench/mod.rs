@@ -21,7 +21,8 @@
 //!
 //! Everything is bounded: connects (64 at a time, 5 s each, 120 s for the phase), the
 //! publications (`rate × duration`), the wait for stragglers (2 s) and the teardown.
-//! The open-files limit is not raised here (no `libc`): run `ulimit -n 65536` first.
+//! The open-files soft limit is raised to the hard limit at start, as `herald serve` does
+//! ([`open_files`]); a run that needs more than the hard limit is refused up front.
 
 pub mod client;
 mod publisher;
@@ -45,6 +46,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::open_files;
 use crate::config::secrets::{self, API_KEY_FILE, HMAC_SECRET_FILE};
 use crate::config::{Config, LimitsConfig};
 use crate::{Node, ServeOptions};
@@ -64,7 +66,7 @@ const STRAGGLERS: Duration = Duration::from_secs(2);
 /// How long clients get to hand back their stats.
 const TEARDOWN: Duration = Duration::from_secs(5);
 /// File descriptors kept free for the runtime, the publisher's pool and the like.
-const FD_MARGIN: u64 = 50;
+const FD_MARGIN: u64 = 100;
 /// Latency histogram range, µs (larger values are clamped).
 const MAX_LATENCY_US: u64 = 60_000_000;
 
@@ -147,7 +149,7 @@ struct Server {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let clients = args.clients as usize;
-    check_open_files(args.clients, args.spawn_server)?;
+    prepare_open_files(args.clients, args.spawn_server)?;
     let server = if args.spawn_server {
         spawn_server(clients).await?
     } else {
@@ -166,27 +168,58 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_open_files(clients: u32, spawn_server: bool) -> anyhow::Result<()> {
-    let Some((soft, hard)) = sys::open_files_limits() else {
-        return Ok(());
+/// Raises our open-files limit to the hard limit (as `herald serve` does), says so, and
+/// refuses a run that cannot fit under it: connects past the limit fail with EMFILE and
+/// the publisher's own sockets with them, which would read as a server failing.
+fn prepare_open_files(clients: u32, spawn_server: bool) -> anyhow::Result<()> {
+    let limits = match open_files::raise() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("note: could not raise the open-files limit: {e}");
+            match open_files::current() {
+                Ok((soft, hard)) => open_files::OpenFiles {
+                    before: soft,
+                    soft,
+                    hard,
+                },
+                Err(_) => return Ok(()),
+            }
+        }
     };
+    if limits.raised() {
+        eprintln!(
+            "open-files limit raised from {} to {} (the hard limit)",
+            limits.before, limits.soft
+        );
+    }
+    open_files_verdict(clients, spawn_server, &limits).map_err(anyhow::Error::msg)
+}
+
+/// Whether `clients` fit under the open-files limits, and if not, what to do about it.
+fn open_files_verdict(
+    clients: u32,
+    spawn_server: bool,
+    limits: &open_files::OpenFiles,
+) -> Result<(), String> {
     // In-process, each connection costs two descriptors: ours and the server's.
     let per_client = if spawn_server { 2 } else { 1 };
     let needed = u64::from(clients) * per_client + FD_MARGIN;
+    let (soft, hard) = (limits.soft, limits.hard);
     if needed <= soft {
         return Ok(());
     }
-    if needed > hard {
-        anyhow::bail!(
-            "--clients {clients} needs about {needed} open files but the hard limit is {hard} \
-             (soft {soft}): lower --clients, or raise the hard limit (as root: `ulimit -n 65536`)"
-        );
+    if soft < hard {
+        return Err(format!(
+            "--clients {clients} needs about {needed} open files; the soft limit is {soft} \
+             and could not be raised to the hard limit {hard}: run `ulimit -n {hard}` in \
+             this shell first (or lower --clients)"
+        ));
     }
-    anyhow::bail!(
-        "--clients {clients} needs about {needed} open files but the soft limit is {soft}: \
-         run `ulimit -n {}` in this shell first (or lower --clients)",
-        hard.min(65536).max(needed)
-    )
+    Err(format!(
+        "--clients {clients} needs about {needed} open files ({per_client} per client + \
+         {FD_MARGIN}) but the hard limit is {hard}: lower --clients, or raise the hard limit \
+         as root (`ulimit -Hn`, `LimitNOFILE=` for a systemd unit, /etc/security/limits.conf)"
+    ))
 }
 
 async fn spawn_server(clients: usize) -> anyhow::Result<Server> {
@@ -500,4 +533,31 @@ async fn fetch_stats(http: &reqwest::Client, server: &Server) -> Option<serde_js
         .await
         .ok()?;
     res.json().await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_must_fit_under_the_open_files_limit() {
+        let at = |soft, hard| open_files::OpenFiles {
+            before: 1024,
+            soft,
+            hard,
+        };
+        assert_eq!(open_files_verdict(900, false, &at(1000, 1000)), Ok(()));
+        assert_eq!(open_files_verdict(450, true, &at(1000, 1000)), Ok(()));
+        // clients + 100 over the hard limit: nothing this process can do.
+        let e = open_files_verdict(901, false, &at(1000, 1000)).unwrap_err();
+        assert!(
+            e.contains("hard limit is 1000") && e.contains("1001"),
+            "{e}"
+        );
+        // In-process, two descriptors per client.
+        assert!(open_files_verdict(451, true, &at(1000, 1000)).is_err());
+        // The raise failed and the shell can still do it.
+        let e = open_files_verdict(5000, false, &at(1024, 20000)).unwrap_err();
+        assert!(e.contains("ulimit -n 20000"), "{e}");
+    }
 }

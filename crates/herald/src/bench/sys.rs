@@ -1,23 +1,5 @@
-//! The little the bench needs from `/proc` (Linux): the open-files limits and a
-//! process's resident set size. Elsewhere these read as `None` and the checks are skipped.
-
-/// The (soft, hard) `Max open files` limits of this process.
-pub fn open_files_limits() -> Option<(u64, u64)> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    parse_open_files(&limits)
-}
-
-fn parse_open_files(limits: &str) -> Option<(u64, u64)> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let mut fields = line
-        .trim_start_matches("Max open files")
-        .split_whitespace()
-        .map(|v| match v {
-            "unlimited" => Some(u64::MAX),
-            n => n.parse().ok(),
-        });
-    Some((fields.next()??, fields.next()??))
-}
+//! The little the bench needs from `/proc` (Linux): a process's resident set size and CPU
+//! time. Elsewhere these read as `None` and the figures are left out.
 
 /// `VmRSS` in KiB of `pid` (`None`: this process).
 pub fn rss_kib(pid: Option<u32>) -> Option<u64> {
@@ -63,9 +45,6 @@ mod tests {
 
     #[test]
     fn parses_proc_lines() {
-        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
-                      Max open files            1024                 524288               files\n";
-        assert_eq!(parse_open_files(limits), Some((1024, 524288)));
         assert_eq!(
             parse_vm_rss("Name:\therald\nVmRSS:\t   12345 kB\n"),
             Some(12345)
