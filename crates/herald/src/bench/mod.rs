@@ -1,7 +1,8 @@
 //! `herald bench`: the load generator — N WebSocket clients, one publisher fanning out to
 //! all of them at a fixed rate, then deliveries/s, latency percentiles and memory.
 //! With `--channel NAME` every client subscribes to `NAME` right after `connected`, and the
-//! publisher targets that channel instead of `all` (channel fan-out: history, offsets).
+//! publisher targets that channel instead of `all` (channel fan-out: history, offsets);
+//! with `--user ID` every client connects as `ID` and the publisher targets that user.
 //!
 //! A load generator that costs more per message than the server measures itself, not the
 //! server: on a small machine the two share the cores. So the clients use no WebSocket
@@ -27,6 +28,7 @@
 pub mod client;
 mod publisher;
 mod report;
+mod source;
 mod stamp;
 mod sys;
 mod ws_publisher;
@@ -78,10 +80,11 @@ pub struct BenchArgs {
     /// Data directory with the server's `api_key` and `hmac_secret`.
     #[arg(long, default_value = "./herald-data")]
     pub data_dir: PathBuf,
-    /// WebSocket clients to connect (each is its own user, bench-<i>).
+    /// WebSocket clients to connect (each is its own user, bench-<i>, unless --user).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub clients: u32,
-    /// Publications per second (each to everyone, or to every `--channel` subscriber).
+    /// Publications per second (each to everyone, to every `--channel` subscriber, or to
+    /// every connection of the `--user`).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub rate: u32,
     /// Seconds to publish for.
@@ -108,6 +111,24 @@ pub struct BenchArgs {
     /// once `subscribed` is back), and the publisher publishes to it instead of `all`.
     #[arg(long, value_name = "NAME", value_parser = parse_channel)]
     pub channel: Option<String>,
+    /// User fan-out: every client connects as this one user (instead of bench-<i>), and
+    /// every publication targets `{"user": ID}`. The server admits at most
+    /// `limits.connections_per_user` (default 100) connections per user: raise it for
+    /// more clients (`HERALD_LIMITS__CONNECTIONS_PER_USER`).
+    #[arg(long, value_name = "ID", value_parser = parse_user, conflicts_with = "channel")]
+    pub user: Option<String>,
+    /// Source addresses on loopback: client i binds to 127.0.0.(1 + i % K) before
+    /// connecting, so that more clients than one address has ephemeral ports (~28k) can
+    /// connect. 1 to 254; above 1 only for a server on an IPv4 loopback address.
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = source::parse_source_addrs)]
+    pub source_addrs: u32,
+    /// After the summary, print one line of JSON with every figure of the report (for
+    /// scripts/plot-bench; fields that are not known are null).
+    #[arg(long)]
+    pub json: bool,
+    /// The run's name in the JSON line (scripts/plot-bench draws one line per label).
+    #[arg(long, value_name = "TEXT", default_value = "herald")]
+    pub label: String,
     /// Publications per request: 1 posts each to `/api/publish`; more posts them in
     /// groups to `/api/publish/batch` (at the same publication rate), as a backend that
     /// has many at once would.
@@ -138,6 +159,64 @@ fn parse_channel(name: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
+/// `--user`: any text a token's `sub` may be (it is JSON-escaped where it is spliced), but
+/// not empty, which the server refuses, nor control characters, which no real id has.
+fn parse_user(id: &str) -> Result<String, String> {
+    if id.is_empty() {
+        return Err("a user id cannot be empty (the server refuses an empty `sub`)".into());
+    }
+    if id.chars().any(char::is_control) {
+        return Err("a user id cannot hold control characters".into());
+    }
+    Ok(id.to_owned())
+}
+
+/// Who the publications are for: `--channel`, `--user`, or everyone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    All,
+    Channel(String),
+    User(String),
+}
+
+impl Audience {
+    /// From the flags (clap keeps `--channel` and `--user` apart).
+    pub fn of(args: &BenchArgs) -> Audience {
+        match (&args.channel, &args.user) {
+            (Some(c), _) => Audience::Channel(c.clone()),
+            (None, Some(u)) => Audience::User(u.clone()),
+            (None, None) => Audience::All,
+        }
+    }
+
+    /// `all`, `channel` or `user`: the JSON line's `target`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Audience::All => "all",
+            Audience::Channel(_) => "channel",
+            Audience::User(_) => "user",
+        }
+    }
+
+    /// The channel or user, if any: the JSON line's `target_name`.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Audience::All => None,
+            Audience::Channel(n) | Audience::User(n) => Some(n),
+        }
+    }
+
+    /// The target member of a publication's JSON, built once per run: `"all":true`,
+    /// `"channel":"news"` (a checked name: nothing to escape) or `"user":"…"` (escaped).
+    pub fn member(&self) -> String {
+        match self {
+            Audience::All => r#""all":true"#.to_owned(),
+            Audience::Channel(c) => format!(r#""channel":"{c}""#),
+            Audience::User(u) => format!(r#""user":{}"#, serde_json::Value::from(u.as_str())),
+        }
+    }
+}
+
 /// Where the server is and what it takes to talk to it.
 struct Server {
     base_url: String,
@@ -148,10 +227,10 @@ struct Server {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let clients = args.clients as usize;
+    let started_at = crate::store::time::rfc3339(crate::store::time::now_ms());
     prepare_open_files(args.clients, args.spawn_server)?;
     let server = if args.spawn_server {
-        spawn_server(clients).await?
+        spawn_server(&args).await?
     } else {
         external_server(&args)?
     };
@@ -162,8 +241,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let report = result?;
     print!("{}", report.render(&args, &server.base_url));
+    if args.json {
+        let run = report::Run {
+            label: &args.label,
+            started_at: &started_at,
+            url: &server.base_url,
+            version: crate::VERSION,
+            commit: crate::COMMIT,
+        };
+        println!("{}", report.json(&args, &run));
+    }
     if report.connected == 0 {
-        anyhow::bail!("no client could connect");
+        match report.refusal_hint(&args) {
+            Some(hint) => anyhow::bail!("no client could connect: {hint}"),
+            None => anyhow::bail!("no client could connect"),
+        }
     }
     Ok(())
 }
@@ -222,7 +314,10 @@ fn open_files_verdict(
     ))
 }
 
-async fn spawn_server(clients: usize) -> anyhow::Result<Server> {
+/// A node in this process, on a temporary data dir, with the per-IP cap (and with
+/// `--user` the per-user cap) raised to fit every client.
+async fn spawn_server(args: &BenchArgs) -> anyhow::Result<Server> {
+    let clients = args.clients as usize;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -233,6 +328,11 @@ async fn spawn_server(clients: usize) -> anyhow::Result<Server> {
         data_dir: dir.clone(),
         limits: LimitsConfig {
             connections_per_ip: defaults.connections_per_ip.max(clients + 10),
+            connections_per_user: if args.user.is_some() {
+                defaults.connections_per_user.max(clients + 10)
+            } else {
+                defaults.connections_per_user
+            },
             ..defaults
         },
         ..Config::default()
@@ -311,16 +411,22 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
     for url in &args.spread_urls {
         authorities.push(authority_of(url)?);
     }
+    let audience = Audience::of(args);
     let mut targets = Vec::new();
     for authority in &authorities {
+        let addr = resolve(authority).await?;
+        source::check_reachable(args.source_addrs, addr).map_err(anyhow::Error::msg)?;
         targets.push(Arc::new(Target {
-            addr: resolve(authority).await?,
+            addr,
             host: authority.clone(),
             hmac_secret: server.hmac_secret.clone(),
             subscribe: args.channel.as_deref().map(client::subscribe_message),
             deflate: args.deflate,
+            user: args.user.clone(),
+            source_addrs: args.source_addrs,
         }));
     }
+    warn_if_short_of_ports(args);
     let http = reqwest::Client::builder()
         .build()
         .context("cannot build the HTTP client")?;
@@ -422,7 +528,7 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
             rate: args.rate,
             duration: Duration::from_secs(args.duration),
             payload: args.payload as usize,
-            channel: args.channel.clone(),
+            to: audience.member(),
         };
         eprintln!(
             "publishing to {} at {}/s for {} s …",
@@ -454,7 +560,7 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
                     rate: plan.rate,
                     duration: plan.duration,
                     payload: plan.payload,
-                    channel: plan.channel.clone(),
+                    to: plan.to.clone(),
                 };
                 ws_publisher::run(&ws_plan, base).await
             }
@@ -479,6 +585,7 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
 
     let mut latency_us = Histogram::new_from(&template);
     let (mut received, mut other_text, mut pings, mut last_ns) = (0u64, 0u64, 0u64, 0u64);
+    let mut reordered = 0u64;
     let mut ends = HashMap::<End, u64>::new();
     let mut reported = 0usize;
     let _ = tokio::time::timeout(TEARDOWN, async {
@@ -486,6 +593,7 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
             let Ok(Some(s)) = joined else { continue };
             reported += 1;
             received += s.received;
+            reordered += s.reordered;
             other_text += s.other_text;
             pings += s.pings;
             last_ns = last_ns.max(s.last_delivery_ns);
@@ -511,6 +619,7 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
         connect_time,
         publisher: outcome,
         received,
+        reordered,
         other_text,
         pings,
         ends,
@@ -521,6 +630,23 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
         server_stats,
         cpu,
     })
+}
+
+/// Says so on stderr when the clients per source address exceed the ephemeral port
+/// range, and how many `--source-addrs` would do: the connects past it would fail with
+/// `AddrNotAvailable`, which is the bench's limit, not the server's.
+fn warn_if_short_of_ports(args: &BenchArgs) {
+    let Some(ports) = sys::ephemeral_ports() else {
+        return;
+    };
+    let needed = source::addrs_needed(u64::from(args.clients), ports);
+    if needed > u64::from(args.source_addrs) {
+        eprintln!(
+            "note: {} clients on {} source address(es) exceed the {ports} ephemeral ports of \
+             each (net.ipv4.ip_local_port_range): give --source-addrs {needed} or more",
+            args.clients, args.source_addrs
+        );
+    }
 }
 
 /// `/api/stats`, best effort: the server's own count of drops and slow consumers.
@@ -538,6 +664,80 @@ async fn fetch_stats(http: &reqwest::Client, server: &Server) -> Option<serde_js
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(flags: &[&str]) -> Result<BenchArgs, String> {
+        Cli::try_parse_from(std::iter::once("bench").chain(flags.iter().copied()))
+            .map(|c| c.bench)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_new_flags() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(
+            (a.json, a.label.as_str(), a.source_addrs),
+            (false, "herald", 1)
+        );
+        assert_eq!(Audience::of(&a), Audience::All);
+        let a = parse(&[
+            "--json",
+            "--label",
+            "uws 2",
+            "--source-addrs",
+            "4",
+            "--user",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(
+            (a.json, a.label.as_str(), a.source_addrs),
+            (true, "uws 2", 4)
+        );
+        assert_eq!(Audience::of(&a), Audience::User("7".into()));
+        let a = parse(&["--channel", "news"]).unwrap();
+        assert_eq!(Audience::of(&a), Audience::Channel("news".into()));
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_a_reason() {
+        let e = parse(&["--user", "u", "--channel", "news"]).unwrap_err();
+        assert!(e.contains("cannot be used with"), "{e}");
+        let e = parse(&["--source-addrs", "0"]).unwrap_err();
+        assert!(e.contains("1 to 254"), "{e}");
+        let e = parse(&["--source-addrs", "255"]).unwrap_err();
+        assert!(e.contains("1 to 254"), "{e}");
+        let e = parse(&["--user", ""]).unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+        assert!(parse(&["--user", "a\nb"]).is_err());
+    }
+
+    #[test]
+    fn each_audience_is_one_json_member() {
+        let body = |a: &Audience| -> serde_json::Value {
+            serde_json::from_str(&format!("{{{},\"data\":1}}", a.member())).unwrap()
+        };
+        assert_eq!(body(&Audience::All)["all"], true);
+        assert_eq!(body(&Audience::Channel("a:b".into()))["channel"], "a:b");
+        let tricky = r#"quote" back\ é"#;
+        let v = body(&Audience::User(tricky.into()));
+        assert_eq!(v["user"], tricky);
+        assert_eq!(v.as_object().unwrap().len(), 2);
+        assert_eq!(
+            (
+                Audience::User("u".into()).kind(),
+                Audience::User("u".into()).name()
+            ),
+            ("user", Some("u"))
+        );
+        assert_eq!((Audience::All.kind(), Audience::All.name()), ("all", None));
+    }
 
     #[test]
     fn clients_must_fit_under_the_open_files_limit() {
