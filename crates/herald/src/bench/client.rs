@@ -1,7 +1,7 @@
 //! One bench client: a plain `TcpStream`, a hand-written upgrade, herald's own
 //! [`MessageReader`] in the client role, and a private latency histogram.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -11,10 +11,11 @@ use base64::Engine;
 use bytes::{Buf, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::stamp::parse_stamp;
+use super::source::source_ip;
+use super::stamp::{parse_stamp, StampOrder};
 use crate::auth::jwt::{mint_hs256, now_unix, Claims};
 use crate::ws::frame::{apply_mask, put_header, OP_CLOSE, OP_PONG, OP_TEXT};
 use crate::ws::handshake::derive_accept;
@@ -39,6 +40,10 @@ pub struct Target {
     pub subscribe: Option<Bytes>,
     /// Offer permessage-deflate, and fail if the server does not agree.
     pub deflate: bool,
+    /// `Some`: every client is this user (`--user`); `None`: client `i` is `bench-{i}`.
+    pub user: Option<String>,
+    /// `--source-addrs`: client `i` binds to 127.0.0.(1 + i % K) first (K > 1).
+    pub source_addrs: u32,
 }
 
 /// The offer a `--deflate` client makes (what browsers send).
@@ -56,6 +61,8 @@ pub struct ClientStats {
     /// Created on the first delivery, so idle clients hold no histogram.
     pub latency_us: Option<Histogram<u64>>,
     pub received: u64,
+    /// Deliveries stamped earlier than the one this client received just before.
+    pub reordered: u64,
     pub last_delivery_ns: u64,
     pub other_text: u64,
     pub pings: u64,
@@ -85,12 +92,12 @@ pub struct Conn {
     pub deflate: bool,
 }
 
-/// Mints a token for `bench-{i}`, connects, upgrades, waits for `connected`, and with a
-/// channel subscribes and waits for `subscribed`. The caller bounds the whole thing with
-/// a timeout.
+/// Mints a token for `bench-{i}` (or the `--user`), connects (from its `--source-addrs`
+/// address), upgrades, waits for `connected`, and with a channel subscribes and waits for
+/// `subscribed`. The caller bounds the whole thing with a timeout.
 pub async fn connect(target: &Target, i: usize) -> Result<Conn, String> {
     let claims = Claims {
-        sub: format!("bench-{i}"),
+        sub: target.user.clone().unwrap_or_else(|| format!("bench-{i}")),
         exp: now_unix() + 3600,
         device: None,
         groups: Vec::new(),
@@ -102,6 +109,7 @@ pub async fn connect(target: &Target, i: usize) -> Result<Conn, String> {
     let offer = if target.deflate { DEFLATE_OFFER } else { "" };
     let (mut conn, first) = open_with(
         target.addr,
+        source_ip(i, target.source_addrs),
         &target.host,
         &format!("/ws?token={token}"),
         offer,
@@ -136,20 +144,20 @@ pub async fn connect(target: &Target, i: usize) -> Result<Conn, String> {
 /// client side of herald's own codec, for the bench and `herald listen`.
 pub async fn open(addr: SocketAddr, host: &str, token: &str) -> Result<(Conn, Bytes), String> {
     // A JWT is base64url and dots: safe in a query string as is.
-    open_with(addr, host, &format!("/ws?token={token}"), "").await
+    open_with(addr, None, host, &format!("/ws?token={token}"), "").await
 }
 
-/// [`open`] with the request target and extra header lines (each ending in `\r\n`) given:
-/// a backend publisher upgrades with `X-API-Key` instead of a token.
+/// [`open`] with the local address to bind (`None`: the kernel picks), the request target
+/// and extra header lines (each ending in `\r\n`) given: a backend publisher upgrades
+/// with `X-API-Key` instead of a token.
 pub async fn open_with(
     addr: SocketAddr,
+    bind: Option<IpAddr>,
     host: &str,
     target: &str,
     headers: &str,
 ) -> Result<(Conn, Bytes), String> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {}", e.kind()))?;
+    let mut stream = connect_tcp(addr, bind).await?;
     stream
         .set_nodelay(true)
         .map_err(|e| format!("nodelay: {}", e.kind()))?;
@@ -179,7 +187,10 @@ pub async fn open_with(
         }
     };
     let head = buf.get(..head_len).unwrap_or_default();
-    check_101(head, &derive_accept(key.as_bytes()))?;
+    if let Err(e) = check_101(head, &derive_accept(key.as_bytes())) {
+        buf.advance(head_len);
+        return Err(with_refusal(e, &mut stream, &mut buf).await);
+    }
     let deflate = agreed_deflate(head);
     buf.advance(head_len);
 
@@ -194,18 +205,58 @@ pub async fn open_with(
     Ok((conn, first))
 }
 
+/// A TCP connection to `addr`, from `bind` (port chosen by the kernel) if given.
+async fn connect_tcp(addr: SocketAddr, bind: Option<IpAddr>) -> Result<TcpStream, String> {
+    let Some(ip) = bind else {
+        return TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {}", e.kind()));
+    };
+    let socket = match ip {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| format!("socket: {}", e.kind()))?;
+    // Port 0: the kernel picks one free *for this address*, which is the point of binding.
+    socket
+        .bind(SocketAddr::new(ip, 0))
+        .map_err(|e| format!("bind {ip}: {}", e.kind()))?;
+    socket
+        .connect(addr)
+        .await
+        .map_err(|e| format!("connect from {ip}: {}", e.kind()))
+}
+
+/// A refused upgrade's error with the server's reason appended: herald answers with
+/// `{"error":…,"message":"too many connections for this user"}`, which says which limit
+/// to raise where a bare `HTTP 429` does not. Best effort: the body may already be in
+/// `buf`, or comes within a short wait; a body without a `message` adds nothing.
+async fn with_refusal(error: String, stream: &mut TcpStream, buf: &mut BytesMut) -> String {
+    const BODY_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+    if string_field(buf, "message").is_none() {
+        buf.reserve(1024);
+        let _ = tokio::time::timeout(BODY_WAIT, stream.read_buf(buf)).await;
+    }
+    match string_field(buf, "message") {
+        Some(why) => format!("{error}: {why}"),
+        None => error,
+    }
+}
+
 /// The `code` of an `error` frame (`?` if it has none): enough to group failures by.
 fn error_code(frame: &[u8]) -> String {
-    const CODE: &[u8] = br#""code":""#;
-    let code = frame
-        .windows(CODE.len())
-        .position(|w| w == CODE)
-        .and_then(|p| frame.get(p + CODE.len()..))
-        .and_then(|rest| {
-            let end = rest.iter().take(64).position(|&b| b == b'"')?;
-            std::str::from_utf8(rest.get(..end)?).ok()
-        });
-    code.unwrap_or("?").to_owned()
+    string_field(frame, "code").unwrap_or("?").to_owned()
+}
+
+/// The value of the first `"name":"…"` member in `json` (up to 200 bytes, without
+/// escapes: the server's codes and refusal messages), found without parsing.
+fn string_field<'a>(json: &'a [u8], name: &str) -> Option<&'a str> {
+    let key = format!(r#""{name}":""#);
+    let key = key.as_bytes();
+    let start = json.windows(key.len()).position(|w| w == key)? + key.len();
+    let rest = json.get(start..)?;
+    let end = rest.iter().take(200).position(|&b| b == b'"')?;
+    std::str::from_utf8(rest.get(..end)?).ok()
 }
 
 /// Whether a 101 head agrees to permessage-deflate.
@@ -290,11 +341,13 @@ impl Conn {
         let mut stats = ClientStats {
             latency_us: None,
             received: 0,
+            reordered: 0,
             last_delivery_ns: 0,
             other_text: 0,
             pings: 0,
             end: End::Stopped,
         };
+        let mut order = StampOrder::default();
         let mut stopped = pin!(stop.cancelled());
         stats.end = 'read: loop {
             // Frames already buffered (e.g. arrived with `connected`) are handled first.
@@ -308,6 +361,7 @@ impl Conn {
                                 .latency_us
                                 .get_or_insert_with(|| Histogram::new_from(&template));
                             h.saturating_record(now_ns.saturating_sub(sent_ns) / 1000);
+                            order.see(sent_ns);
                             batch += 1;
                         }
                         None => stats.other_text += 1,
@@ -342,6 +396,7 @@ impl Conn {
                 },
             }
         };
+        stats.reordered = order.reordered;
         if stats.end == End::Stopped {
             // A polite 1000, best effort and without waiting: the socket is dropped next.
             let mut frame = BytesMut::with_capacity(8);
@@ -410,5 +465,60 @@ mod tests {
         );
         assert_eq!(error_code(br#"{"type":"error","message":"no"}"#), "?");
         assert_eq!(error_code(br#"{"type":"error","code":"unterminated"#), "?");
+    }
+
+    #[test]
+    fn a_refusal_says_which_limit() {
+        let body = br#"{"error":"rate_limited","message":"too many connections for this user"}"#;
+        assert_eq!(
+            string_field(body, "message"),
+            Some("too many connections for this user")
+        );
+        assert_eq!(string_field(body, "error"), Some("rate_limited"));
+        assert_eq!(string_field(body, "code"), None);
+        assert_eq!(string_field(b"", "message"), None);
+    }
+
+    /// A server that answers every upgrade with herald's refusal for a full user cap.
+    async fn refusing_server() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let body =
+                    r#"{"error":"rate_limited","message":"too many connections for this user"}"#;
+                let res = format!(
+                    "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let mut head = [0u8; 2048];
+                let _ = s.read(&mut head).await;
+                let _ = s.write_all(res.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_refused_upgrade_carries_the_servers_reason() {
+        let addr = refusing_server().await;
+        let Err(e) = open(addr, "x", "t").await else {
+            panic!("a 429 is not a connection")
+        };
+        assert_eq!(e, "HTTP 429: too many connections for this user");
+    }
+
+    #[tokio::test]
+    async fn a_client_connects_from_its_source_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let from = "127.0.0.3".parse().unwrap();
+        let (stream, accepted) = tokio::join!(connect_tcp(addr, Some(from)), listener.accept());
+        let (_, peer) = accepted.unwrap();
+        assert_eq!(peer.ip(), from);
+        assert_eq!(stream.unwrap().local_addr().unwrap().ip(), from);
+        let plain = connect_tcp(addr, None).await.unwrap();
+        assert_eq!(plain.local_addr().unwrap().ip(), addr.ip());
     }
 }

@@ -1,7 +1,8 @@
 //! `herald bench`: the load generator — N WebSocket clients, one publisher fanning out to
 //! all of them at a fixed rate, then deliveries/s, latency percentiles and memory.
 //! With `--channel NAME` every client subscribes to `NAME` right after `connected`, and the
-//! publisher targets that channel instead of `all` (channel fan-out: history, offsets).
+//! publisher targets that channel instead of `all` (channel fan-out: history, offsets);
+//! with `--user ID` every client connects as `ID` and the publisher targets that user.
 //!
 //! A load generator that costs more per message than the server measures itself, not the
 //! server: on a small machine the two share the cores. So the clients use no WebSocket
@@ -21,10 +22,13 @@
 //!
 //! Everything is bounded: connects (64 at a time, 5 s each, 120 s for the phase), the
 //! publications (`rate × duration`), the wait for stragglers (2 s) and the teardown.
-//! The open-files limit is not raised here (no `libc`): run `ulimit -n 65536` first.
+//! The open-files soft limit is raised to the hard limit at start, as `herald serve` does
+//! ([`open_files`]); a run that needs more than the hard limit is refused up front.
 
 pub mod client;
 mod publisher;
+mod report;
+mod source;
 mod stamp;
 mod sys;
 mod ws_publisher;
@@ -44,10 +48,12 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::open_files;
 use crate::config::secrets::{self, API_KEY_FILE, HMAC_SECRET_FILE};
 use crate::config::{Config, LimitsConfig};
 use crate::{Node, ServeOptions};
 use client::{ClientStats, End, Target};
+use report::{target_name, Report};
 
 /// Connects in progress at once.
 const CONNECT_CONCURRENCY: usize = 64;
@@ -62,7 +68,7 @@ const STRAGGLERS: Duration = Duration::from_secs(2);
 /// How long clients get to hand back their stats.
 const TEARDOWN: Duration = Duration::from_secs(5);
 /// File descriptors kept free for the runtime, the publisher's pool and the like.
-const FD_MARGIN: u64 = 50;
+const FD_MARGIN: u64 = 100;
 /// Latency histogram range, µs (larger values are clamped).
 const MAX_LATENCY_US: u64 = 60_000_000;
 
@@ -74,10 +80,11 @@ pub struct BenchArgs {
     /// Data directory with the server's `api_key` and `hmac_secret`.
     #[arg(long, default_value = "./herald-data")]
     pub data_dir: PathBuf,
-    /// WebSocket clients to connect (each is its own user, bench-<i>).
+    /// WebSocket clients to connect (each is its own user, bench-<i>, unless --user).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub clients: u32,
-    /// Publications per second (each to everyone, or to every `--channel` subscriber).
+    /// Publications per second (each to everyone, to every `--channel` subscriber, or to
+    /// every connection of the `--user`).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub rate: u32,
     /// Seconds to publish for.
@@ -104,6 +111,24 @@ pub struct BenchArgs {
     /// once `subscribed` is back), and the publisher publishes to it instead of `all`.
     #[arg(long, value_name = "NAME", value_parser = parse_channel)]
     pub channel: Option<String>,
+    /// User fan-out: every client connects as this one user (instead of bench-<i>), and
+    /// every publication targets `{"user": ID}`. The server admits at most
+    /// `limits.connections_per_user` (default 100) connections per user: raise it for
+    /// more clients (`HERALD_LIMITS__CONNECTIONS_PER_USER`).
+    #[arg(long, value_name = "ID", value_parser = parse_user, conflicts_with = "channel")]
+    pub user: Option<String>,
+    /// Source addresses on loopback: client i binds to 127.0.0.(1 + i % K) before
+    /// connecting, so that more clients than one address has ephemeral ports (~28k) can
+    /// connect. 1 to 254; above 1 only for a server on an IPv4 loopback address.
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = source::parse_source_addrs)]
+    pub source_addrs: u32,
+    /// After the summary, print one line of JSON with every figure of the report (for
+    /// scripts/plot-bench; fields that are not known are null).
+    #[arg(long)]
+    pub json: bool,
+    /// The run's name in the JSON line (scripts/plot-bench draws one line per label).
+    #[arg(long, value_name = "TEXT", default_value = "herald")]
+    pub label: String,
     /// Publications per request: 1 posts each to `/api/publish`; more posts them in
     /// groups to `/api/publish/batch` (at the same publication rate), as a backend that
     /// has many at once would.
@@ -134,6 +159,64 @@ fn parse_channel(name: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
+/// `--user`: any text a token's `sub` may be (it is JSON-escaped where it is spliced), but
+/// not empty, which the server refuses, nor control characters, which no real id has.
+fn parse_user(id: &str) -> Result<String, String> {
+    if id.is_empty() {
+        return Err("a user id cannot be empty (the server refuses an empty `sub`)".into());
+    }
+    if id.chars().any(char::is_control) {
+        return Err("a user id cannot hold control characters".into());
+    }
+    Ok(id.to_owned())
+}
+
+/// Who the publications are for: `--channel`, `--user`, or everyone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    All,
+    Channel(String),
+    User(String),
+}
+
+impl Audience {
+    /// From the flags (clap keeps `--channel` and `--user` apart).
+    pub fn of(args: &BenchArgs) -> Audience {
+        match (&args.channel, &args.user) {
+            (Some(c), _) => Audience::Channel(c.clone()),
+            (None, Some(u)) => Audience::User(u.clone()),
+            (None, None) => Audience::All,
+        }
+    }
+
+    /// `all`, `channel` or `user`: the JSON line's `target`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Audience::All => "all",
+            Audience::Channel(_) => "channel",
+            Audience::User(_) => "user",
+        }
+    }
+
+    /// The channel or user, if any: the JSON line's `target_name`.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Audience::All => None,
+            Audience::Channel(n) | Audience::User(n) => Some(n),
+        }
+    }
+
+    /// The target member of a publication's JSON, built once per run: `"all":true`,
+    /// `"channel":"news"` (a checked name: nothing to escape) or `"user":"…"` (escaped).
+    pub fn member(&self) -> String {
+        match self {
+            Audience::All => r#""all":true"#.to_owned(),
+            Audience::Channel(c) => format!(r#""channel":"{c}""#),
+            Audience::User(u) => format!(r#""user":{}"#, serde_json::Value::from(u.as_str())),
+        }
+    }
+}
+
 /// Where the server is and what it takes to talk to it.
 struct Server {
     base_url: String,
@@ -144,10 +227,10 @@ struct Server {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let clients = args.clients as usize;
-    check_open_files(args.clients, args.spawn_server)?;
+    let started_at = crate::store::time::rfc3339(crate::store::time::now_ms());
+    prepare_open_files(args.clients, args.spawn_server)?;
     let server = if args.spawn_server {
-        spawn_server(clients).await?
+        spawn_server(&args).await?
     } else {
         external_server(&args)?
     };
@@ -158,36 +241,83 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let report = result?;
     print!("{}", report.render(&args, &server.base_url));
+    if args.json {
+        let run = report::Run {
+            label: &args.label,
+            started_at: &started_at,
+            url: &server.base_url,
+            version: crate::VERSION,
+            commit: crate::COMMIT,
+        };
+        println!("{}", report.json(&args, &run));
+    }
     if report.connected == 0 {
-        anyhow::bail!("no client could connect");
+        match report.refusal_hint(&args) {
+            Some(hint) => anyhow::bail!("no client could connect: {hint}"),
+            None => anyhow::bail!("no client could connect"),
+        }
     }
     Ok(())
 }
 
-fn check_open_files(clients: u32, spawn_server: bool) -> anyhow::Result<()> {
-    let Some((soft, hard)) = sys::open_files_limits() else {
-        return Ok(());
+/// Raises our open-files limit to the hard limit (as `herald serve` does), says so, and
+/// refuses a run that cannot fit under it: connects past the limit fail with EMFILE and
+/// the publisher's own sockets with them, which would read as a server failing.
+fn prepare_open_files(clients: u32, spawn_server: bool) -> anyhow::Result<()> {
+    let limits = match open_files::raise() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("note: could not raise the open-files limit: {e}");
+            match open_files::current() {
+                Ok((soft, hard)) => open_files::OpenFiles {
+                    before: soft,
+                    soft,
+                    hard,
+                },
+                Err(_) => return Ok(()),
+            }
+        }
     };
+    if limits.raised() {
+        eprintln!(
+            "open-files limit raised from {} to {} (the hard limit)",
+            limits.before, limits.soft
+        );
+    }
+    open_files_verdict(clients, spawn_server, &limits).map_err(anyhow::Error::msg)
+}
+
+/// Whether `clients` fit under the open-files limits, and if not, what to do about it.
+fn open_files_verdict(
+    clients: u32,
+    spawn_server: bool,
+    limits: &open_files::OpenFiles,
+) -> Result<(), String> {
     // In-process, each connection costs two descriptors: ours and the server's.
     let per_client = if spawn_server { 2 } else { 1 };
     let needed = u64::from(clients) * per_client + FD_MARGIN;
+    let (soft, hard) = (limits.soft, limits.hard);
     if needed <= soft {
         return Ok(());
     }
-    if needed > hard {
-        anyhow::bail!(
-            "--clients {clients} needs about {needed} open files but the hard limit is {hard} \
-             (soft {soft}): lower --clients, or raise the hard limit (as root: `ulimit -n 65536`)"
-        );
+    if soft < hard {
+        return Err(format!(
+            "--clients {clients} needs about {needed} open files; the soft limit is {soft} \
+             and could not be raised to the hard limit {hard}: run `ulimit -n {hard}` in \
+             this shell first (or lower --clients)"
+        ));
     }
-    anyhow::bail!(
-        "--clients {clients} needs about {needed} open files but the soft limit is {soft}: \
-         run `ulimit -n {}` in this shell first (or lower --clients)",
-        hard.min(65536).max(needed)
-    )
+    Err(format!(
+        "--clients {clients} needs about {needed} open files ({per_client} per client + \
+         {FD_MARGIN}) but the hard limit is {hard}: lower --clients, or raise the hard limit \
+         as root (`ulimit -Hn`, `LimitNOFILE=` for a systemd unit, /etc/security/limits.conf)"
+    ))
 }
 
-async fn spawn_server(clients: usize) -> anyhow::Result<Server> {
+/// A node in this process, on a temporary data dir, with the per-IP cap (and with
+/// `--user` the per-user cap) raised to fit every client.
+async fn spawn_server(args: &BenchArgs) -> anyhow::Result<Server> {
+    let clients = args.clients as usize;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -198,6 +328,11 @@ async fn spawn_server(clients: usize) -> anyhow::Result<Server> {
         data_dir: dir.clone(),
         limits: LimitsConfig {
             connections_per_ip: defaults.connections_per_ip.max(clients + 10),
+            connections_per_user: if args.user.is_some() {
+                defaults.connections_per_user.max(clients + 10)
+            } else {
+                defaults.connections_per_user
+            },
             ..defaults
         },
         ..Config::default()
@@ -270,44 +405,28 @@ async fn resolve(authority: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{with_port} resolves to no address"))
 }
 
-/// What a run measured.
-struct Report {
-    requested: usize,
-    connected: usize,
-    connect_errors: HashMap<String, u64>,
-    connect_time: Duration,
-    publisher: publisher::Outcome,
-    received: u64,
-    other_text: u64,
-    pings: u64,
-    ends: HashMap<End, u64>,
-    unreported: usize,
-    latency_us: Histogram<u64>,
-    /// First publication → last delivery.
-    delivery_window: Option<Duration>,
-    /// RSS (KiB) before and after the clients connected, and whose.
-    rss: Option<(u64, u64, &'static str)>,
-    server_stats: Option<serde_json::Value>,
-    /// CPU seconds used during the publishing phase: (this process, server, wall).
-    cpu: Option<(f64, Option<f64>, f64)>,
-}
-
 async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
     let clients = args.clients as usize;
     let mut authorities = vec![server.authority.clone()];
     for url in &args.spread_urls {
         authorities.push(authority_of(url)?);
     }
+    let audience = Audience::of(args);
     let mut targets = Vec::new();
     for authority in &authorities {
+        let addr = resolve(authority).await?;
+        source::check_reachable(args.source_addrs, addr).map_err(anyhow::Error::msg)?;
         targets.push(Arc::new(Target {
-            addr: resolve(authority).await?,
+            addr,
             host: authority.clone(),
             hmac_secret: server.hmac_secret.clone(),
             subscribe: args.channel.as_deref().map(client::subscribe_message),
             deflate: args.deflate,
+            user: args.user.clone(),
+            source_addrs: args.source_addrs,
         }));
     }
+    warn_if_short_of_ports(args);
     let http = reqwest::Client::builder()
         .build()
         .context("cannot build the HTTP client")?;
@@ -409,7 +528,7 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
             rate: args.rate,
             duration: Duration::from_secs(args.duration),
             payload: args.payload as usize,
-            channel: args.channel.clone(),
+            to: audience.member(),
         };
         eprintln!(
             "publishing to {} at {}/s for {} s …",
@@ -441,7 +560,7 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
                     rate: plan.rate,
                     duration: plan.duration,
                     payload: plan.payload,
-                    channel: plan.channel.clone(),
+                    to: plan.to.clone(),
                 };
                 ws_publisher::run(&ws_plan, base).await
             }
@@ -466,6 +585,7 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
 
     let mut latency_us = Histogram::new_from(&template);
     let (mut received, mut other_text, mut pings, mut last_ns) = (0u64, 0u64, 0u64, 0u64);
+    let mut reordered = 0u64;
     let mut ends = HashMap::<End, u64>::new();
     let mut reported = 0usize;
     let _ = tokio::time::timeout(TEARDOWN, async {
@@ -473,6 +593,7 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
             let Ok(Some(s)) = joined else { continue };
             reported += 1;
             received += s.received;
+            reordered += s.reordered;
             other_text += s.other_text;
             pings += s.pings;
             last_ns = last_ns.max(s.last_delivery_ns);
@@ -498,6 +619,7 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
         connect_time,
         publisher: outcome,
         received,
+        reordered,
         other_text,
         pings,
         ends,
@@ -510,22 +632,20 @@ async fn bench(args: &BenchArgs, server: &Server) -> anyhow::Result<Report> {
     })
 }
 
-/// What the publisher targets, for messages: `all` or `channel NAME`.
-fn publisher_name(args: &BenchArgs) -> String {
-    match (args.publisher, args.batch) {
-        (PublisherKind::Ws, _) => format!(
-            "pipelined over /ws (up to {} in flight)",
-            ws_publisher::WINDOW
-        ),
-        (PublisherKind::Http, 1) => "one per POST /api/publish".to_owned(),
-        (PublisherKind::Http, n) => format!("{n} per POST /api/publish/batch"),
-    }
-}
-
-fn target_name(args: &BenchArgs) -> String {
-    match &args.channel {
-        Some(c) => format!("channel {c}"),
-        None => "all".to_owned(),
+/// Says so on stderr when the clients per source address exceed the ephemeral port
+/// range, and how many `--source-addrs` would do: the connects past it would fail with
+/// `AddrNotAvailable`, which is the bench's limit, not the server's.
+fn warn_if_short_of_ports(args: &BenchArgs) {
+    let Some(ports) = sys::ephemeral_ports() else {
+        return;
+    };
+    let needed = source::addrs_needed(u64::from(args.clients), ports);
+    if needed > u64::from(args.source_addrs) {
+        eprintln!(
+            "note: {} clients on {} source address(es) exceed the {ports} ephemeral ports of \
+             each (net.ipv4.ip_local_port_range): give --source-addrs {needed} or more",
+            args.clients, args.source_addrs
+        );
     }
 }
 
@@ -541,196 +661,103 @@ async fn fetch_stats(http: &reqwest::Client, server: &Server) -> Option<serde_js
     res.json().await.ok()
 }
 
-impl Report {
-    fn render(&self, args: &BenchArgs, url: &str) -> String {
-        use std::fmt::Write;
-        let mut o = String::new();
-        let p = &self.publisher;
-        let where_ = if args.spawn_server {
-            "in-process node"
-        } else {
-            "external"
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(flags: &[&str]) -> Result<BenchArgs, String> {
+        Cli::try_parse_from(std::iter::once("bench").chain(flags.iter().copied()))
+            .map(|c| c.bench)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_new_flags() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(
+            (a.json, a.label.as_str(), a.source_addrs),
+            (false, "herald", 1)
+        );
+        assert_eq!(Audience::of(&a), Audience::All);
+        let a = parse(&[
+            "--json",
+            "--label",
+            "uws 2",
+            "--source-addrs",
+            "4",
+            "--user",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(
+            (a.json, a.label.as_str(), a.source_addrs),
+            (true, "uws 2", 4)
+        );
+        assert_eq!(Audience::of(&a), Audience::User("7".into()));
+        let a = parse(&["--channel", "news"]).unwrap();
+        assert_eq!(Audience::of(&a), Audience::Channel("news".into()));
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_a_reason() {
+        let e = parse(&["--user", "u", "--channel", "news"]).unwrap_err();
+        assert!(e.contains("cannot be used with"), "{e}");
+        let e = parse(&["--source-addrs", "0"]).unwrap_err();
+        assert!(e.contains("1 to 254"), "{e}");
+        let e = parse(&["--source-addrs", "255"]).unwrap_err();
+        assert!(e.contains("1 to 254"), "{e}");
+        let e = parse(&["--user", ""]).unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+        assert!(parse(&["--user", "a\nb"]).is_err());
+    }
+
+    #[test]
+    fn each_audience_is_one_json_member() {
+        let body = |a: &Audience| -> serde_json::Value {
+            serde_json::from_str(&format!("{{{},\"data\":1}}", a.member())).unwrap()
         };
-        let _ = writeln!(o, "herald bench — fan-out to {}", target_name(args));
-        let _ = writeln!(o, "  server          {url} ({where_})");
-        let _ = writeln!(
-            o,
-            "  clients         {} connected of {} in {:.2} s{}",
-            self.connected,
-            self.requested,
-            self.connect_time.as_secs_f64(),
-            if args.channel.is_some() {
-                " (each subscribed)"
-            } else {
-                ""
-            }
+        assert_eq!(body(&Audience::All)["all"], true);
+        assert_eq!(body(&Audience::Channel("a:b".into()))["channel"], "a:b");
+        let tricky = r#"quote" back\ é"#;
+        let v = body(&Audience::User(tricky.into()));
+        assert_eq!(v["user"], tricky);
+        assert_eq!(v.as_object().unwrap().len(), 2);
+        assert_eq!(
+            (
+                Audience::User("u".into()).kind(),
+                Audience::User("u".into()).name()
+            ),
+            ("user", Some("u"))
         );
-        let mut errors: Vec<_> = self.connect_errors.iter().collect();
-        errors.sort_by(|a, b| b.1.cmp(a.1));
-        for (e, n) in errors.iter().take(5) {
-            let _ = writeln!(o, "    failed        {n} × {e}");
-        }
-        let _ =
-            writeln!(
-            o,
-            "  publications    {} sent ({} ok, {} failed) at {}/s for {} s, in {:.2} s; data {} B; {}",
-            p.sent,
-            p.ok,
-            p.failed,
-            args.rate,
-            args.duration,
-            p.elapsed.as_secs_f64(),
-            stamp::encode_data(0, args.payload as usize).len().max(args.payload as usize),
-            publisher_name(args)
-        );
-        if let Some(e) = &p.first_error {
-            let _ = writeln!(o, "    first error   {e}");
-        }
-        if p.cap_waits > 0 || p.skipped > 0 {
-            let _ = writeln!(o, "    pacing        {} ticks waited for a free request slot, {} skipped at the deadline", p.cap_waits, p.skipped);
-        }
-        let _ = writeln!(
-            o,
-            "  expected        {} deliveries (sum of `queued`)",
-            p.queued
-        );
-        let pct = if p.queued > 0 {
-            100.0 * self.received as f64 / p.queued as f64
-        } else {
-            0.0
+        assert_eq!((Audience::All.kind(), Audience::All.name()), ("all", None));
+    }
+
+    #[test]
+    fn clients_must_fit_under_the_open_files_limit() {
+        let at = |soft, hard| open_files::OpenFiles {
+            before: 1024,
+            soft,
+            hard,
         };
-        let _ = writeln!(
-            o,
-            "  received        {} deliveries ({pct:.2} % of expected)",
-            self.received
+        assert_eq!(open_files_verdict(900, false, &at(1000, 1000)), Ok(()));
+        assert_eq!(open_files_verdict(450, true, &at(1000, 1000)), Ok(()));
+        // clients + 100 over the hard limit: nothing this process can do.
+        let e = open_files_verdict(901, false, &at(1000, 1000)).unwrap_err();
+        assert!(
+            e.contains("hard limit is 1000") && e.contains("1001"),
+            "{e}"
         );
-        match self.delivery_window {
-            Some(w) => {
-                let _ = writeln!(
-                    o,
-                    "  throughput      {:.0} deliveries/s (over {:.2} s, first publication → last delivery)",
-                    self.received as f64 / w.as_secs_f64(),
-                    w.as_secs_f64()
-                );
-            }
-            None => {
-                let _ = writeln!(o, "  throughput      n/a (nothing received)");
-            }
-        }
-        let h = &self.latency_us;
-        if h.is_empty() {
-            let _ = writeln!(o, "  latency         n/a");
-        } else {
-            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-            let _ = writeln!(
-                o,
-                "  latency (ms)    p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}  (publish request → client read)",
-                ms(0.50),
-                ms(0.95),
-                ms(0.99),
-                h.max() as f64 / 1000.0
-            );
-        }
-        if self.other_text > 0 || self.pings > 0 {
-            let _ = writeln!(
-                o,
-                "  other frames    {} unstamped text, {} pings answered",
-                self.other_text, self.pings
-            );
-        }
-        let mut ends: Vec<_> = self.ends.iter().collect();
-        ends.sort_by(|a, b| b.1.cmp(a.1));
-        for (end, n) in ends.iter().take(5) {
-            let _ = writeln!(o, "  ended early     {n} × {end:?}");
-        }
-        if self.unreported > 0 {
-            let _ = writeln!(
-                o,
-                "  unreported      {} clients did not hand back stats in time",
-                self.unreported
-            );
-        }
-        if let Some(s) = &self.server_stats {
-            #[allow(
-                clippy::indexing_slicing,
-                reason = "reading serde_json::Value by key yields Null when absent; never panics"
-            )]
-            let _ = writeln!(
-                o,
-                "  server stats    deliveries {}, dropped {}, slow-consumer disconnects {}, fan-out latency p99 {} ms",
-                s["deliveries"], s["dropped"], s["slow_consumer_disconnects"], s["latency_ms"]["p99"]
-            );
-            #[allow(
-                clippy::indexing_slicing,
-                reason = "reading serde_json::Value by key yields Null when absent; never panics"
-            )]
-            let (compressed, saved) = (
-                s["compression"]["deliveries"].as_u64().unwrap_or(0),
-                s["compression"]["saved_bytes"].as_u64().unwrap_or(0),
-            );
-            if let Some(each) = saved.checked_div(compressed) {
-                let _ = writeln!(
-                    o,
-                    "  compression     {compressed} deliveries compressed, {saved} bytes saved ({each} per delivery)",
-                );
-            }
-        }
-        if let Some((ours, theirs, wall)) = self.cpu {
-            let share = |s: f64| 100.0 * s / wall;
-            let us_per = |s: f64| {
-                if self.received > 0 {
-                    1e6 * s / self.received as f64
-                } else {
-                    0.0
-                }
-            };
-            match theirs {
-                Some(t) => {
-                    let _ = writeln!(
-                        o,
-                        "  cpu (publish)   server {t:.2} s ({:.0} % of a core, {:.2} µs/delivery); bench {ours:.2} s ({:.0} %, {:.2} µs/delivery) over {wall:.2} s",
-                        share(t),
-                        us_per(t),
-                        share(ours),
-                        us_per(ours)
-                    );
-                }
-                None => {
-                    let whose = if args.spawn_server {
-                        "server + bench, one process"
-                    } else {
-                        "bench only"
-                    };
-                    let _ = writeln!(o, "  cpu (publish)   {ours:.2} s ({:.0} % of a core, {:.2} µs/delivery) over {wall:.2} s ({whose})", share(ours), us_per(ours));
-                }
-            }
-        }
-        match self.rss {
-            Some((before, after, whose)) => {
-                let per = if self.connected > 0 {
-                    after.saturating_sub(before) as f64 / self.connected as f64
-                } else {
-                    0.0
-                };
-                let _ = writeln!(
-                    o,
-                    "  memory          RSS {:.1} MiB → {:.1} MiB with {} idle connections: {per:.1} KiB per connection ({whose})",
-                    before as f64 / 1024.0,
-                    after as f64 / 1024.0,
-                    self.connected
-                );
-                if args.spawn_server {
-                    let _ = writeln!(o, "                  (in-process: includes the bench clients' own sockets and buffers, so it overstates the server)");
-                }
-            }
-            None if !args.spawn_server => {
-                let _ = writeln!(
-                    o,
-                    "  memory          n/a (give --server-pid to read the server's RSS)"
-                );
-            }
-            None => {}
-        }
-        o
+        // In-process, two descriptors per client.
+        assert!(open_files_verdict(451, true, &at(1000, 1000)).is_err());
+        // The raise failed and the shell can still do it.
+        let e = open_files_verdict(5000, false, &at(1024, 20000)).unwrap_err();
+        assert!(e.contains("ulimit -n 20000"), "{e}");
     }
 }

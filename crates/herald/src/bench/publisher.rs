@@ -1,7 +1,7 @@
 //! The publisher: `POST /api/publish {"all":true,"data":"t=…"}` (or
-//! `{"channel":NAME,"data":"t=…"}` with `--channel`) at a fixed rate — or, with
-//! `--batch N`, `POST /api/publish/batch` carrying N of them per request at the same
-//! publication rate.
+//! `{"channel":NAME,…}` with `--channel`, `{"user":ID,…}` with `--user`) at a fixed rate
+//! — or, with `--batch N`, `POST /api/publish/batch` carrying N of them per request at
+//! the same publication rate.
 
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,8 @@ pub struct Plan {
     pub rate: u32,
     pub duration: Duration,
     pub payload: usize,
-    /// `None`: publish to everyone (`all`); `Some`: to this channel's subscribers.
-    pub channel: Option<String>,
+    /// The body's target member: [`Audience::member`](super::Audience::member).
+    pub to: String,
     /// Publications per request (1: `/api/publish`; more: `/api/publish/batch`).
     pub batch: usize,
 }
@@ -163,7 +163,7 @@ fn tally(out: &mut Outcome, r: Result<(u64, Result<u64, String>), tokio::task::J
 /// leave together).
 fn body(base: Instant, plan: &Plan, n: u64) -> String {
     let stamp = base.elapsed().as_nanos() as u64;
-    let one = publish_body(stamp, plan.payload, plan.channel.as_deref());
+    let one = publish_body(stamp, plan.payload, &plan.to);
     if plan.batch <= 1 {
         return one;
     }
@@ -183,14 +183,14 @@ fn body(base: Instant, plan: &Plan, n: u64) -> String {
 mod tests {
     use super::*;
 
-    fn plan(batch: usize, channel: Option<&str>) -> Plan {
+    fn plan(batch: usize, to: &str) -> Plan {
         Plan {
             url: String::new(),
             api_key: String::new(),
             rate: 10,
             duration: Duration::from_secs(1),
             payload: 40,
-            channel: channel.map(str::to_owned),
+            to: to.to_owned(),
             batch,
         }
     }
@@ -199,14 +199,22 @@ mod tests {
     fn a_batch_body_carries_n_stamped_publications() {
         let base = Instant::now();
         let v: serde_json::Value =
-            serde_json::from_str(&body(base, &plan(5, Some("news")), 3)).unwrap();
+            serde_json::from_str(&body(base, &plan(5, r#""channel":"news""#), 3)).unwrap();
         let list = v["publications"].as_array().unwrap();
         assert_eq!(list.len(), 3);
         for p in list {
             assert_eq!(p["channel"], "news");
             assert!(p["data"].as_str().unwrap().starts_with("t="));
         }
-        let one: serde_json::Value = serde_json::from_str(&body(base, &plan(1, None), 1)).unwrap();
+        let one: serde_json::Value =
+            serde_json::from_str(&body(base, &plan(1, r#""all":true"#), 1)).unwrap();
         assert_eq!(one["all"], true);
+        let user: serde_json::Value =
+            serde_json::from_str(&body(base, &plan(4, r#""user":"u 1""#), 4)).unwrap();
+        let list = user["publications"].as_array().unwrap();
+        assert_eq!(list.len(), 4);
+        assert!(list
+            .iter()
+            .all(|p| p["user"] == "u 1" && p.get("all").is_none()));
     }
 }

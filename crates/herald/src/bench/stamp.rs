@@ -7,6 +7,20 @@
 //! `{"type":"pub","channel":…,"offset":…,"epoch":…,"data":"t=…;…"}` for a channel), so a
 //! client finds the stamp with one short search and a decimal parse — no JSON decoding on
 //! the hot path.
+//!
+//! Stamps also tell order. The publisher takes them from one monotonic clock, one request
+//! (or one write of due frames) after another, so they never decrease in the order
+//! publications leave; a delivery stamped *lower* than the one the same client received
+//! just before arrived out of that order ([`StampOrder`]). Publications that leave
+//! together (a batch, or the frames one write of the WS publisher carries) share a stamp,
+//! so order among them cannot be seen and is not counted. With the HTTP publisher, up to
+//! 32 requests are in flight on separate connections and may reach the server in another
+//! order than they left: a reordering there is the requests overtaking each other, not
+//! necessarily the server; the WS publisher's frames share one connection, which the
+//! server reads and submits in order, so there a reordering is the server's (or its
+//! broker's). Stamps of two bench
+//! processes come from two clocks: run one bench per server (or per channel/user) or the
+//! count means nothing.
 
 /// The marker that precedes the stamp inside a `pub` frame.
 const MARKER: &[u8] = b"\"data\":\"t=";
@@ -40,15 +54,32 @@ pub fn encode_data(stamp_ns: u64, size: usize) -> String {
     s
 }
 
-/// The JSON body of `POST /api/publish`: to everyone, or to `channel`'s subscribers.
-/// `channel` is spliced in as is: the caller has checked it against the server's
-/// channel-name rule (letters, digits and `_.:@-`), which leaves nothing to escape.
-pub fn publish_body(stamp_ns: u64, size: usize, channel: Option<&str>) -> String {
+/// The JSON body of `POST /api/publish`, with `to` its target member, already JSON
+/// (`"all":true`, `"channel":"news"`, `"user":"42"`: [`Audience::member`]).
+///
+/// [`Audience::member`]: super::Audience::member
+pub fn publish_body(stamp_ns: u64, size: usize, to: &str) -> String {
     // `encode_data` yields only ASCII letters, digits, spaces and `t=;`: nothing to escape.
     let data = encode_data(stamp_ns, size);
-    match channel {
-        Some(c) => format!(r#"{{"channel":"{c}","data":"{data}"}}"#),
-        None => format!(r#"{{"all":true,"data":"{data}"}}"#),
+    format!(r#"{{{to},"data":"{data}"}}"#)
+}
+
+/// Counts the deliveries of one client that arrive stamped lower than the delivery
+/// before them (see the module docs for what that does and does not catch). A
+/// publication overtaken by `n` later ones counts once, where it lands.
+#[derive(Debug, Default)]
+pub struct StampOrder {
+    last: Option<u64>,
+    pub reordered: u64,
+}
+
+impl StampOrder {
+    /// Records the next delivery's stamp.
+    pub fn see(&mut self, stamp_ns: u64) {
+        if self.last.is_some_and(|last| stamp_ns < last) {
+            self.reordered += 1;
+        }
+        self.last = Some(stamp_ns);
     }
 }
 
@@ -95,7 +126,7 @@ mod tests {
             let frame = format!(r#"{{"type":"pub","data":"{data}"}}"#);
             assert_eq!(parse_stamp(frame.as_bytes()), Some(stamp));
             let body: serde_json::Value =
-                serde_json::from_str(&publish_body(stamp, size, None)).unwrap();
+                serde_json::from_str(&publish_body(stamp, size, r#""all":true"#)).unwrap();
             assert_eq!(body["data"], serde_json::Value::String(data.clone()));
             assert_eq!(body["all"], serde_json::Value::Bool(true));
             assert!(body.get("channel").is_none());
@@ -112,7 +143,8 @@ mod tests {
             );
             assert_eq!(parse_stamp(frame.as_bytes()), Some(stamp));
             let body: serde_json::Value =
-                serde_json::from_str(&publish_body(stamp, size, Some("team:a.b@c-d_e"))).unwrap();
+                serde_json::from_str(&publish_body(stamp, size, r#""channel":"team:a.b@c-d_e""#))
+                    .unwrap();
             assert_eq!(body["channel"], "team:a.b@c-d_e");
             assert_eq!(body["data"], serde_json::Value::String(data));
             assert!(body.get("all").is_none());
@@ -120,6 +152,27 @@ mod tests {
         let subscribed =
             br#"{"type":"subscribed","channel":"news","offset":0,"epoch":"e","recovered":false}"#;
         assert_eq!(parse_stamp(subscribed), None);
+    }
+
+    #[test]
+    fn only_a_lower_stamp_than_the_previous_is_a_reordering() {
+        let count = |stamps: &[u64]| {
+            let mut o = StampOrder::default();
+            stamps.iter().for_each(|&s| o.see(s));
+            o.reordered
+        };
+        assert_eq!(count(&[]), 0);
+        assert_eq!(count(&[5]), 0);
+        assert_eq!(count(&[1, 2, 3, 4]), 0);
+        // Equal stamps (a batch, one write of the WS publisher) are not out of order.
+        assert_eq!(count(&[1, 1, 1, 2, 2]), 0);
+        assert_eq!(count(&[1, 3, 2, 4]), 1);
+        // One late publication counts once, however many overtook it.
+        assert_eq!(count(&[2, 3, 4, 5, 1, 6]), 1);
+        // One early one: each later delivery is measured against its predecessor only.
+        assert_eq!(count(&[1, 5, 2, 3, 4]), 1);
+        assert_eq!(count(&[4, 3, 2, 1]), 3);
+        assert_eq!(count(&[0, u64::MAX, 0]), 1);
     }
 
     #[test]

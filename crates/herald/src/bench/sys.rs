@@ -1,23 +1,6 @@
-//! The little the bench needs from `/proc` (Linux): the open-files limits and a
-//! process's resident set size. Elsewhere these read as `None` and the checks are skipped.
-
-/// The (soft, hard) `Max open files` limits of this process.
-pub fn open_files_limits() -> Option<(u64, u64)> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    parse_open_files(&limits)
-}
-
-fn parse_open_files(limits: &str) -> Option<(u64, u64)> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let mut fields = line
-        .trim_start_matches("Max open files")
-        .split_whitespace()
-        .map(|v| match v {
-            "unlimited" => Some(u64::MAX),
-            n => n.parse().ok(),
-        });
-    Some((fields.next()??, fields.next()??))
-}
+//! The little the bench needs from `/proc` (Linux): a process's resident set size and CPU
+//! time, and the ephemeral port range. Elsewhere these read as `None` and the figures
+//! (or the check) are left out.
 
 /// `VmRSS` in KiB of `pid` (`None`: this process).
 pub fn rss_kib(pid: Option<u32>) -> Option<u64> {
@@ -57,20 +40,34 @@ fn parse_cpu_seconds(stat: &str) -> Option<f64> {
     Some((utime + stime) as f64 / 100.0)
 }
 
+/// How many ephemeral ports one source address has for outgoing connections
+/// (`net.ipv4.ip_local_port_range`, both ends included).
+pub fn ephemeral_ports() -> Option<u64> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    parse_port_range(&range)
+}
+
+fn parse_port_range(range: &str) -> Option<u64> {
+    let mut ends = range.split_whitespace().map(str::parse::<u64>);
+    let (low, high) = (ends.next()?.ok()?, ends.next()?.ok()?);
+    (high >= low).then(|| high - low + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn parses_proc_lines() {
-        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
-                      Max open files            1024                 524288               files\n";
-        assert_eq!(parse_open_files(limits), Some((1024, 524288)));
         assert_eq!(
             parse_vm_rss("Name:\therald\nVmRSS:\t   12345 kB\n"),
             Some(12345)
         );
         assert_eq!(parse_vm_rss("Name:\therald\n"), None);
+        assert_eq!(parse_port_range("32768\t60999\n"), Some(28232));
+        assert_eq!(parse_port_range("1024 1024"), Some(1));
+        assert_eq!(parse_port_range("60999 32768"), None);
+        assert_eq!(parse_port_range("x"), None);
         let stat =
             "4242 (her ald) S 1 4242 4242 0 -1 4194560 900 0 0 0 150 25 0 0 20 0 3 0 100 0 0";
         assert_eq!(parse_cpu_seconds(stat), Some(1.75));

@@ -33,8 +33,8 @@ pub struct WsPlan {
     pub rate: u32,
     pub duration: Duration,
     pub payload: usize,
-    /// `None`: publish to everyone (`all`); `Some`: to this channel's subscribers.
-    pub channel: Option<String>,
+    /// The frame's target member: [`Audience::member`](super::Audience::member).
+    pub to: String,
 }
 
 /// What the reader task has seen: acks and errors, in the order they came.
@@ -61,7 +61,7 @@ pub async fn run(plan: &WsPlan, base: Instant) -> Outcome {
     let total = u64::from(plan.rate) * plan.duration.as_secs();
     let mut out = Outcome::default();
     let header = format!("X-API-Key: {}\r\n", plan.api_key);
-    let conn = match open_with(plan.addr, &plan.host, "/ws", &header).await {
+    let conn = match open_with(plan.addr, None, &plan.host, "/ws", &header).await {
         Ok((conn, _connected)) => conn,
         Err(e) => {
             out.failed = total;
@@ -102,7 +102,7 @@ pub async fn run(plan: &WsPlan, base: Instant) -> Outcome {
         }
         // Stamped as late as possible: the latency includes the trip to the server.
         let stamp = base.elapsed().as_nanos() as u64;
-        let body = publish_body(stamp, plan.payload, plan.channel.as_deref());
+        let body = publish_body(stamp, plan.payload, &plan.to);
         let frame = publish_frame(&body);
         frames.clear();
         for _ in 0..n {
@@ -192,15 +192,22 @@ mod tests {
     #[test]
     fn a_publish_frame_is_the_api_body_with_its_type() {
         let f: serde_json::Value =
-            serde_json::from_str(&publish_frame(&publish_body(7, 30, Some("news")))).unwrap();
+            serde_json::from_str(&publish_frame(&publish_body(7, 30, r#""channel":"news""#)))
+                .unwrap();
         assert_eq!(f["type"], "publish");
         assert_eq!(f["channel"], "news");
         assert!(f["data"].as_str().unwrap().starts_with("t=7;"));
         let all: serde_json::Value =
-            serde_json::from_str(&publish_frame(&publish_body(7, 30, None))).unwrap();
+            serde_json::from_str(&publish_frame(&publish_body(7, 30, r#""all":true"#))).unwrap();
         assert_eq!(
             (&all["type"], &all["all"]),
             (&"publish".into(), &true.into())
+        );
+        let user: serde_json::Value =
+            serde_json::from_str(&publish_frame(&publish_body(7, 30, r#""user":"42""#))).unwrap();
+        assert_eq!(
+            (&user["type"], &user["user"]),
+            (&"publish".into(), &"42".into())
         );
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod config_cmds;
 pub mod listen;
+pub mod open_files;
 pub mod publish;
 pub mod serve;
 pub mod token;

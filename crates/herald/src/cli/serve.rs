@@ -51,12 +51,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A stock Linux box gives a process 1024 open files (soft) while allowing far more
-/// (hard): every connection is a descriptor, so without this a node tops out near 1,000
-/// clients. Raise the soft limit to the hard one and say what we got.
-pub fn raise_open_files_limit() {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::info!(open_files = n, "open-files limit raised to the hard limit"),
+/// Every connection is a descriptor: without this a node on a stock Linux box tops out
+/// near 1,000 clients. Raise the soft limit to the hard one and say what we got.
+fn raise_open_files_limit() {
+    match super::open_files::raise() {
+        Ok(l) => tracing::info!(
+            open_files = l.soft,
+            was = l.before,
+            "open-files limit raised to the hard limit"
+        ),
         Err(e) => tracing::warn!("could not raise the open-files limit: {e}"),
     }
 }

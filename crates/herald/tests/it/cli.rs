@@ -255,3 +255,183 @@ fn the_configuration_reference_lists_every_key_with_its_variable() {
         );
     }
 }
+
+/// `herald bench` with `args`, bounded; (success, stdout, stderr). Async so that an
+/// in-process test server keeps serving while the bench runs.
+async fn bench(args: &[&str]) -> (bool, String, String) {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("bench")
+        .args(args)
+        .env_remove("HERALD_CONFIG")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("the bench ends within 60 s")
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The one JSON line of a `--json` run: the last line of stdout, and the only one
+/// that is not part of the human summary.
+fn json_line(out: &str) -> serde_json::Value {
+    let objects: Vec<_> = out.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(objects.len(), 1, "one JSON line: {out}");
+    assert_eq!(
+        out.lines().last(),
+        objects.first().copied(),
+        "it comes last"
+    );
+    serde_json::from_str(objects[0]).unwrap()
+}
+
+#[tokio::test]
+async fn bench_json_line_reports_the_run() {
+    let (ok, out, err) = bench(&[
+        "--spawn-server",
+        "--clients",
+        "20",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+        "--source-addrs",
+        "3",
+        "--json",
+        "--label",
+        "it run",
+    ])
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("p90 ") && out.contains("p99.9 "), "{out}");
+    assert!(out.contains("order           0 reorderings"), "{out}");
+    let v = json_line(&out);
+    assert_eq!(v["label"], "it run");
+    assert_eq!(v["herald_version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["herald_commit"].as_str().is_some_and(|c| !c.is_empty()));
+    assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        (&v["clients_requested"], &v["clients_connected"]),
+        (&20.into(), &20.into())
+    );
+    assert_eq!(
+        (&v["target"], &v["target_name"]),
+        (&"all".into(), &serde_json::Value::Null)
+    );
+    assert_eq!(v["source_addrs"], 3);
+    assert_eq!(v["publications_ok"], 20);
+    assert_eq!(v["deliveries_expected"], 400);
+    assert_eq!(v["deliveries_received"], 400);
+    assert_eq!((&v["loss"], &v["reorderings"]), (&0.into(), &0.into()));
+    assert!(v["latency_ms"]["p99_9"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["server_dropped"], 0);
+    assert_eq!(v["server"], "in-process");
+}
+
+#[tokio::test]
+async fn bench_as_one_user_reaches_each_of_its_connections() {
+    // 150 clients as one user: over the default cap of 100, which --spawn-server raises.
+    let (ok, out, err) = bench(&[
+        "--spawn-server",
+        "--clients",
+        "150",
+        "--user",
+        "u1",
+        "--batch",
+        "5",
+        "--rate",
+        "10",
+        "--duration",
+        "1",
+        "--json",
+    ])
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("fan-out to user u1"), "{out}");
+    let v = json_line(&out);
+    assert_eq!(
+        (&v["target"], &v["target_name"]),
+        (&"user".into(), &"u1".into())
+    );
+    assert_eq!(v["clients_connected"], 150);
+    assert_eq!(v["deliveries_expected"], 1500);
+    assert_eq!(v["deliveries_received"], 1500);
+}
+
+#[tokio::test]
+async fn bench_says_to_raise_the_per_user_cap() {
+    let s = crate::support::TestServer::start_with(|c| c.limits.connections_per_user = 2).await;
+    let url = format!("http://{}", s.addr);
+    let dir = s._dir.0.to_str().unwrap().to_owned();
+    let (ok, out, err) = bench(&[
+        "--url",
+        &url,
+        "--data-dir",
+        &dir,
+        "--clients",
+        "5",
+        "--user",
+        "u1",
+        "--publisher",
+        "ws",
+        "--rate",
+        "5",
+        "--duration",
+        "1",
+        "--source-addrs",
+        "2",
+        "--json",
+    ])
+    .await;
+    assert!(ok, "two connect: {out}{err}");
+    assert!(
+        out.contains("3 × HTTP 429: too many connections for this user"),
+        "{out}"
+    );
+    assert!(
+        out.contains("HERALD_LIMITS__CONNECTIONS_PER_USER=5"),
+        "{out}"
+    );
+    let v = json_line(&out);
+    assert_eq!(v["clients_connected"], 2);
+    assert_eq!(v["deliveries_expected"], 10);
+    assert_eq!(v["deliveries_received"], 10);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn bench_refuses_bad_flags_before_connecting() {
+    for (flags, says) in [
+        (
+            &["--user", "u", "--channel", "news"][..],
+            "cannot be used with",
+        ),
+        (&["--source-addrs", "0"][..], "1 to 254"),
+        (&["--source-addrs", "255"][..], "1 to 254"),
+        (&["--user", ""][..], "cannot be empty"),
+    ] {
+        let (ok, out, err) = bench(&[&["--spawn-server"][..], flags].concat()).await;
+        assert!(!ok, "{flags:?}: {out}");
+        assert!(err.contains(says), "{flags:?}: {err}");
+    }
+    // A server 127.0.0.x cannot reach: refused, not tried.
+    let dir = TempDir::new();
+    herald::config::secrets::load_or_create(&dir.0, "hmac_secret").unwrap();
+    herald::config::secrets::load_or_create(&dir.0, "api_key").unwrap();
+    let d = dir.0.to_str().unwrap();
+    let (ok, _, err) = bench(&[
+        "--url",
+        "http://192.0.2.1:9",
+        "--data-dir",
+        d,
+        "--source-addrs",
+        "2",
+    ])
+    .await;
+    assert!(!ok);
+    assert!(err.contains("only reaches a server on loopback"), "{err}");
+}
