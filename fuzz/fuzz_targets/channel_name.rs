@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use herald::config::namespaces::{builtin, DEFAULT};
-use herald::config::NamespaceConfig;
+use herald::config::{CompressionConfig, NamespaceConfig};
 use herald::hub::namespace::{owns, Denied, Namespaces};
 use herald::protocol::channel::validate_channel;
 use libfuzzer_sys::fuzz_target;
@@ -54,7 +54,7 @@ fn check_validate(name: &str) {
 
 fn check_resolve(name: &str, cfg: &BTreeMap<String, NamespaceConfig>) {
     let (want_ns, want_rest) = name.split_once(':').unwrap_or((DEFAULT, name));
-    match Namespaces::new(cfg).resolve(name) {
+    match Namespaces::new(cfg, &CompressionConfig::default()).resolve(name) {
         Ok(r) => {
             assert_eq!((r.namespace, r.rest), (want_ns, want_rest), "{name:?}");
             assert_eq!(Some(r.config.as_ref()), cfg.get(r.namespace));
