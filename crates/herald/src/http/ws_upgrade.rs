@@ -23,7 +23,7 @@ use crate::auth::token::token_from;
 use crate::auth::Identity;
 use crate::connection::driver::{drive, Handler, Limits};
 use crate::connection::transport::Buffered;
-use crate::hub::{Admission, ConnHandle};
+use crate::hub::{Admission, ConnHandle, Registration};
 use crate::metrics::{Metrics, Refusal};
 use crate::outbox::Outbox;
 use crate::protocol::codes::{CloseCode, ErrorCode};
@@ -61,10 +61,15 @@ pub async fn upgrade(
     };
     let task_app = app.clone();
     app.tracker.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => run(task_app, upgraded, identity, admission, ip, deflate).await,
-            Err(e) => tracing::debug!("upgrade failed: {e}"),
-        }
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => return tracing::debug!("upgrade failed: {e}"),
+        };
+        let tracker = task_app.tracker.clone();
+        let live = open(task_app, upgraded, identity, admission, ip, deflate).await;
+        // The set-up's state (its arguments, the lookup) goes with this task; the
+        // connection lives on in a task that holds only what it needs while idle.
+        tracker.spawn(live.run());
     });
     switching_protocols(&key, deflate.as_ref())
 }
@@ -229,15 +234,51 @@ fn api_key(app: &App, headers: &axum::http::HeaderMap) -> Result<bool, ApiError>
     }
 }
 
-/// The life of one hub connection, from the upgraded socket to the last byte.
-async fn run(
+/// A registered connection, ready to run: what it needs for the rest of its life.
+struct Live {
+    upgraded: Upgraded,
+    outbox: Arc<Outbox>,
+    session: Session,
+    limits: Limits,
+    registration: Registration,
+    metrics: Arc<Metrics>,
+    span: tracing::Span,
+}
+
+impl Live {
+    /// From the upgraded socket to the last byte; unregisters when done. Not an `async
+    /// fn`: its fields move into the future once instead of being kept twice (as the
+    /// argument and as the locals taken from it) for the connection's whole life.
+    fn run(self) -> impl std::future::Future<Output = ()> + Send {
+        let Live {
+            upgraded,
+            outbox,
+            mut session,
+            limits,
+            registration,
+            metrics,
+            span,
+        } = self;
+        async move {
+            tracing::debug!("connected");
+            drive_upgraded(upgraded, outbox, &mut session, limits, metrics).await;
+            drop(registration);
+            tracing::debug!("disconnected");
+        }
+        .instrument(span)
+    }
+}
+
+/// Sets up one hub connection: its queue with `connected` (and the active announcement)
+/// first, its handle registered, its session.
+async fn open(
     app: App,
     upgraded: Upgraded,
     identity: Identity,
     admission: Admission,
     ip: std::net::IpAddr,
     deflate: Option<Agreement>,
-) {
+) -> Live {
     let hub = app.hub.clone();
     let (id, conn_id) = hub.next_conn_id();
     let cfg = app.cfg();
@@ -303,31 +344,24 @@ async fn run(
         max_subscriptions: ws.max_subscriptions,
         max_in_flight: ws.max_in_flight,
     };
-    let mut session = Session::new(
+    let session = Session::new(
         app.broker.clone(),
         app.store.clone(),
         handle,
         app.verifier.clone(),
         &limits,
     );
-    let read_limits = Limits {
-        max_message: ws.max_message_bytes,
-        write_timeout: Duration::from_secs(ws.write_timeout_s),
-        deflate: deflate.map(|a| a.server_window),
-    };
-    async move {
-        tracing::debug!("connected");
-        drive_upgraded(
-            upgraded,
-            outbox,
-            &mut session,
-            read_limits,
-            app.metrics.clone(),
-        )
-        .await;
-        drop(registration);
-        tracing::debug!("disconnected");
+    Live {
+        upgraded,
+        outbox,
+        session,
+        limits: Limits {
+            max_message: ws.max_message_bytes,
+            write_timeout: Duration::from_secs(ws.write_timeout_s),
+            deflate: deflate.map(|a| a.server_window),
+        },
+        registration,
+        metrics: app.metrics.clone(),
+        span,
     }
-    .instrument(span)
-    .await;
 }
