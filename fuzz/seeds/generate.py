@@ -78,6 +78,8 @@ def frame_reader():
             cuts=(4, 20),
         ),
         "deflate_bomb": reader_input(frame(OP_TEXT, deflated(b"0" * 200_000), rsv1=True)),
+        # A limit below the inflater's first buffer (the fuzzer's first find: a panic).
+        "deflated_small_max": reader_input(frame(OP_TEXT, packed, rsv1=True), small_max=15),
     }
 
 

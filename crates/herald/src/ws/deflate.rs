@@ -199,7 +199,8 @@ pub fn inflate(data: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
         let mut slot = cell.borrow_mut();
         let d = slot.get_or_insert_with(|| Decompress::new_with_window_bits(false, 15));
         d.reset(false);
-        let mut out = Vec::with_capacity((data.len() * 3).clamp(64, max.saturating_add(1)));
+        // Never more than the limit allows, however small the limit is.
+        let mut out = Vec::with_capacity((data.len() * 3).max(64).min(max.saturating_add(1)));
         let result = inflate_part(d, data, &mut out, max).and_then(|end| {
             if end {
                 Ok(true)
@@ -335,6 +336,17 @@ mod tests {
         // Exactly at the limit is fine; the inflater is usable afterwards.
         let at = compress(&zeros[..64 * 1024], 9, WindowBits::MAX, false).unwrap();
         assert_eq!(inflate(&at, 64 * 1024).unwrap().len(), 64 * 1024);
+    }
+
+    #[test]
+    fn a_limit_below_the_initial_buffer_is_kept() {
+        // Found by fuzzing: a 15-byte limit met a 64-byte first buffer (`clamp` panicked).
+        let packed = compress(&b"hello hello hello hello".repeat(4), 6, WindowBits::MAX, false);
+        let packed = packed.unwrap();
+        assert_eq!(inflate(&packed, 15), Err(InflateError::TooBig));
+        assert_eq!(inflate(&packed, 0), Err(InflateError::TooBig));
+        let small = compress(b"aaaaaaaaaaaa", 6, WindowBits::MAX, true).unwrap();
+        assert_eq!(inflate(&small, 12).unwrap(), b"aaaaaaaaaaaa");
     }
 
     #[test]
