@@ -341,7 +341,12 @@ mod tests {
     #[test]
     fn a_limit_below_the_initial_buffer_is_kept() {
         // Found by fuzzing: a 15-byte limit met a 64-byte first buffer (`clamp` panicked).
-        let packed = compress(&b"hello hello hello hello".repeat(4), 6, WindowBits::MAX, false);
+        let packed = compress(
+            &b"hello hello hello hello".repeat(4),
+            6,
+            WindowBits::MAX,
+            false,
+        );
         let packed = packed.unwrap();
         assert_eq!(inflate(&packed, 15), Err(InflateError::TooBig));
         assert_eq!(inflate(&packed, 0), Err(InflateError::TooBig));
