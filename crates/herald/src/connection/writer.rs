@@ -39,13 +39,11 @@ pub async fn run_writer<W>(
     let mut data: Vec<Queued> = Vec::new();
     loop {
         let batch = outbox.next_batch(&mut control, &mut data).await;
-        if deflate.is_some() {
-            count_compression(&metrics, &data, deflate);
-        }
+        let mut saved = Saved::default();
         let bytes = control
             .iter()
             .map(Frame::as_bytes)
-            .chain(data.iter().map(|q| q.frame.wire(deflate)));
+            .chain(data.iter().map(|q| saved.wire(&q.frame, deflate)));
         let result = if batch == Batch::Finish {
             match tokio::time::timeout(FINISH_TIMEOUT, write_all(&mut w, bytes, stall)).await {
                 Ok(r) => r,
@@ -62,6 +60,7 @@ pub async fn run_writer<W>(
             metrics.slow_consumer_disconnects.fetch_add(1, Relaxed);
             metrics.refuse(Refusal::WriteStalled);
         }
+        saved.record(&metrics);
         if result.is_ok() {
             for q in &data {
                 metrics.latency.record(q.accepted.elapsed());
@@ -82,19 +81,33 @@ pub async fn run_writer<W>(
     }
 }
 
-/// Counts the frames of a batch that go out compressed, and the bytes that saves.
-fn count_compression(metrics: &Metrics, data: &[Queued], deflate: Option<WindowBits>) {
-    let (mut frames, mut saved) = (0u64, 0u64);
-    for q in data {
-        let wire = q.frame.wire(deflate).len();
-        if wire < q.frame.len() {
-            frames += 1;
-            saved += (q.frame.len() - wire) as u64;
+/// The frames of a batch that went out compressed, and the bytes that saved: counted
+/// as each frame's wire form is picked, recorded once per batch.
+#[derive(Default)]
+struct Saved {
+    frames: u64,
+    bytes: u64,
+}
+
+impl Saved {
+    fn wire<'a>(&mut self, frame: &'a Frame, deflate: Option<WindowBits>) -> &'a Bytes {
+        let wire = frame.wire(deflate);
+        if wire.len() < frame.len() {
+            self.frames += 1;
+            self.bytes += (frame.len() - wire.len()) as u64;
         }
+        wire
     }
-    if frames > 0 {
-        metrics.compressed_deliveries.fetch_add(frames, Relaxed);
-        metrics.compression_saved_bytes.fetch_add(saved, Relaxed);
+
+    fn record(&self, metrics: &Metrics) {
+        if self.frames > 0 {
+            metrics
+                .compressed_deliveries
+                .fetch_add(self.frames, Relaxed);
+            metrics
+                .compression_saved_bytes
+                .fetch_add(self.bytes, Relaxed);
+        }
     }
 }
 

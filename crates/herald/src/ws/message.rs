@@ -363,7 +363,11 @@ mod tests {
     }
 
     fn read_all(bytes: &[u8]) -> Vec<Result<Message, Violation>> {
-        let mut r = MessageReader::new(1024, true);
+        read_with(MessageReader::new(1024, true), bytes)
+    }
+
+    /// Every message `r` takes from `bytes`, ending with the violation if there is one.
+    fn read_with(mut r: MessageReader, bytes: &[u8]) -> Vec<Result<Message, Violation>> {
         let mut buf = BytesMut::from(bytes);
         let mut out = Vec::new();
         loop {
@@ -511,19 +515,7 @@ mod tests {
     }
 
     fn read_deflate(bytes: &[u8], max: usize) -> Vec<Result<Message, Violation>> {
-        let mut r = MessageReader::new(max, true).with_deflate(true);
-        let mut buf = BytesMut::from(bytes);
-        let mut out = Vec::new();
-        loop {
-            match r.next_message(&mut buf) {
-                Ok(Some(m)) => out.push(Ok(m)),
-                Ok(None) => return out,
-                Err(v) => {
-                    out.push(Err(v));
-                    return out;
-                }
-            }
-        }
+        read_with(MessageReader::new(max, true).with_deflate(true), bytes)
     }
 
     fn packed(plain: &[u8]) -> Vec<u8> {
