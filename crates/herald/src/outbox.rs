@@ -9,11 +9,14 @@
 //! client stuck behind a backlog still gets its pong or its close code.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::ws::frame::Frame;
 
@@ -56,7 +59,11 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     wake: Notify,
-    closed: CancellationToken,
+    /// Set once closing starts; read without the lock by the connection's task, which
+    /// polls for it on every wake-up (a cancellation token took two locks per poll).
+    closing: AtomicBool,
+    /// The connection's task, woken when closing starts (there is one waiter).
+    closing_waker: AtomicWaker,
     max_messages: usize,
     max_bytes: usize,
 }
@@ -75,7 +82,8 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
-            closed: CancellationToken::new(),
+            closing: AtomicBool::new(false),
+            closing_waker: AtomicWaker::new(),
             max_messages,
             max_bytes,
         }
@@ -203,13 +211,29 @@ impl Outbox {
         }
         drop(s);
         self.wake.notify_one();
-        self.closed.cancel();
+        self.closing.store(true, Ordering::Release);
+        self.closing_waker.wake();
         true
     }
 
     /// Resolves once the connection started closing (by anyone).
-    pub fn closed(&self) -> WaitForCancellationFuture<'_> {
-        self.closed.cancelled()
+    /// One waiter only: the connection's own task (a second one would take the first's
+    /// place). Cheap to create and poll on every wake-up: two atomic loads and, when the
+    /// waker is the same as last time, no store.
+    pub fn closed(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| self.poll_closed(cx))
+    }
+
+    fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.closing.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.closing_waker.register(cx.waker());
+        if self.closing.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     pub fn is_closing(&self) -> bool {
@@ -258,8 +282,10 @@ impl Outbox {
                     || !s.frames.is_empty()
                     || (s.closing && !s.close_taken);
                 if has_work {
-                    // The queues' buffers go to the writer with their frames (it frees
-                    // them once written): an idle connection holds no queue memory.
+                    // The queues' buffers go to the writer with their frames, and the
+                    // writer's emptied ones come back: a busy connection reuses two
+                    // buffers instead of growing a fresh one per batch (fresh pages cost
+                    // the kernel a clearing each). Going idle frees them (below).
                     take_into(control, &mut s.control);
                     s.inflight_messages = s.frames.len() + s.priority.len();
                     s.inflight_bytes = s.bytes;
@@ -285,26 +311,36 @@ impl Outbox {
                 if s.close_taken {
                     return Batch::Finish;
                 }
+                // Going idle: neither the queues nor the writer keep a buffer (all empty).
+                *control = Vec::new();
+                *data = Vec::new();
+                s.control = VecDeque::new();
+                s.priority = VecDeque::new();
+                s.frames = VecDeque::new();
             }
             notified.await;
         }
     }
 }
 
-/// Moves everything in `queue` to the end of `into`, leaving `queue` unallocated: into an
-/// empty `into` the queue's own buffer moves (no copy, no allocation).
+/// Moves everything in `queue` to the end of `into`. Into an empty `into` the queue's own
+/// buffer moves (no copy, no allocation) and the queue gets `into`'s spare capacity.
 fn take_into<T>(into: &mut Vec<T>, queue: &mut VecDeque<T>) {
-    let taken = std::mem::take(queue);
+    if queue.is_empty() {
+        return;
+    }
     if into.is_empty() {
-        *into = Vec::from(taken);
+        let spare = VecDeque::from(std::mem::take(into));
+        *into = Vec::from(std::mem::replace(queue, spare));
     } else {
-        into.extend(taken);
+        into.extend(queue.drain(..));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn an_idle_outbox_holds_no_queue_buffers() {
@@ -318,6 +354,21 @@ mod tests {
         assert_eq!(batch, Some(Batch::Write));
         assert_eq!((control.len(), data.len()), (1, 2));
         assert_eq!(data[0].frame, Frame::text(b"b"), "priority first");
+        // Written: the writer empties its buffers and asks again. Busy, they swap back
+        // into the queues for the next batch...
+        control.clear();
+        data.clear();
+        o.try_push(Frame::text(b"c"), now);
+        let batch = futures_util::FutureExt::now_or_never(o.next_batch(&mut control, &mut data));
+        assert_eq!(batch, Some(Batch::Write));
+        assert_eq!(data.len(), 1);
+        assert!(data.capacity() >= 2, "the first batch's buffer came back");
+        // ...idle, nothing keeps one: neither the writer's nor the queues.
+        control.clear();
+        data.clear();
+        let waiting = futures_util::FutureExt::now_or_never(o.next_batch(&mut control, &mut data));
+        assert_eq!(waiting, None, "nothing to write: it waits");
+        assert_eq!((control.capacity(), data.capacity()), (0, 0));
         let s = o.lock();
         assert_eq!(
             (
@@ -326,8 +377,25 @@ mod tests {
                 s.control.capacity()
             ),
             (0, 0, 0),
-            "the buffers left with the batch"
+            "an idle outbox keeps no buffer"
         );
+    }
+
+    #[tokio::test]
+    async fn closed_wakes_its_waiter_when_closing_starts() {
+        let o = Arc::new(Outbox::new(10, 1 << 20));
+        let waiter = tokio::spawn({
+            let o = o.clone();
+            async move { o.closed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        assert!(o.close(None, false));
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert!(futures_util::FutureExt::now_or_never(o.closed()).is_some());
     }
 
     #[test]

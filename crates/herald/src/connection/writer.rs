@@ -6,7 +6,7 @@
 use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -61,15 +61,16 @@ pub async fn run_writer<W>(
             metrics.refuse(Refusal::WriteStalled);
         }
         saved.record(&metrics);
-        if result.is_ok() {
-            for q in &data {
-                metrics.latency.record(q.accepted.elapsed());
-            }
+        if result.is_ok() && !data.is_empty() {
+            let now = Instant::now();
+            metrics
+                .latency
+                .record_batch(now, data.iter().map(|q| q.accepted));
         }
-        // The batch's buffers came from the outbox's queues: freed here, so an idle
-        // connection holds none (the next push allocates afresh).
-        control = Vec::new();
-        data = Vec::new();
+        // Emptied, not freed: the outbox swaps them back in for the next batch while the
+        // connection is busy, and frees them when it goes idle.
+        control.clear();
+        data.clear();
         if result.is_err() {
             outbox.close(None, true);
             return;
