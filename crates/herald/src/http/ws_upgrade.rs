@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -298,18 +298,15 @@ async fn open(
         ws.heartbeat_s,
     ));
     outbox.try_push(hello, std::time::Instant::now());
-    let handle = Arc::new(ConnHandle {
+    let handle = Arc::new(ConnHandle::new(
         id,
-        conn_id: conn_id.clone(),
-        expires_at: AtomicU64::new(identity.expires_at.unwrap_or(0)),
-        groups: Mutex::new(identity.groups.clone()),
+        conn_id.clone(),
         identity,
-        outbox: outbox.clone(),
-        last_seen_ms: AtomicU64::new(hub.now_ms()),
-        connected_at_ms: crate::store::time::now_ms(),
+        outbox.clone(),
         ip,
-        channels: Mutex::new(Default::default()),
-    });
+        hub.now_ms(),
+        crate::store::time::now_ms(),
+    ));
     let span =
         tracing::info_span!("conn", conn_id = %conn_id, user_id = %handle.identity.user, ip = %ip);
     // `active_broadcast` comes right after `connected` (DESIGN §3): looked up before the

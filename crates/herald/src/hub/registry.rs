@@ -45,6 +45,34 @@ pub struct ConnHandle {
     pub(crate) groups: Mutex<Vec<Arc<str>>>,
 }
 
+impl ConnHandle {
+    /// A connection's handle as it is accepted: subscribed to nothing, indexed under its
+    /// token's groups, last seen `now_ms` (the hub's clock), connected at
+    /// `connected_at_ms` (Unix milliseconds).
+    pub fn new(
+        id: u64,
+        conn_id: ConnId,
+        identity: Identity,
+        outbox: Arc<Outbox>,
+        ip: IpAddr,
+        now_ms: u64,
+        connected_at_ms: i64,
+    ) -> ConnHandle {
+        ConnHandle {
+            id,
+            conn_id,
+            expires_at: AtomicU64::new(identity.expires_at.unwrap_or(0)),
+            groups: Mutex::new(identity.groups.clone()),
+            identity,
+            outbox,
+            last_seen_ms: AtomicU64::new(now_ms),
+            connected_at_ms,
+            ip,
+            channels: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
 const SHARDS: usize = 16;
 
 type ConnMap = HashMap<u64, Arc<ConnHandle>>;
