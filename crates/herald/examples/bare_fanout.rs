@@ -130,8 +130,8 @@ struct ClientMessage<'a> {
 }
 
 impl Hub {
-    /// Publishes one publication; answers its `{"queued":…}` JSON fields (no braces).
-    fn publish(&self, p: &Publish<'_>) -> Option<String> {
+    /// Publishes one publication: how many it was queued to, and its channel offset.
+    fn publish(&self, p: &Publish<'_>) -> Option<Published> {
         match (p.all, p.channel) {
             (true, None) => {
                 let frame = text_frame(&format!(r#"{{"type":"pub","data":{}}}"#, p.data.get()));
@@ -139,13 +139,19 @@ impl Hub {
                 #[cfg(target_os = "linux")]
                 if self.uring {
                     let queued = uring::send_to_all(&everyone, &frame, self.max_backlog);
-                    return Some(format!(r#""queued":{queued}"#));
+                    return Some(Published {
+                        queued,
+                        offset: None,
+                    });
                 }
                 let queued = everyone
                     .values()
                     .filter(|c| c.push(&frame, self.max_backlog))
                     .count();
-                Some(format!(r#""queued":{queued}"#))
+                Some(Published {
+                    queued,
+                    offset: None,
+                })
             }
             (false, Some(name)) if valid_channel(name) => {
                 let mut channels = lock(&self.channels);
@@ -161,10 +167,10 @@ impl Hub {
                     .values()
                     .filter(|c| c.push(&frame, self.max_backlog))
                     .count();
-                Some(format!(
-                    r#""queued":{queued},"offset":{},"epoch":"{EPOCH}""#,
-                    ch.offset
-                ))
+                Some(Published {
+                    queued,
+                    offset: Some(ch.offset),
+                })
             }
             _ => None,
         }
@@ -205,6 +211,24 @@ impl Hub {
         lock(&self.everyone).remove(&id);
         for ch in lock(&self.channels).values_mut() {
             ch.subscribers.remove(&id);
+        }
+    }
+}
+
+struct Published {
+    queued: usize,
+    offset: Option<u64>,
+}
+
+impl Published {
+    /// The HTTP API's answer: `{"queued":N}`, with the offset and epoch on a channel.
+    fn answer(&self) -> String {
+        match self.offset {
+            None => format!(r#"{{"queued":{}}}"#, self.queued),
+            Some(o) => format!(
+                r#"{{"queued":{},"offset":{o},"epoch":"{EPOCH}"}}"#,
+                self.queued
+            ),
         }
     }
 }
@@ -335,7 +359,7 @@ async fn serve(hub: Arc<Hub>, mut stream: TcpStream) {
                 .ok()
                 .and_then(|p| hub.publish(&p))
             {
-                Some(fields) => ("200 OK", format!("{{{fields}}}")),
+                Some(published) => ("200 OK", published.answer()),
                 None => ("400 Bad Request", error_frame("one target and data", None)),
             },
             ("POST", "/api/publish/batch") => {
@@ -344,7 +368,7 @@ async fn serve(hub: Arc<Hub>, mut stream: TcpStream) {
                     .and_then(|b| {
                         b.publications
                             .iter()
-                            .map(|p| hub.publish(p).map(|f| format!("{{{f}}}")))
+                            .map(|p| hub.publish(p).map(|done| done.answer()))
                             .collect::<Option<Vec<_>>>()
                     });
                 match results {
@@ -529,11 +553,8 @@ fn backend_publish(hub: &Hub, text: &str) -> String {
     };
     let reference = p.reference.map(|r| format!(r#","ref":{}"#, r.get()));
     match hub.publish(&p) {
-        Some(fields) => {
-            let offset = fields
-                .split(',')
-                .find(|f| f.starts_with(r#""offset""#))
-                .map(|f| format!(",{f}"));
+        Some(published) => {
+            let offset = published.offset.map(|o| format!(r#","offset":{o}"#));
             format!(
                 r#"{{"type":"ack"{}{}}}"#,
                 reference.as_deref().unwrap_or(""),

@@ -237,7 +237,7 @@ impl Outbox {
     }
 
     pub fn is_closing(&self) -> bool {
-        self.lock().closing
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Number of data frames waiting or being written.

@@ -62,10 +62,9 @@ pub async fn run_writer<W>(
         }
         saved.record(&metrics);
         if result.is_ok() && !data.is_empty() {
-            let now = Instant::now();
             metrics
                 .latency
-                .record_batch(now, data.iter().map(|q| q.accepted));
+                .record_batch(Instant::now(), data.iter().map(|q| q.accepted));
         }
         // Emptied, not freed: the outbox swaps them back in for the next batch while the
         // connection is busy, and frees them when it goes idle.

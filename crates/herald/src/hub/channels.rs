@@ -935,33 +935,29 @@ fn join(st: &mut State, channel: &str, conn: &ConnHandle) {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-    use std::sync::atomic::AtomicU64;
 
     use super::*;
     use crate::auth::Identity;
     use crate::outbox::Outbox;
 
     fn conn(id: u64) -> Arc<ConnHandle> {
-        Arc::new(ConnHandle {
+        let identity = Identity {
+            user: UserId::from("u"),
+            device: None,
+            groups: Vec::new(),
+            admin: false,
+            backend: false,
+            expires_at: None,
+        };
+        Arc::new(ConnHandle::new(
             id,
-            conn_id: crate::ids::ConnId::from(format!("c{id}")),
-            identity: Identity {
-                user: UserId::from("u"),
-                device: None,
-                groups: Vec::new(),
-                admin: false,
-                backend: false,
-                expires_at: None,
-            },
-            outbox: Arc::new(Outbox::new(1024, 1 << 20)),
-            last_seen_ms: AtomicU64::new(0),
-            connected_at_ms: 0,
-            ip: std::net::IpAddr::from([127, 0, 0, 1]),
-            expires_at: AtomicU64::new(0),
-            channels: Mutex::new(HashSet::new()),
-            groups: Mutex::new(Vec::new()),
-        })
+            crate::ids::ConnId::from(format!("c{id}")),
+            identity,
+            Arc::new(Outbox::new(1024, 1 << 20)),
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            0,
+            0,
+        ))
     }
 
     fn earlier(offsets: impl IntoIterator<Item = u64>) -> Vec<Earlier> {

@@ -19,8 +19,7 @@
 //! only when the budget was exceeded.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::collection::vec;
@@ -272,25 +271,23 @@ impl World {
         self.next_id += 1;
         let id = self.next_id;
         let s = &mut self.slots[slot];
-        let conn = Arc::new(ConnHandle {
+        let identity = Identity {
+            user: crate::ids::UserId::from(format!("u{slot}")),
+            device: None,
+            groups: Vec::new(),
+            admin: false,
+            backend: false,
+            expires_at: None,
+        };
+        let conn = Arc::new(ConnHandle::new(
             id,
-            conn_id: crate::ids::ConnId::from(format!("c{id}")),
-            identity: Identity {
-                user: crate::ids::UserId::from(format!("u{slot}")),
-                device: None,
-                groups: Vec::new(),
-                admin: false,
-                backend: false,
-                expires_at: None,
-            },
-            outbox: Arc::new(Outbox::new(s.queue, QUEUE_BYTES)),
-            last_seen_ms: AtomicU64::new(0),
-            connected_at_ms: 0,
-            ip: std::net::IpAddr::from([127, 0, 0, 1]),
-            expires_at: AtomicU64::new(0),
-            channels: Mutex::new(HashSet::new()),
-            groups: Mutex::new(Vec::new()),
-        });
+            crate::ids::ConnId::from(format!("c{id}")),
+            identity,
+            Arc::new(Outbox::new(s.queue, QUEUE_BYTES)),
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            0,
+            0,
+        ));
         s.conn = Some(conn.clone());
         s.client.new_connection();
         conn

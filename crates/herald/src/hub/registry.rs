@@ -396,25 +396,23 @@ mod tests {
     use super::*;
 
     fn handle(id: u64, user: &str) -> Arc<ConnHandle> {
-        Arc::new(ConnHandle {
+        let identity = Identity {
+            user: UserId::from(user),
+            device: None,
+            groups: vec![Arc::from("g")],
+            admin: false,
+            backend: false,
+            expires_at: None,
+        };
+        Arc::new(ConnHandle::new(
             id,
-            conn_id: ConnId::from(id.to_string()),
-            identity: Identity {
-                user: UserId::from(user),
-                device: None,
-                groups: vec![Arc::from("g")],
-                admin: false,
-                backend: false,
-                expires_at: None,
-            },
-            outbox: Arc::new(Outbox::new(4, 1024)),
-            last_seen_ms: AtomicU64::new(0),
-            connected_at_ms: 0,
-            ip: std::net::IpAddr::from([127, 0, 0, 1]),
-            expires_at: AtomicU64::new(0),
-            channels: Mutex::new(HashSet::new()),
-            groups: Mutex::new(vec![Arc::from("g")]),
-        })
+            ConnId::from(id.to_string()),
+            identity,
+            Arc::new(Outbox::new(4, 1024)),
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            0,
+            0,
+        ))
     }
 
     #[test]

@@ -58,9 +58,7 @@ pub fn sweep(hub: &Hub, ping: Option<&Frame>) {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    use std::sync::Mutex;
+    use std::sync::atomic::Ordering::Relaxed;
 
     use tokio::time::{Duration, Instant};
 
@@ -81,25 +79,23 @@ mod tests {
 
     fn connect(hub: &Hub, id: u64, expires_at: u64) -> Registration {
         let user = crate::ids::UserId::from(format!("u{id}"));
-        let handle = Arc::new(ConnHandle {
+        let identity = Identity {
+            user: user.clone(),
+            device: None,
+            groups: vec![],
+            admin: false,
+            backend: false,
+            expires_at: Some(expires_at),
+        };
+        let handle = Arc::new(ConnHandle::new(
             id,
-            conn_id: crate::ids::ConnId::from(id.to_string()),
-            identity: Identity {
-                user: user.clone(),
-                device: None,
-                groups: vec![],
-                admin: false,
-                backend: false,
-                expires_at: Some(expires_at),
-            },
-            outbox: Arc::new(Outbox::new(16, 1 << 16)),
-            last_seen_ms: AtomicU64::new(hub.now_ms()),
-            connected_at_ms: 0,
-            ip: std::net::IpAddr::from([127, 0, 0, 1]),
-            expires_at: AtomicU64::new(expires_at),
-            channels: Mutex::new(HashSet::new()),
-            groups: Mutex::new(Vec::new()),
-        });
+            crate::ids::ConnId::from(id.to_string()),
+            identity,
+            Arc::new(Outbox::new(16, 1 << 16)),
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            hub.now_ms(),
+            0,
+        ));
         let admission = hub
             .registry
             .admit(&user, [127, 0, 0, 1].into())
