@@ -172,7 +172,13 @@ impl Node {
         });
         let router = http::router::router(app.clone());
         let sweeper = tokio::spawn(hub::sweeper::run(hub.clone(), stop.clone()));
-        let migrations = tokio::spawn(migrate_until_ready(store, stop.clone()));
+        // The first migration attempt finishes before the node accepts anything, so a
+        // zero-config node (SQLite file) never answers 503 on its first requests; a
+        // database that is down or slow delays the start by at most FIRST_MIGRATION_WAIT
+        // and is then retried in the background (docs/decisions.md).
+        let (first_attempt, attempted) = tokio::sync::oneshot::channel();
+        let migrations = tokio::spawn(migrate_until_ready(store, first_attempt, stop.clone()));
+        let _ = tokio::time::timeout(FIRST_MIGRATION_WAIT, attempted).await;
         let relay_cfg = app.cfg().relay.clone();
         let relay = (!relay_cfg.redis_url.is_empty()).then(|| {
             // Several nodes on one bus: each upstream message is relayed by one.
@@ -277,12 +283,25 @@ impl Node {
     }
 }
 
+/// How long the start waits for the first migration attempt before accepting anyway.
+const FIRST_MIGRATION_WAIT: Duration = Duration::from_secs(5);
+
 /// Applies migrations, retrying with backoff while the database is unreachable: the node
 /// serves WebSockets meanwhile and the announcement endpoints answer 503.
-async fn migrate_until_ready(store: Arc<dyn store::Store>, stop: CancellationToken) {
+/// `first_attempt` fires once the first try has finished, either way.
+async fn migrate_until_ready(
+    store: Arc<dyn store::Store>,
+    first_attempt: tokio::sync::oneshot::Sender<()>,
+    stop: CancellationToken,
+) {
+    let mut first_attempt = Some(first_attempt);
     let mut delay = Duration::from_millis(500);
     loop {
-        match store.migrate().await {
+        let result = store.migrate().await;
+        if let Some(tx) = first_attempt.take() {
+            let _ = tx.send(());
+        }
+        match result {
             Ok(()) => {
                 tracing::info!("store ready");
                 return;

@@ -455,6 +455,35 @@ async fn seed_test_3_stats_and_history(store: &TestStore) {
 }
 
 #[tokio::test]
+async fn a_fresh_node_serves_announcements_from_its_first_request() {
+    // No store_ready() wait here: once Node::start returns (when `listening on` is
+    // printed), a reachable store is migrated, so the first request is never a 503.
+    let dir = TempDir::new();
+    let cfg = test_config(&dir);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = herald::Node::start(listener, cfg, herald::ServeOptions::default())
+        .await
+        .unwrap();
+    let admin = herald::auth::jwt::mint_hs256(
+        &node.hmac_secret,
+        &herald::auth::jwt::Claims {
+            admin: true,
+            ..claims("boss")
+        },
+    )
+    .unwrap();
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/api/broadcasts", node.addr))
+        .bearer_auth(&admin)
+        .json(&json!({"message": "first"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    node.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_unreachable_store_is_503_and_websockets_keep_serving() {
     let dir = TempDir::new();
     let mut cfg = test_config(&dir);
