@@ -1,7 +1,8 @@
 //! A connection's bounded outbound queue: the only place the hub and a socket meet.
 //!
 //! Publishers push without ever waiting: a push takes a plain mutex for a few
-//! instructions and wakes the writer. The queue is bounded in messages AND bytes, and
+//! instructions and wakes the connection's task (one waker: the task that reads and
+//! writes the socket is the outbox's only consumer). The queue is bounded in messages AND bytes, and
 //! the bound counts the batch the writer is still writing (so a stalled socket holds at
 //! most one queue's worth, not two); a full queue is reported to the caller, which
 //! applies the slow-consumer policy. Control
@@ -16,7 +17,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures_util::task::AtomicWaker;
-use tokio::sync::Notify;
 
 use crate::ws::frame::Frame;
 
@@ -54,16 +54,21 @@ struct State {
     close: Option<Frame>,
     closing: bool,
     close_taken: bool,
+    /// The writer found nothing and waits: the next push wakes it. While it writes, a
+    /// push only queues (the writer takes it when it comes back), so frames pushed
+    /// meanwhile coalesce into its next `writev` instead of costing a wake-up each.
+    waiting: bool,
 }
 
 pub struct Outbox {
     state: Mutex<State>,
-    wake: Notify,
     /// Set once closing starts; read without the lock by the connection's task, which
     /// polls for it on every wake-up (a cancellation token took two locks per poll).
     closing: AtomicBool,
-    /// The connection's task, woken when closing starts (there is one waiter).
-    closing_waker: AtomicWaker,
+    /// The connection's task, woken when something is queued or closing starts. One
+    /// consumer, so one waker: no waiter list (a `Notify` kept one, and its waiting
+    /// future lived in every idle connection).
+    waker: AtomicWaker,
     max_messages: usize,
     max_bytes: usize,
 }
@@ -81,9 +86,8 @@ impl Outbox {
     pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
-            wake: Notify::new(),
             closing: AtomicBool::new(false),
-            closing_waker: AtomicWaker::new(),
+            waker: AtomicWaker::new(),
             max_messages,
             max_bytes,
         }
@@ -124,8 +128,11 @@ impl Outbox {
         s.bytes += bytes;
         s.frames
             .extend(frames.into_iter().map(|frame| Queued { frame, accepted }));
+        let wake = std::mem::take(&mut s.waiting);
         drop(s);
-        self.wake.notify_one();
+        if wake {
+            self.waker.wake();
+        }
         Push::Queued
     }
 
@@ -144,8 +151,11 @@ impl Outbox {
             &mut s.frames
         };
         lane.push_back(Queued { frame, accepted });
+        let wake = std::mem::take(&mut s.waiting);
         drop(s);
-        self.wake.notify_one();
+        if wake {
+            self.waker.wake();
+        }
         Push::Queued
     }
 
@@ -172,8 +182,11 @@ impl Outbox {
         }
         s.bytes += frame.len();
         s.frames.push_back(Queued { frame, accepted });
+        let wake = std::mem::take(&mut s.waiting);
         drop(s);
-        self.wake.notify_one();
+        if wake {
+            self.waker.wake();
+        }
         dropped
     }
 
@@ -187,8 +200,11 @@ impl Outbox {
             s.control.pop_front();
         }
         s.control.push_back(frame);
+        let wake = std::mem::take(&mut s.waiting);
         drop(s);
-        self.wake.notify_one();
+        if wake {
+            self.waker.wake();
+        }
     }
 
     /// Starts closing: `close` (if any) is the last frame written. With `discard`, data
@@ -210,9 +226,9 @@ impl Outbox {
             s.inflight_bytes = 0;
         }
         drop(s);
-        self.wake.notify_one();
+        // Always woken: the reader side waits for closing too, not only the writer.
         self.closing.store(true, Ordering::Release);
-        self.closing_waker.wake();
+        self.waker.wake();
         true
     }
 
@@ -228,7 +244,7 @@ impl Outbox {
         if self.closing.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
-        self.closing_waker.register(cx.waker());
+        self.waker.register(cx.waker());
         if self.closing.load(Ordering::Acquire) {
             Poll::Ready(())
         } else {
@@ -268,58 +284,65 @@ impl Outbox {
     /// `data` (control first). Cancel-safe: nothing is taken before the wait completes.
     /// Calling it again means the previous batch was written: it stops counting.
     pub async fn next_batch(&self, control: &mut Vec<Frame>, data: &mut Vec<Queued>) -> Batch {
-        {
-            let mut s = self.lock();
-            s.inflight_messages = 0;
-            s.inflight_bytes = 0;
-        }
-        loop {
-            let notified = self.wake.notified();
-            {
-                let mut s = self.lock();
-                let has_work = !s.control.is_empty()
-                    || !s.priority.is_empty()
-                    || !s.frames.is_empty()
-                    || (s.closing && !s.close_taken);
-                if has_work {
-                    // The queues' buffers go to the writer with their frames, and the
-                    // writer's emptied ones come back: a busy connection reuses two
-                    // buffers instead of growing a fresh one per batch (fresh pages cost
-                    // the kernel a clearing each). Going idle frees them (below).
-                    take_into(control, &mut s.control);
-                    s.inflight_messages = s.frames.len() + s.priority.len();
-                    s.inflight_bytes = s.bytes;
-                    let State {
-                        priority, frames, ..
-                    } = &mut *s;
-                    take_into(data, priority);
-                    take_into(data, frames);
-                    s.bytes = 0;
-                    if s.closing {
-                        s.close_taken = true;
-                        if let Some(close) = s.close.take() {
-                            control.clear();
-                            data.push(Queued {
-                                frame: close,
-                                accepted: Instant::now(),
-                            });
-                        }
-                        return Batch::Finish;
-                    }
-                    return Batch::Write;
+        std::future::poll_fn(|cx| self.poll_next_batch(cx, control, data)).await
+    }
+
+    /// [`Outbox::next_batch`] as a poll: `Pending` registers the task to wake when
+    /// something is queued. Only the connection's own task may call it (one waker).
+    pub fn poll_next_batch(
+        &self,
+        cx: &mut Context<'_>,
+        control: &mut Vec<Frame>,
+        data: &mut Vec<Queued>,
+    ) -> Poll<Batch> {
+        // Registered before looking, so a push after the look wakes us.
+        self.waker.register(cx.waker());
+        let mut s = self.lock();
+        s.inflight_messages = 0;
+        s.inflight_bytes = 0;
+        s.waiting = false;
+        let has_work = !s.control.is_empty()
+            || !s.priority.is_empty()
+            || !s.frames.is_empty()
+            || (s.closing && !s.close_taken);
+        if has_work {
+            // The queues' buffers go to the writer with their frames, and the writer's
+            // emptied ones come back: a busy connection reuses two buffers instead of
+            // growing a fresh one per batch (fresh pages cost the kernel a clearing
+            // each). Going idle frees them (below).
+            take_into(control, &mut s.control);
+            s.inflight_messages = s.frames.len() + s.priority.len();
+            s.inflight_bytes = s.bytes;
+            let State {
+                priority, frames, ..
+            } = &mut *s;
+            take_into(data, priority);
+            take_into(data, frames);
+            s.bytes = 0;
+            if s.closing {
+                s.close_taken = true;
+                if let Some(close) = s.close.take() {
+                    control.clear();
+                    data.push(Queued {
+                        frame: close,
+                        accepted: Instant::now(),
+                    });
                 }
-                if s.close_taken {
-                    return Batch::Finish;
-                }
-                // Going idle: neither the queues nor the writer keep a buffer (all empty).
-                *control = Vec::new();
-                *data = Vec::new();
-                s.control = VecDeque::new();
-                s.priority = VecDeque::new();
-                s.frames = VecDeque::new();
+                return Poll::Ready(Batch::Finish);
             }
-            notified.await;
+            return Poll::Ready(Batch::Write);
         }
+        if s.close_taken {
+            return Poll::Ready(Batch::Finish);
+        }
+        // Going idle: neither the queues nor the writer keep a buffer (all empty).
+        *control = Vec::new();
+        *data = Vec::new();
+        s.control = VecDeque::new();
+        s.priority = VecDeque::new();
+        s.frames = VecDeque::new();
+        s.waiting = true;
+        Poll::Pending
     }
 }
 

@@ -34,9 +34,9 @@ pub struct SessionLimits {
     pub rate_per_s: u32,
     pub rate_burst: u32,
     pub close_after: Duration,
-    pub max_subscriptions: usize,
+    pub max_subscriptions: u32,
     /// Publications submitted and not yet answered, at most (`ws.max_in_flight`).
-    pub max_in_flight: usize,
+    pub max_in_flight: u32,
 }
 
 /// Who is on the other end, as far as publishing goes (DESIGN §7).
@@ -62,8 +62,17 @@ impl Role {
     }
 }
 
+/// A connection's work in flight, counted where its answers are sent.
+#[derive(Default)]
+pub struct Waiting {
+    /// Publications handed to the later-task and not answered yet.
+    publications: AtomicUsize,
+    /// An announcement lookup or acknowledgement is in flight (at most one at a time).
+    store: AtomicBool,
+}
+
 pub struct Session {
-    hub: Arc<Hub>,
+    /// The hub is the broker's (`Broker::hub`): not kept twice in every connection.
     broker: Arc<dyn Broker>,
     /// Work whose answer comes later — publications waiting for the broker, subscribes
     /// waiting for their channel to be followed — answered in order by one task
@@ -71,17 +80,16 @@ pub struct Session {
     later: Option<tokio::sync::mpsc::UnboundedSender<Later>>,
     store: Arc<dyn Store>,
     conn: Arc<ConnHandle>,
-    /// What this connection may do now: the token's rights, replaced by `refresh`.
-    rights: Identity,
+    /// What this connection may do now, once a `refresh` replaced the first token's
+    /// rights (`conn.identity`): most connections never refresh and keep no copy.
+    refreshed: Option<Box<Identity>>,
     verifier: Option<Arc<Verifier>>,
     role: Role,
     limiter: InboundLimiter,
-    max_subscriptions: usize,
-    max_in_flight: usize,
-    /// Publications handed to the later-task and not answered yet.
-    in_flight: Arc<AtomicUsize>,
-    /// An announcement lookup or acknowledgement is in flight (at most one at a time).
-    store_busy: Arc<AtomicBool>,
+    max_subscriptions: u32,
+    max_in_flight: u32,
+    /// What is waiting for an answer, shared with the tasks that answer.
+    waiting: Arc<Waiting>,
 }
 
 impl Session {
@@ -93,25 +101,32 @@ impl Session {
         limits: &SessionLimits,
     ) -> Session {
         Session {
-            hub: broker.hub().clone(),
             broker,
             later: None,
             store,
-            rights: conn.identity.clone(),
+            refreshed: None,
             role: Role::of(&conn.identity),
             conn,
             verifier,
             limiter: InboundLimiter::new(limits.rate_per_s, limits.rate_burst, limits.close_after),
             max_subscriptions: limits.max_subscriptions,
             max_in_flight: limits.max_in_flight,
-            in_flight: Arc::new(AtomicUsize::new(0)),
-            store_busy: Arc::new(AtomicBool::new(false)),
+            waiting: Arc::default(),
         }
+    }
+
+    fn hub(&self) -> &Arc<Hub> {
+        self.broker.hub()
+    }
+
+    /// The rights of the token in force: the first one's or a refreshed one's.
+    fn rights(&self) -> &Identity {
+        self.refreshed.as_deref().unwrap_or(&self.conn.identity)
     }
 
     fn reply(&self, frame: Frame) {
         if self.conn.outbox.try_push(frame, Instant::now()) == Push::Full {
-            self.hub.close_slow_consumer(&self.conn);
+            self.hub().close_slow_consumer(&self.conn);
         }
     }
 
@@ -127,7 +142,7 @@ impl Session {
         match self.limiter.check(Instant::now()) {
             Verdict::Allow => Ok(()),
             Verdict::Refuse { notify } => {
-                self.hub.metrics.refuse(Refusal::RateLimited);
+                self.hub().metrics.refuse(Refusal::RateLimited);
                 if notify {
                     self.error(ErrorCode::RateLimited, "too many messages; slow down", None);
                 }
@@ -149,8 +164,15 @@ impl Session {
                 reference,
             } => self.subscribe(channel, since.as_ref(), reference.as_ref()),
             ClientMessage::Unsubscribe { channel, reference } => {
-                if self.hub.registry.untrack_subscription(&self.conn, &channel) {
-                    self.hub.registry.channels.unsubscribe(&self.conn, &channel);
+                if self
+                    .hub()
+                    .registry
+                    .untrack_subscription(&self.conn, &channel)
+                {
+                    self.hub()
+                        .registry
+                        .channels
+                        .unsubscribe(&self.conn, &channel);
                 }
                 let frame = server::unsubscribed_frame(&channel, reference.as_ref());
                 match &self.later {
@@ -169,11 +191,11 @@ impl Session {
         let Some(ns) = self.resolve(&channel, reference) else {
             return;
         };
-        if let Err(denied) = ns.may_subscribe(&self.rights) {
+        if let Err(denied) = ns.may_subscribe(self.rights()) {
             return self.denied(denied, reference);
         }
-        let count = self.hub.registry.subscriptions(&self.conn).len();
-        if count >= self.max_subscriptions {
+        let count = self.hub().registry.subscriptions(&self.conn).len();
+        if count >= self.max_subscriptions as usize {
             return self.error(
                 ErrorCode::RateLimited,
                 "too many subscriptions on this connection",
@@ -184,7 +206,7 @@ impl Session {
         let name: Arc<str> = Arc::from(channel);
         // A second subscribe on the same connection would replay what is already queued
         // or delivered: duplicates. Refused, as Centrifugo does ("already subscribed").
-        if !self.hub.registry.track_subscription(&self.conn, &name) {
+        if !self.hub().registry.track_subscription(&self.conn, &name) {
             return self.error(
                 ErrorCode::BadRequest,
                 "already subscribed to this channel",
@@ -194,9 +216,17 @@ impl Session {
         let ready = self.broker.follow(&name);
         // Joined here unless something must be awaited first: the channel being followed,
         // or (where the node's copy is short of `since`) a read of the shared history.
-        let short = since.is_some_and(|s| self.hub.registry.channels.missing(&name, s).is_some());
+        let short = since.is_some_and(|s| self.hub().registry.channels.missing(&name, s).is_some());
         if ready.is_none() && self.later.is_none() && !short {
-            return join(&self.hub, &self.conn, &name, &config, since, reference, &[]);
+            return join(
+                self.hub(),
+                &self.conn,
+                &name,
+                &config,
+                since,
+                reference,
+                &[],
+            );
         }
         self.answer_later(Later::Join {
             ready,
@@ -209,8 +239,8 @@ impl Session {
 
     /// A `publish` frame: a client's to a channel, or a publisher's with any target.
     fn publish(&mut self, frame: PublishFrame) {
-        if self.in_flight.load(Relaxed) >= self.max_in_flight {
-            self.hub.metrics.refuse(Refusal::InFlight);
+        if self.waiting.publications.load(Relaxed) >= self.max_in_flight as usize {
+            self.hub().metrics.refuse(Refusal::InFlight);
             let why = "too many publications waiting for their answer; wait for the acks";
             return self.error(ErrorCode::RateLimited, why, frame.reference.as_ref());
         }
@@ -230,12 +260,12 @@ impl Session {
         match (self.broker.publish(publication), &self.later) {
             (Submitted::Done(result), None) => {
                 if result.is_ok() {
-                    self.hub.metrics.accepted(source);
+                    self.hub().metrics.accepted(source);
                 }
                 self.reply(answer_frame(result, reference.as_ref()))
             }
             (submitted, _) => {
-                self.in_flight.fetch_add(1, Relaxed);
+                self.waiting.publications.fetch_add(1, Relaxed);
                 self.answer_later(Later::Ack {
                     submitted,
                     source,
@@ -267,11 +297,11 @@ impl Session {
         if !within_depth(&request.data) {
             return Err((Denied::BadRequest(too_deep()), reference));
         }
-        let ns = match self.hub.namespaces().resolve(&channel) {
+        let ns = match self.hub().namespaces().resolve(&channel) {
             Ok(ns) => ns,
             Err(denied) => return Err((denied, reference)),
         };
-        if let Err(denied) = ns.may_publish(&self.rights) {
+        if let Err(denied) = ns.may_publish(self.rights()) {
             return Err((denied, reference));
         }
         let mut route = Route::Normal;
@@ -306,13 +336,13 @@ impl Session {
         let later = self.later.get_or_insert_with(|| {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Later>();
             let (broker, conn) = (self.broker.clone(), self.conn.clone());
-            let in_flight = self.in_flight.clone();
+            let waiting = self.waiting.clone();
             tokio::spawn(async move {
                 while let Some(work) = rx.recv().await {
                     let ack = matches!(work, Later::Ack { .. });
                     work.finish(&*broker, &conn).await;
                     if ack {
-                        in_flight.fetch_sub(1, Relaxed);
+                        waiting.publications.fetch_sub(1, Relaxed);
                     }
                 }
             });
@@ -327,7 +357,7 @@ impl Session {
             self.error(ErrorCode::BadRequest, &why, reference);
             return None;
         }
-        match self.hub.namespaces().resolve(channel) {
+        match self.hub().namespaces().resolve(channel) {
             Ok(ns) => Some(ns),
             Err(denied) => {
                 self.denied(denied, reference);
@@ -344,8 +374,8 @@ impl Session {
     /// Claims the connection's one store slot: a client cannot queue up store work
     /// faster than the store answers. False (and an `error`) when one is in flight.
     fn claim_store(&self) -> bool {
-        if self.store_busy.swap(true, Relaxed) {
-            self.hub.metrics.refuse(Refusal::StoreBusy);
+        if self.waiting.store.swap(true, Relaxed) {
+            self.hub().metrics.refuse(Refusal::StoreBusy);
             self.error(
                 ErrorCode::RateLimited,
                 "one announcement request at a time; wait for the answer",
@@ -368,15 +398,11 @@ impl Session {
         if !self.claim_store() {
             return;
         }
-        let (store, conn, busy) = (
-            self.store.clone(),
-            self.conn.clone(),
-            self.store_busy.clone(),
-        );
-        let metrics = self.hub.metrics.clone();
+        let (store, conn, busy) = (self.store.clone(), self.conn.clone(), self.waiting.clone());
+        let metrics = self.hub().metrics.clone();
         tokio::spawn(async move {
             let result = store.acknowledge(&id, &conn.identity.user).await;
-            busy.store(false, Relaxed);
+            busy.store.store(false, Relaxed);
             let failure = match result {
                 Ok(()) => return,
                 Err(e) => e,
@@ -397,8 +423,8 @@ impl Session {
             send_active_broadcast(
                 self.store.clone(),
                 self.conn.clone(),
-                Some(self.store_busy.clone()),
-                self.hub.metrics.clone(),
+                Some(self.waiting.clone()),
+                self.hub().metrics.clone(),
             );
         }
     }
@@ -428,17 +454,25 @@ impl Session {
         self.conn
             .expires_at
             .store(id.expires_at.unwrap_or(0), Relaxed);
-        self.hub.registry.set_groups(&self.conn, &id.groups);
-        self.rights = id;
-        let channels = self.hub.registry.subscriptions(&self.conn);
+        self.hub().registry.set_groups(&self.conn, &id.groups);
+        self.refreshed = Some(Box::new(id));
+        let channels = self.hub().registry.subscriptions(&self.conn);
         for channel in channels {
             let allowed = self
-                .hub
+                .hub()
                 .namespaces()
                 .resolve(&channel)
-                .is_ok_and(|ns| ns.may_subscribe(&self.rights).is_ok());
-            if !allowed && self.hub.registry.untrack_subscription(&self.conn, &channel) {
-                self.hub.registry.channels.unsubscribe(&self.conn, &channel);
+                .is_ok_and(|ns| ns.may_subscribe(self.rights()).is_ok());
+            if !allowed
+                && self
+                    .hub()
+                    .registry
+                    .untrack_subscription(&self.conn, &channel)
+            {
+                self.hub()
+                    .registry
+                    .channels
+                    .unsubscribe(&self.conn, &channel);
                 self.reply(server::unsubscribed_frame(&channel, None));
             }
         }
@@ -447,7 +481,7 @@ impl Session {
 
 impl Handler for Session {
     fn on_activity(&mut self) {
-        self.conn.last_seen_ms.store(self.hub.now_ms(), Relaxed);
+        self.conn.last_seen_ms.store(self.hub().now_ms(), Relaxed);
     }
 
     fn on_control(&mut self) -> Admit {
@@ -594,13 +628,13 @@ fn reading(broker: &dyn Broker, channel: &str, since: Option<&Since>) -> Option<
 pub fn send_active_broadcast(
     store: Arc<dyn Store>,
     conn: Arc<ConnHandle>,
-    busy: Option<Arc<AtomicBool>>,
+    busy: Option<Arc<Waiting>>,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
     tokio::spawn(async move {
         let result = active_for(store.as_ref(), &conn.identity.user).await;
         if let Some(busy) = busy {
-            busy.store(false, Relaxed);
+            busy.store.store(false, Relaxed);
         }
         match result {
             Ok(Some(a)) => {

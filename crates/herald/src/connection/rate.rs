@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
+    rate: f32,
+    burst: f32,
     tokens: f64,
     last: Instant,
 }
@@ -13,8 +13,8 @@ pub struct TokenBucket {
 impl TokenBucket {
     pub fn new(rate_per_s: u32, burst: u32) -> TokenBucket {
         TokenBucket {
-            rate: f64::from(rate_per_s),
-            burst: f64::from(burst),
+            rate: rate_per_s as f32,
+            burst: burst as f32,
             tokens: f64::from(burst),
             last: Instant::now(),
         }
@@ -24,7 +24,7 @@ impl TokenBucket {
     pub fn try_take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.tokens = (self.tokens + elapsed * f64::from(self.rate)).min(f64::from(self.burst));
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -40,8 +40,14 @@ impl TokenBucket {
 pub struct InboundLimiter {
     bucket: TokenBucket,
     close_after: Duration,
-    limited_since: Option<Instant>,
-    last_refusal: Option<Instant>,
+    /// Only while refusals keep coming: a connection within its rate keeps none.
+    streak: Option<Box<Streak>>,
+}
+
+/// Refusals with no calm second between them.
+struct Streak {
+    since: Instant,
+    last_refusal: Instant,
     last_error: Option<Instant>,
 }
 
@@ -63,32 +69,39 @@ impl InboundLimiter {
         InboundLimiter {
             bucket: TokenBucket::new(rate_per_s, burst),
             close_after,
-            limited_since: None,
-            last_refusal: None,
-            last_error: None,
+            streak: None,
         }
     }
 
     pub fn check(&mut self, now: Instant) -> Verdict {
+        // A calm second ends the streak (its last error is then a second old too, so the
+        // next refusal may notify again).
         let calm = self
-            .last_refusal
-            .is_none_or(|t| now.saturating_duration_since(t) >= CALM);
+            .streak
+            .as_ref()
+            .is_some_and(|s| now.saturating_duration_since(s.last_refusal) >= CALM);
         if calm {
-            self.limited_since = None;
+            self.streak = None;
         }
         if self.bucket.try_take(now) {
             return Verdict::Allow;
         }
-        self.last_refusal = Some(now);
-        let since = *self.limited_since.get_or_insert(now);
-        if now.saturating_duration_since(since) >= self.close_after {
+        let streak = self.streak.get_or_insert_with(|| {
+            Box::new(Streak {
+                since: now,
+                last_refusal: now,
+                last_error: None,
+            })
+        });
+        streak.last_refusal = now;
+        if now.saturating_duration_since(streak.since) >= self.close_after {
             return Verdict::Close;
         }
-        let notify = self
+        let notify = streak
             .last_error
             .is_none_or(|t| now.saturating_duration_since(t) >= CALM);
         if notify {
-            self.last_error = Some(now);
+            streak.last_error = Some(now);
         }
         Verdict::Refuse { notify }
     }

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::error::ApiError;
-use super::ws_upgrade::{drive_upgraded, switching_protocols};
+use super::ws_upgrade::{spawn_upgraded, switching_protocols};
 use super::App;
 use crate::connection::driver::{Flow, Handler, Limits};
 use crate::outbox::{Outbox, Push};
@@ -69,6 +69,7 @@ pub async fn echo(State(app): State<App>, mut req: Request) -> Response {
         return ApiError::new(ErrorCode::BadRequest, "cannot upgrade").into_response();
     };
     let metrics = app.metrics.clone();
+    let tracker = app.tracker.clone();
     app.tracker.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
@@ -79,7 +80,8 @@ pub async fn echo(State(app): State<App>, mut req: Request) -> Response {
             write_timeout: std::time::Duration::from_secs(30),
             deflate: deflate.map(|a| a.server_window),
         };
-        drive_upgraded(upgraded, outbox, &mut Echo, limits, metrics).await;
+        let span = tracing::Span::none();
+        spawn_upgraded(&tracker, upgraded, outbox, Echo, limits, metrics, span);
     });
     switching_protocols(&key, deflate.as_ref())
 }

@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::error::ApiError;
@@ -21,8 +22,7 @@ use super::App;
 use crate::auth::origin::origin_allowed;
 use crate::auth::token::token_from;
 use crate::auth::Identity;
-use crate::connection::driver::{drive, Handler, Limits};
-use crate::connection::transport::Buffered;
+use crate::connection::driver::{Admit, Connection, Flow, Handler, Limits};
 use crate::hub::{Admission, ConnHandle, Registration};
 use crate::metrics::{Metrics, Refusal};
 use crate::outbox::Outbox;
@@ -69,7 +69,7 @@ pub async fn upgrade(
         let live = open(task_app, upgraded, identity, admission, ip, deflate).await;
         // The set-up's state (its arguments, the lookup) goes with this task; the
         // connection lives on in a task that holds only what it needs while idle.
-        tracker.spawn(live.run());
+        live.spawn(&tracker);
     });
     switching_protocols(&key, deflate.as_ref())
 }
@@ -89,37 +89,32 @@ pub fn switching_protocols(accept_key: &str, deflate: Option<&Agreement>) -> Res
     res
 }
 
-/// Runs `handler` over an upgraded socket: the raw TCP fast path when the socket is
-/// plain TCP, a buffered split otherwise (TLS). Each drive is boxed at its own size: an
-/// inline one would make every connection's task as large as the larger of the two.
-pub async fn drive_upgraded<H: Handler>(
+/// Runs `handler` over an upgraded socket in a task of its own: on the TCP stream
+/// itself when the socket is plain TCP (hyper's upgrade wrapper let go), on hyper's
+/// upgraded stream otherwise (TLS). Two kinds of task, each exactly its own size.
+pub fn spawn_upgraded<H: Handler + Unpin + 'static>(
+    tracker: &TaskTracker,
     upgraded: Upgraded,
     outbox: Arc<Outbox>,
-    handler: &mut H,
+    handler: H,
     limits: Limits,
     metrics: Arc<Metrics>,
+    span: tracing::Span,
 ) {
     match upgraded.downcast::<TokioIo<HeadGuard<TcpStream>>>() {
         Ok(parts) => {
-            let (r, w) = parts.io.into_inner().into_inner().into_split();
+            let tcp = parts.io.into_inner().into_inner();
             // Copy what hyper read ahead, then let go of its buffer: `read_buf` is a slice
             // of hyper's 8 KiB read buffer and would otherwise live as long as the socket.
             let buf = BytesMut::from(&parts.read_buf[..]);
             drop(parts.read_buf);
-            Box::pin(drive(r, w, buf, outbox, handler, limits, metrics)).await;
+            let conn = Connection::new(tcp, buf, outbox, handler, limits, metrics);
+            tracker.spawn(conn.instrument(span));
         }
         Err(upgraded) => {
-            let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-            Box::pin(drive(
-                Buffered(r),
-                w,
-                BytesMut::new(),
-                outbox,
-                handler,
-                limits,
-                metrics,
-            ))
-            .await;
+            let io = TokioIo::new(upgraded);
+            let conn = Connection::new(io, BytesMut::new(), outbox, handler, limits, metrics);
+            tracker.spawn(conn.instrument(span));
         }
     }
 }
@@ -246,26 +241,52 @@ struct Live {
 }
 
 impl Live {
-    /// From the upgraded socket to the last byte; unregisters when done. Not an `async
-    /// fn`: its fields move into the future once instead of being kept twice (as the
-    /// argument and as the locals taken from it) for the connection's whole life.
-    fn run(self) -> impl std::future::Future<Output = ()> + Send {
+    /// From the upgraded socket to the last byte, in a task of its own; unregisters when
+    /// done.
+    fn spawn(self, tracker: &TaskTracker) {
         let Live {
             upgraded,
             outbox,
-            mut session,
+            session,
             limits,
             registration,
             metrics,
             span,
         } = self;
-        async move {
-            tracing::debug!("connected");
-            drive_upgraded(upgraded, outbox, &mut session, limits, metrics).await;
-            drop(registration);
-            tracing::debug!("disconnected");
-        }
-        .instrument(span)
+        span.in_scope(|| tracing::debug!("connected"));
+        let handler = Registered {
+            _registration: registration,
+            session,
+        };
+        spawn_upgraded(tracker, upgraded, outbox, handler, limits, metrics, span);
+    }
+}
+
+/// A hub connection's handler: its session, and the registration that unregisters the
+/// connection when its task ends (dropped first, before the session).
+struct Registered {
+    _registration: Registration,
+    session: Session,
+}
+
+impl Handler for Registered {
+    fn on_text(&mut self, text: bytes::Bytes, outbox: &Outbox) -> Flow {
+        self.session.on_text(text, outbox)
+    }
+    fn on_binary(&mut self, data: bytes::Bytes, outbox: &Outbox) -> Flow {
+        self.session.on_binary(data, outbox)
+    }
+    fn on_control(&mut self) -> Admit {
+        self.session.on_control()
+    }
+    fn on_activity(&mut self) {
+        self.session.on_activity()
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        tracing::debug!("disconnected");
     }
 }
 
@@ -307,8 +328,11 @@ async fn open(
         hub.now_ms(),
         crate::store::time::now_ms(),
     ));
+    // A debug span: at the default level it is disabled and costs a connection nothing
+    // (an enabled span keeps its formatted fields for the connection's whole life); the
+    // info-level events about a connection name it themselves.
     let span =
-        tracing::info_span!("conn", conn_id = %conn_id, user_id = %handle.identity.user, ip = %ip);
+        tracing::debug_span!("conn", conn_id = %conn_id, user_id = %handle.identity.user, ip = %ip);
     // `active_broadcast` comes right after `connected` (DESIGN §3): looked up before the
     // connection is registered, so nothing can be queued between the two. The lookup is
     // bounded: a slow or absent store costs the banner, not the connection.
@@ -338,8 +362,8 @@ async fn open(
         rate_per_s: ws.rate_per_s,
         rate_burst: ws.rate_burst,
         close_after: Duration::from_secs(ws.rate_limit_close_after_s),
-        max_subscriptions: ws.max_subscriptions,
-        max_in_flight: ws.max_in_flight,
+        max_subscriptions: u32::try_from(ws.max_subscriptions).unwrap_or(u32::MAX),
+        max_in_flight: u32::try_from(ws.max_in_flight).unwrap_or(u32::MAX),
     };
     let session = Session::new(
         app.broker.clone(),
@@ -360,5 +384,50 @@ async fn open(
         registration,
         metrics: app.metrics.clone(),
         span,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What every idle connection holds in its task and beside it (docs/benchmarks.md,
+    /// "Memory per idle connection"): growing any of these grows every connection.
+    #[test]
+    fn an_idle_connection_stays_small() {
+        // (what, its size, the most it may be): the task future's 488 B make a 640 B task
+        // (tokio's header, trailer and 128-byte alignment); 8 more would cost 128.
+        let sizes = [
+            (
+                "task future",
+                size_of::<tracing::instrument::Instrumented<Connection<TcpStream, Registered>>>(),
+                488,
+            ),
+            ("session", size_of::<Session>(), 144),
+            (
+                "writer",
+                size_of::<crate::connection::writer::WriteSide>(),
+                88,
+            ),
+            (
+                "message reader",
+                size_of::<crate::ws::message::MessageReader>(),
+                56,
+            ),
+            ("registration", size_of::<Registration>(), 56),
+            (
+                "rate limiter",
+                size_of::<crate::connection::rate::InboundLimiter>(),
+                56,
+            ),
+            ("outbox", size_of::<Outbox>(), 224),
+            ("handle", size_of::<ConnHandle>(), 248),
+        ];
+        for (what, size, most) in sizes {
+            eprintln!("{what}: {size} B (at most {most})");
+        }
+        for (what, size, most) in sizes {
+            assert!(size <= most, "{what} is {size} B, more than {most}");
+        }
     }
 }

@@ -79,7 +79,56 @@ type ConnMap = HashMap<u64, Arc<ConnHandle>>;
 
 /// key → connections, sharded by key hash (users by [`UserId`], groups by name).
 pub struct Index<K = Arc<str>> {
-    shards: Vec<RwLock<HashMap<K, ConnMap>>>,
+    shards: Vec<RwLock<HashMap<K, Conns>>>,
+}
+
+/// The connections under one key. Most users hold one connection: it is kept inline,
+/// without a map of its own (a one-entry map is a 100-byte allocation per user).
+enum Conns {
+    One(Arc<ConnHandle>),
+    Many(ConnMap),
+}
+
+impl Conns {
+    fn insert(&mut self, conn: &Arc<ConnHandle>) {
+        match self {
+            Conns::One(c) if c.id == conn.id => *c = conn.clone(),
+            Conns::One(c) => {
+                let mut m = ConnMap::with_capacity(2);
+                m.insert(c.id, c.clone());
+                m.insert(conn.id, conn.clone());
+                *self = Conns::Many(m);
+            }
+            Conns::Many(m) => {
+                m.insert(conn.id, conn.clone());
+            }
+        }
+    }
+
+    /// Removes `id`; true when nothing is left.
+    fn remove(&mut self, id: u64) -> bool {
+        match self {
+            Conns::One(c) => c.id == id,
+            Conns::Many(m) => {
+                m.remove(&id);
+                m.is_empty()
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Conns::One(_) => 1,
+            Conns::Many(m) => m.len(),
+        }
+    }
+
+    fn for_each(&self, f: &mut impl FnMut(&Arc<ConnHandle>)) {
+        match self {
+            Conns::One(c) => f(c),
+            Conns::Many(m) => m.values().for_each(f),
+        }
+    }
 }
 
 fn shard_of<K: Hash + ?Sized>(k: &K) -> usize {
@@ -103,7 +152,7 @@ impl<K: Borrow<str> + Hash + Eq + Clone> Index<K> {
         }
     }
 
-    fn shard(&self, key: &str) -> &RwLock<HashMap<K, ConnMap>> {
+    fn shard(&self, key: &str) -> &RwLock<HashMap<K, Conns>> {
         // SHARDS is non-zero and shard_of is taken modulo SHARDS.
         #[allow(
             clippy::indexing_slicing,
@@ -113,31 +162,31 @@ impl<K: Borrow<str> + Hash + Eq + Clone> Index<K> {
     }
 
     pub fn insert(&self, key: &K, conn: &Arc<ConnHandle>) {
-        write(self.shard(key.borrow()))
-            .entry(key.clone())
-            .or_default()
-            .insert(conn.id, conn.clone());
+        let mut shard = write(self.shard(key.borrow()));
+        match shard.get_mut(key.borrow()) {
+            Some(conns) => conns.insert(conn),
+            None => {
+                shard.insert(key.clone(), Conns::One(conn.clone()));
+            }
+        }
     }
 
     pub fn remove(&self, key: &str, id: u64) {
         let mut shard = write(self.shard(key));
-        if let Some(m) = shard.get_mut(key) {
-            m.remove(&id);
-            if m.is_empty() {
-                shard.remove(key);
-            }
+        if shard.get_mut(key).is_some_and(|conns| conns.remove(id)) {
+            shard.remove(key);
         }
     }
 
     /// Calls `f` for every connection under `key`, under a read lock (`f` must not block).
     pub fn for_each(&self, key: &str, mut f: impl FnMut(&Arc<ConnHandle>)) {
         if let Some(m) = read(self.shard(key)).get(key) {
-            m.values().for_each(&mut f);
+            m.for_each(&mut f);
         }
     }
 
     pub fn count(&self, key: &str) -> usize {
-        read(self.shard(key)).get(key).map_or(0, HashMap::len)
+        read(self.shard(key)).get(key).map_or(0, Conns::len)
     }
 
     pub fn keys(&self) -> usize {
@@ -204,15 +253,15 @@ fn decrement<K: Hash + Eq>(m: &mut HashMap<K, usize>, k: &K) {
 
 /// A registered connection; dropping it removes the connection from every index.
 pub struct Registration {
-    registry: Arc<Registry>,
     pub handle: Arc<ConnHandle>,
-    _admission: Admission,
+    /// Released after the indexes are cleaned (its registry is the one to clean).
+    admission: Admission,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         let h = &self.handle;
-        let r = &self.registry;
+        let r = &self.admission.registry;
         write(r.conn_shard(h.id)).remove(&h.id);
         if h.identity.backend {
             r.backends.fetch_sub(1, Relaxed);
@@ -303,11 +352,7 @@ impl Registry {
         {
             self.groups.insert(g, &handle);
         }
-        Registration {
-            registry: self.clone(),
-            handle,
-            _admission: admission,
-        }
+        Registration { handle, admission }
     }
 
     /// Re-indexes `conn` under `groups` (a refreshed token with other groups).

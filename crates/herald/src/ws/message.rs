@@ -89,7 +89,8 @@ pub struct MessageReader {
     expect_masked: bool,
     /// permessage-deflate was negotiated: RSV1 may mark a message as compressed.
     deflate: bool,
-    partial: Option<Partial>,
+    /// Boxed: most connections never send a fragmented message.
+    partial: Option<Box<Partial>>,
     /// Of the current, still incomplete text frame: payload bytes already unmasked in
     /// place, and how many of those are known to be valid UTF-8 (fail fast, RFC 6455 §8.1).
     frame_unmasked: usize,
@@ -200,12 +201,12 @@ impl MessageReader {
                     return self.complete(text, rsv1, payload.freeze()).map(Some);
                 }
                 frame::OP_TEXT | frame::OP_BINARY => {
-                    let mut p = Partial {
+                    let mut p = Box::new(Partial {
                         text: h.opcode == frame::OP_TEXT,
                         compressed: rsv1,
                         data: payload,
                         utf8_checked: 0,
-                    };
+                    });
                     check_utf8_prefix(&mut p)?;
                     self.partial = Some(p);
                 }
