@@ -2,15 +2,14 @@
 //!
 //! Publishers push without ever waiting: a push takes a plain mutex for a few
 //! instructions and wakes the connection's task (one waker: the task that reads and
-//! writes the socket is the outbox's only consumer). The queue is bounded in messages AND bytes, and
-//! the bound counts the batch the writer is still writing (so a stalled socket holds at
+//! writes the socket is the outbox's only consumer). The queue is bounded in messages
+//! AND bytes, and the bound counts the batch the writer is still writing (so a stalled socket holds at
 //! most one queue's worth, not two); a full queue is reported to the caller, which
 //! applies the slow-consumer policy. Control
 //! frames (pong, ping) and the final close frame skip the queue and its limits, so a
 //! client stuck behind a backlog still gets its pong or its close code.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
@@ -110,6 +109,15 @@ impl Outbox {
         self.push_to(frame, accepted, true)
     }
 
+    /// Ends a push: lets go of the lock, then wakes the writer if it waits for work.
+    fn unlock_and_wake(&self, mut s: std::sync::MutexGuard<'_, State>) {
+        let wake = std::mem::take(&mut s.waiting);
+        drop(s);
+        if wake {
+            self.waker.wake();
+        }
+    }
+
     fn has_room(&self, s: &State, messages: usize, bytes: usize) -> bool {
         s.frames.len() + s.priority.len() + s.inflight_messages + messages <= self.max_messages
             && s.bytes + s.inflight_bytes + bytes <= self.max_bytes
@@ -128,11 +136,7 @@ impl Outbox {
         s.bytes += bytes;
         s.frames
             .extend(frames.into_iter().map(|frame| Queued { frame, accepted }));
-        let wake = std::mem::take(&mut s.waiting);
-        drop(s);
-        if wake {
-            self.waker.wake();
-        }
+        self.unlock_and_wake(s);
         Push::Queued
     }
 
@@ -151,11 +155,7 @@ impl Outbox {
             &mut s.frames
         };
         lane.push_back(Queued { frame, accepted });
-        let wake = std::mem::take(&mut s.waiting);
-        drop(s);
-        if wake {
-            self.waker.wake();
-        }
+        self.unlock_and_wake(s);
         Push::Queued
     }
 
@@ -182,11 +182,7 @@ impl Outbox {
         }
         s.bytes += frame.len();
         s.frames.push_back(Queued { frame, accepted });
-        let wake = std::mem::take(&mut s.waiting);
-        drop(s);
-        if wake {
-            self.waker.wake();
-        }
+        self.unlock_and_wake(s);
         dropped
     }
 
@@ -200,11 +196,7 @@ impl Outbox {
             s.control.pop_front();
         }
         s.control.push_back(frame);
-        let wake = std::mem::take(&mut s.waiting);
-        drop(s);
-        if wake {
-            self.waker.wake();
-        }
+        self.unlock_and_wake(s);
     }
 
     /// Starts closing: `close` (if any) is the last frame written. With `discard`, data
@@ -236,10 +228,14 @@ impl Outbox {
     /// One waiter only: the connection's own task (a second one would take the first's
     /// place). Cheap to create and poll on every wake-up: two atomic loads and, when the
     /// waker is the same as last time, no store.
-    pub fn closed(&self) -> impl Future<Output = ()> + '_ {
+    /// (The connection's task reads [`Outbox::is_closing`] on each wake-up instead; this
+    /// future shows the wake-up it relies on.)
+    #[cfg(test)]
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| self.poll_closed(cx))
     }
 
+    #[cfg(test)]
     fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.closing.load(Ordering::Acquire) {
             return Poll::Ready(());

@@ -115,6 +115,16 @@ impl Session {
         }
     }
 
+    /// Unsubscribes from `channel`; false when it was not subscribed.
+    fn leave(&self, channel: &str) -> bool {
+        let registry = &self.hub().registry;
+        let was = registry.untrack_subscription(&self.conn, channel);
+        if was {
+            registry.channels.unsubscribe(&self.conn, channel);
+        }
+        was
+    }
+
     fn hub(&self) -> &Arc<Hub> {
         self.broker.hub()
     }
@@ -164,16 +174,7 @@ impl Session {
                 reference,
             } => self.subscribe(channel, since.as_ref(), reference.as_ref()),
             ClientMessage::Unsubscribe { channel, reference } => {
-                if self
-                    .hub()
-                    .registry
-                    .untrack_subscription(&self.conn, &channel)
-                {
-                    self.hub()
-                        .registry
-                        .channels
-                        .unsubscribe(&self.conn, &channel);
-                }
+                self.leave(&channel);
                 let frame = server::unsubscribed_frame(&channel, reference.as_ref());
                 match &self.later {
                     // After the answers still owed (a subscribe waiting to join).
@@ -463,16 +464,7 @@ impl Session {
                 .namespaces()
                 .resolve(&channel)
                 .is_ok_and(|ns| ns.may_subscribe(self.rights()).is_ok());
-            if !allowed
-                && self
-                    .hub()
-                    .registry
-                    .untrack_subscription(&self.conn, &channel)
-            {
-                self.hub()
-                    .registry
-                    .channels
-                    .unsubscribe(&self.conn, &channel);
+            if !allowed && self.leave(&channel) {
                 self.reply(server::unsubscribed_frame(&channel, None));
             }
         }

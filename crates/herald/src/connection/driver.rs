@@ -5,8 +5,8 @@
 //! [`Connection`] is a hand-written future, not an `async fn`: its state is exactly its
 //! fields — the socket, the handler, an empty read buffer, the message reader, the write
 //! side — and nothing else while the connection is idle. Nested `async fn`s and
-//! `select!` kept every argument twice and laid their states side by side (2.7 KiB per
-//! idle connection); the close handshake's timer is allocated only once closing starts.
+//! `select!` kept every argument twice and laid their states side by side (1.7 KiB more
+//! per idle connection, docs/benchmarks.md); the close handshake's timer is allocated only once closing starts.
 //!
 //! Whoever closes the connection (the peer, a protocol error, the hub with 4000/4002,
 //! shutdown with 1001) goes through [`Outbox::close`], which only the first caller wins.
