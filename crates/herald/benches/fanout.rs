@@ -1,5 +1,11 @@
-//! Fan-out to 10,000 in-memory recipients, on a runtime of 1 and of 2 worker threads
-//! (issue #11, "more cores must never mean less").
+//! Fan-out to 10,000 in-memory recipients on 1 and 2 threads (issue #11, "more cores
+//! must never mean less"), three ways:
+//! - `one_runtime/1`: everything on one tokio worker (herald pinned to one core);
+//! - `one_runtime/2`: recipients and publisher on a two-worker multi-threaded runtime —
+//!   how herald ran connections before `ws.workers`, kept as the reference;
+//! - `workers/2`: herald's connection workers (`shard::Workers`, two threads, each
+//!   recipient homed on one, wakes posted once per worker per publication), the
+//!   publisher on the first worker, where an HTTP handler or a backend connection runs.
 //!
 //! The hub is herald's own (`Hub::new`, real `ConnHandle`s and outboxes registered in
 //! its registry); each recipient is a task that drains its outbox exactly as a
@@ -18,7 +24,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +37,8 @@ use herald::hub::Hub;
 use herald::ids::{ConnId, UserId};
 use herald::metrics::Metrics;
 use herald::outbox::{Batch, Outbox};
+use herald::shard::Workers;
+use herald::wake::Resident;
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 
@@ -78,7 +86,7 @@ struct Node {
 }
 
 /// A hub with `RECIPIENTS` registered connections whose queues never fill.
-fn node() -> (Node, Vec<Arc<Outbox>>) {
+fn node(home: impl Fn(usize) -> Option<Resident>) -> (Node, Vec<Arc<Outbox>>) {
     let mut cfg = Config::default();
     cfg.limits.connections_per_ip = RECIPIENTS * 2;
     let (hub, inlet) = Hub::new(&cfg, Arc::new(Metrics::default()));
@@ -86,7 +94,7 @@ fn node() -> (Node, Vec<Arc<Outbox>>) {
     let mut outboxes = Vec::with_capacity(RECIPIENTS);
     for i in 0..RECIPIENTS {
         let user = UserId::from(format!("u{i}"));
-        let outbox = Arc::new(Outbox::new(1 << 20, 1 << 30));
+        let outbox = Arc::new(Outbox::living_on(1 << 20, 1 << 30, home(i)));
         let identity = Identity {
             user: user.clone(),
             device: None,
@@ -130,38 +138,84 @@ fn publication() -> Publication {
     }
 }
 
-/// Deliveries taken by the recipients, and a wake-up for whoever waits for a total.
+/// Deliveries taken by the recipients, counted per group of recipients (one group per
+/// thread: a counter shared by every recipient would itself cross cores 10,000 times a
+/// publication, which no server does), and a wake-up for whoever waits for the totals.
 struct Taken {
-    count: AtomicU64,
-    target: AtomicU64,
+    groups: Vec<Group>,
+    unfinished: AtomicUsize,
     done: Notify,
 }
 
-/// One task per recipient, draining its outbox as a writer would (without a socket).
-fn spawn_recipients(rt: &tokio::runtime::Runtime, outboxes: &[Arc<Outbox>], taken: &Arc<Taken>) {
-    for outbox in outboxes {
+#[repr(align(128))]
+struct Group {
+    count: AtomicU64,
+    target: AtomicU64,
+    members: u64,
+}
+
+impl Taken {
+    fn new(groups: usize) -> Taken {
+        Taken {
+            groups: (0..groups)
+                .map(|g| Group {
+                    count: AtomicU64::new(0),
+                    target: AtomicU64::new(u64::MAX),
+                    members: (0..RECIPIENTS).filter(|i| i % groups == g).count() as u64,
+                })
+                .collect(),
+            unfinished: AtomicUsize::new(0),
+            done: Notify::new(),
+        }
+    }
+
+    /// Every group is to take `iters` more publications each.
+    fn expect(&self, iters: u64) {
+        self.unfinished.store(self.groups.len(), Relaxed);
+        for g in &self.groups {
+            g.target
+                .store(g.count.load(Relaxed) + iters * g.members, Relaxed);
+        }
+    }
+
+    fn took(&self, recipient: usize, n: u64) {
+        let g = &self.groups[recipient % self.groups.len()];
+        let total = g.count.fetch_add(n, Relaxed) + n;
+        if total == g.target.load(Relaxed) && self.unfinished.fetch_sub(1, Relaxed) == 1 {
+            self.done.notify_one();
+        }
+    }
+}
+
+/// One task per recipient, draining its outbox as a writer would (without a socket);
+/// `spawn(i, task)` runs recipient `i`'s task where its connection would live.
+fn spawn_recipients(
+    outboxes: &[Arc<Outbox>],
+    taken: &Arc<Taken>,
+    spawn: impl Fn(usize, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
+) {
+    for (i, outbox) in outboxes.iter().enumerate() {
         let (outbox, taken) = (outbox.clone(), taken.clone());
-        rt.spawn(async move {
-            let (mut control, mut data) = (Vec::new(), Vec::new());
-            loop {
-                let batch = outbox.next_batch(&mut control, &mut data).await;
-                let n = data.len() as u64;
-                let total = taken.count.fetch_add(n, Relaxed) + n;
-                if total == taken.target.load(Relaxed) {
-                    taken.done.notify_one();
+        spawn(
+            i,
+            Box::pin(async move {
+                let (mut control, mut data) = (Vec::new(), Vec::new());
+                loop {
+                    let batch = outbox.next_batch(&mut control, &mut data).await;
+                    taken.took(i, data.len() as u64);
+                    control.clear();
+                    data.clear();
+                    if batch == Batch::Finish {
+                        return;
+                    }
                 }
-                control.clear();
-                data.clear();
-                if batch == Batch::Finish {
-                    return;
-                }
-            }
-        });
+            }),
+        );
     }
 }
 
 fn report_allocations() {
-    let (node, _outboxes) = node();
+    let (node, _outboxes) = node(|_| None);
     let p = publication();
     let idle = allocations_during(|| {
         node.inlet.deliver(&p, None).expect("delivered");
@@ -185,47 +239,60 @@ fn fanout(c: &mut Criterion) {
     group.throughput(Throughput::Elements(RECIPIENTS as u64));
     group.measurement_time(Duration::from_secs(8));
     group.sample_size(20);
-    for workers in [1usize, 2] {
+    for (how, threads) in [("one_runtime", 1usize), ("one_runtime", 2), ("workers", 2)] {
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
+            .worker_threads(if how == "workers" { 1 } else { threads })
             .enable_all()
             .build()
             .expect("runtime");
-        let (node, outboxes) = node();
-        let taken = Arc::new(Taken {
-            count: AtomicU64::new(0),
-            target: AtomicU64::new(u64::MAX),
-            done: Notify::new(),
+        let workers = (how == "workers").then(|| {
+            let _main = rt.enter();
+            Arc::new(Workers::start(threads).expect("workers"))
         });
-        spawn_recipients(&rt, &outboxes, &taken);
+        let (node, outboxes) = node(|i| {
+            let w = workers.as_ref()?;
+            w.get(i % threads).map(|w| w.join())
+        });
+        let taken = Arc::new(Taken::new(threads));
+        spawn_recipients(&outboxes, &taken, |i, task| match &workers {
+            Some(w) => w.get(i % threads).expect("a worker").spawn(task),
+            None => drop(rt.spawn(task)),
+        });
         let node = Arc::new(node);
-        group.bench_with_input(BenchmarkId::new("workers", workers), &workers, |b, _| {
+        group.bench_with_input(BenchmarkId::new(how, threads), &threads, |b, _| {
             b.iter_custom(|iters| {
                 let (node, taken) = (node.clone(), taken.clone());
-                rt.block_on(async move {
-                    // The publisher is a task on a worker, as an HTTP handler is.
-                    tokio::spawn(async move {
-                        let base = taken.count.load(Relaxed);
-                        taken
-                            .target
-                            .store(base + iters * RECIPIENTS as u64, Relaxed);
-                        let p = publication();
-                        let start = Instant::now();
-                        let done = taken.done.notified();
-                        for _ in 0..iters {
-                            node.inlet.deliver(&p, None).expect("delivered");
-                            // Let the recipients run between publications, as they
-                            // would between requests.
-                            tokio::task::yield_now().await;
-                        }
-                        done.await;
-                        start.elapsed()
-                    })
-                    .await
-                    .expect("publisher")
-                })
+                let publisher = async move {
+                    taken.expect(iters);
+                    let p = publication();
+                    let start = Instant::now();
+                    let done = taken.done.notified();
+                    for _ in 0..iters {
+                        node.inlet.deliver(&p, None).expect("delivered");
+                        // Let the recipients run between publications, as they
+                        // would between requests.
+                        tokio::task::yield_now().await;
+                    }
+                    done.await;
+                    start.elapsed()
+                };
+                // The publisher is a task where an HTTP handler runs: on a worker
+                // (with herald's workers) or on the runtime.
+                let (tx, rx) = std::sync::mpsc::channel();
+                let task = Box::pin(async move {
+                    let _ = tx.send(publisher.await);
+                });
+                match &workers {
+                    Some(w) => w.get(0).expect("a worker").spawn(task),
+                    None => drop(rt.spawn(task)),
+                }
+                rx.recv().expect("publisher")
             });
         });
+        drop(outboxes);
+        if let Some(w) = workers {
+            w.stop();
+        }
     }
     group.finish();
 }

@@ -9,6 +9,8 @@
 //! - [`outbox`]: the bounded per-connection queue (a leaf: the hub pushes, the writer
 //!   drains);
 //! - [`connection`]: one socket's reader, writer, rate limit and transports;
+//! - [`shard`]: the worker threads connections live on; [`wake`]: waking them once
+//!   per worker per publication (leaves, under the outbox);
 //! - [`ids`]: the user and connection ids as types (a leaf);
 //! - [`hub`]: the registry, channels and fan-out;
 //! - [`session`]: the client protocol of one connection, above the hub and the broker;
@@ -48,7 +50,9 @@ pub mod protocol;
 pub mod relay;
 pub mod reload;
 pub mod session;
+pub mod shard;
 pub mod store;
+pub mod wake;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -86,6 +90,8 @@ pub struct Node {
     pub api_key: String,
     stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
+    /// Stops the connection workers when the node is dropped, shut down or not.
+    _workers: tokio_util::sync::DropGuard,
 }
 
 impl Node {
@@ -151,6 +157,8 @@ impl Node {
             cfg.limits.http_connections_per_ip,
         ));
         let proxies = auth::proxy::TrustedProxies::new(&cfg.trusted_proxies);
+        let workers = shard::Workers::start(shard::count(cfg.ws.workers))?;
+        let workers_guard = workers.stop_on_drop();
         let app: App = Arc::new(AppState {
             api_keys: ArcSwap::from_pointee(ApiKeys::new(
                 cfg.api.keys.iter().cloned().chain([api_key.clone()]),
@@ -169,6 +177,7 @@ impl Node {
             tracker: TaskTracker::new(),
             tls: tls.is_some(),
             conformance_echo: opts.conformance_echo,
+            workers,
         });
         let router = http::router::router(app.clone());
         let sweeper = tokio::spawn(hub::sweeper::run(hub.clone(), stop.clone()));
@@ -232,6 +241,7 @@ impl Node {
             api_key,
             stop,
             done,
+            _workers: workers_guard,
         })
     }
 
@@ -272,6 +282,9 @@ impl Node {
             );
         }
         let _ = self.done.await;
+        // Every connection is gone (or left behind at the timeout): the workers go too.
+        let app = self.app.clone();
+        let _ = tokio::task::spawn_blocking(move || app.workers.stop()).await;
     }
 
     pub fn scheme(&self) -> &'static str {

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use futures_util::task::AtomicWaker;
 
+use crate::wake::Resident;
 use crate::ws::frame::Frame;
 
 /// A queued frame and when its publication was accepted (for delivery latency).
@@ -68,8 +69,13 @@ pub struct Outbox {
     /// consumer, so one waker: no waiter list (a `Notify` kept one, and its waiting
     /// future lived in every idle connection).
     waker: AtomicWaker,
-    max_messages: usize,
-    max_bytes: usize,
+    /// The limits, as u32 (a queue of 4 GiB is more than any configuration means): an
+    /// outbox sits beside every connection, and its size is theirs.
+    max_messages: u32,
+    max_bytes: u32,
+    /// The worker the connection lives on (None: the main runtime): a push from
+    /// another thread's fan-out wakes it with that worker's other connections.
+    home: Option<Resident>,
 }
 
 /// What the writer should do with the batch it was handed.
@@ -83,13 +89,23 @@ pub enum Batch {
 
 impl Outbox {
     pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
+        Outbox::living_on(max_messages, max_bytes, None)
+    }
+
+    /// An outbox whose connection lives on the worker `home` ([`crate::shard`]).
+    pub fn living_on(max_messages: usize, max_bytes: usize, home: Option<Resident>) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             closing: AtomicBool::new(false),
             waker: AtomicWaker::new(),
-            max_messages,
-            max_bytes,
+            max_messages: u32::try_from(max_messages).unwrap_or(u32::MAX),
+            max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
+            home,
         }
+    }
+
+    fn wake(&self) {
+        crate::wake::wake(&self.waker, self.home.as_ref().map(Resident::inbox));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -114,13 +130,14 @@ impl Outbox {
         let wake = std::mem::take(&mut s.waiting);
         drop(s);
         if wake {
-            self.waker.wake();
+            self.wake();
         }
     }
 
     fn has_room(&self, s: &State, messages: usize, bytes: usize) -> bool {
-        s.frames.len() + s.priority.len() + s.inflight_messages + messages <= self.max_messages
-            && s.bytes + s.inflight_bytes + bytes <= self.max_bytes
+        s.frames.len() + s.priority.len() + s.inflight_messages + messages
+            <= self.max_messages as usize
+            && s.bytes + s.inflight_bytes + bytes <= self.max_bytes as usize
     }
 
     /// Queues all of `frames`, in order, or none of them (a replay is whole or absent).
@@ -167,7 +184,7 @@ impl Outbox {
         if s.closing {
             return 0;
         }
-        if frame.len() > self.max_bytes {
+        if frame.len() > self.max_bytes as usize {
             return 1;
         }
         let mut dropped = 0;
@@ -220,7 +237,7 @@ impl Outbox {
         drop(s);
         // Always woken: the reader side waits for closing too, not only the writer.
         self.closing.store(true, Ordering::Release);
-        self.waker.wake();
+        self.wake();
         true
     }
 
@@ -331,13 +348,19 @@ impl Outbox {
         if s.close_taken {
             return Poll::Ready(Batch::Finish);
         }
-        // Going idle: neither the queues nor the writer keep a buffer (all empty).
+        // Going idle: neither the queues nor the writer keep a buffer (all empty). They
+        // are freed after the lock is let go: a push from another thread waits for the
+        // lock only as long as a few stores take, never for the allocator.
+        let idle = (
+            std::mem::take(&mut s.control),
+            std::mem::take(&mut s.priority),
+            std::mem::take(&mut s.frames),
+        );
+        s.waiting = true;
+        drop(s);
+        drop(idle);
         *control = Vec::new();
         *data = Vec::new();
-        s.control = VecDeque::new();
-        s.priority = VecDeque::new();
-        s.frames = VecDeque::new();
-        s.waiting = true;
         Poll::Pending
     }
 }

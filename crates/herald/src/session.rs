@@ -401,7 +401,7 @@ impl Session {
         }
         let (store, conn, busy) = (self.store.clone(), self.conn.clone(), self.waiting.clone());
         let metrics = self.hub().metrics.clone();
-        tokio::spawn(async move {
+        crate::shard::spawn_background(async move {
             let result = store.acknowledge(&id, &conn.identity.user).await;
             busy.store.store(false, Relaxed);
             let failure = match result {
@@ -623,7 +623,7 @@ pub fn send_active_broadcast(
     busy: Option<Arc<Waiting>>,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
-    tokio::spawn(async move {
+    crate::shard::spawn_background(async move {
         let result = active_for(store.as_ref(), &conn.identity.user).await;
         if let Some(busy) = busy {
             busy.store.store(false, Relaxed);

@@ -131,6 +131,10 @@ pub struct WsConfig {
     /// `publish` frames one connection may have waiting for their answer (a pipelined
     /// backend's window); past it a publish is refused with `rate_limited`.
     pub max_in_flight: usize,
+    /// Worker threads connections live on, each connection on one for its life; 0 is
+    /// one per core this process may use. One (the default, or one core) runs them on
+    /// the main runtime. Needs a restart.
+    pub workers: usize,
     pub compression: CompressionConfig,
 }
 
@@ -182,6 +186,9 @@ impl Default for WsConfig {
             max_subscriptions: 1000,
             write_timeout_s: 30,
             max_in_flight: 1000,
+            // Off until the fan-out itself runs per worker: measured here, sharded
+            // connections with one thread fanning out deliver less (docs/benchmarks.md).
+            workers: 1,
             compression: CompressionConfig::default(),
         }
     }

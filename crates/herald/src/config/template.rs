@@ -63,6 +63,12 @@ write_timeout_s = 30
 # `publish` frames one connection may have waiting for their answer (the window of a
 # pipelined backend publisher); past it a publish gets `error` rate_limited.
 max_in_flight = 1000
+# Worker threads HTTP and WebSocket connections live on, each connection on one for
+# its life; a publication crosses to each worker once (not once per recipient).
+# 0: one per core this process may run on (its CPU affinity counts); 1 (or one core):
+# none, connections run on the main runtime. Off by default for now: on a 2-core
+# machine it measured slower (docs/benchmarks.md). Needs a restart.
+workers = 1
 
 [ws.compression]
 # permessage-deflate (RFC 7692) for clients that offer it. Each publication is

@@ -65,6 +65,8 @@ pub struct AppState {
     pub tls: bool,
     /// Serve `/conformance/echo` (tests only).
     pub conformance_echo: bool,
+    /// The worker threads WebSocket connections live on (none on one core).
+    pub workers: crate::shard::Workers,
 }
 
 pub type App = Arc<AppState>;

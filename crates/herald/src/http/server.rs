@@ -58,6 +58,25 @@ pub async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
+        // The connection goes to the least loaded worker (`crate::shard`), its socket
+        // registered with that worker's reactor; it stays there, and so does the
+        // WebSocket it may become. Without workers it runs here, on the main runtime.
+        let pick = app.workers.pick();
+        let worker = pick.and_then(|i| app.workers.get(i));
+        let tcp = match worker {
+            None => tcp,
+            Some(w) => match tcp.into_std().and_then(|std| {
+                let _on_worker = w.enter();
+                tokio::net::TcpStream::from_std(std)
+            }) {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    tracing::debug!(%peer, "cannot hand the connection to a worker: {e}");
+                    continue;
+                }
+            },
+        };
+        let here = worker.map(crate::shard::Worker::join);
         let handshake_timeout = Duration::from_secs(app.cfg().limits.handshake_timeout_s);
         let (app, router, tls, stop) = (app.clone(), router.clone(), tls.clone(), stop.clone());
         let tracker = app.tracker.clone();
@@ -65,9 +84,9 @@ pub async fn accept_loop(
         // outlive it while a stale waker still points at it (hyper's registrations on
         // the socket we take over), and an unboxed cell holds the whole ~5 KiB HTTP
         // state machine for as long as the WebSocket lives.
-        tracker.spawn(Box::pin(async move {
+        let task = Box::pin(async move {
             // Held until this HTTP connection ends or is upgraded to a WebSocket.
-            let _slot = slot;
+            let (_slot, _here) = (slot, here);
             match tls {
                 None => {
                     serve_http(
@@ -102,7 +121,11 @@ pub async fn accept_loop(
                     }
                 }
             }
-        }));
+        });
+        match worker {
+            Some(w) => w.spawn(tracker.track_future(task)),
+            None => drop(tracker.spawn(task)),
+        }
     }
 }
 

@@ -29,7 +29,7 @@ pub async fn stats(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
         },
     };
     Ok(Json(json!({
-        "node": {"name": hub.node, "connections": connections, "users": users, "channels": hub.registry.channels.len(), "history_bytes": hub.registry.channels.ledger.bytes(), "http_connections": app.http_caps.open()},
+        "node": {"name": hub.node, "connections": connections, "users": users, "channels": hub.registry.channels.len(), "history_bytes": hub.registry.channels.ledger.bytes(), "http_connections": app.http_caps.open(), "workers": app.workers.load()},
         "cluster": cluster,
         "publications": m.publications.load(Relaxed),
         "deliveries": m.deliveries.load(Relaxed),

@@ -68,7 +68,8 @@ pub async fn upgrade(
         let tracker = task_app.tracker.clone();
         let live = open(task_app, upgraded, identity, admission, ip, deflate).await;
         // The set-up's state (its arguments, the lookup) goes with this task; the
-        // connection lives on in a task that holds only what it needs while idle.
+        // connection lives on in a task that holds only what it needs while idle, on
+        // this thread: the worker its HTTP connection was given (`shard`).
         live.spawn(&tracker);
     });
     switching_protocols(&key, deflate.as_ref())
@@ -91,7 +92,8 @@ pub fn switching_protocols(accept_key: &str, deflate: Option<&Agreement>) -> Res
 
 /// Runs `handler` over an upgraded socket in a task of its own: on the TCP stream
 /// itself when the socket is plain TCP (hyper's upgrade wrapper let go), on hyper's
-/// upgraded stream otherwise (TLS). Two kinds of task, each exactly its own size.
+/// upgraded stream otherwise (TLS). Two kinds of task, each exactly its own size; each
+/// on the calling thread's runtime, where its socket is registered.
 pub fn spawn_upgraded<H: Handler + Unpin + 'static>(
     tracker: &TaskTracker,
     upgraded: Upgraded,
@@ -310,7 +312,10 @@ async fn open(
         Role::Client => ws.queue_messages,
         Role::Publisher | Role::Backend => ws.queue_messages.saturating_add(ws.max_in_flight),
     };
-    let outbox = Arc::new(Outbox::new(queue_messages, ws.queue_bytes));
+    // The connection lives on the thread its HTTP connection was given, a worker or
+    // the main runtime: its queue knows which, for the wakes (`crate::wake`).
+    let home = crate::wake::resident_here();
+    let outbox = Arc::new(Outbox::living_on(queue_messages, ws.queue_bytes, home));
     // `connected` is queued before registration, so it is always the first frame.
     let hello = frame_of(&Connected::new(
         &conn_id,

@@ -156,6 +156,8 @@ impl Inlet {
         p: &Publication,
         position: Option<(u64, &Arc<str>)>,
     ) -> Result<Delivered, Denied> {
+        // Recipients on other workers are woken once per worker, when this ends.
+        let _wakes = crate::wake::Scope::begin();
         self.hub.deliver(p, position)
     }
 
@@ -171,6 +173,7 @@ impl Inlet {
         stored: &[(u64, Publication)],
     ) -> Result<(), Denied> {
         let ns = self.hub.namespaces().resolve(channel)?;
+        let _wakes = crate::wake::Scope::begin();
         let first = stored.first().map(|(offset, _)| *offset);
         let stale = self
             .hub
@@ -198,6 +201,7 @@ impl Inlet {
 
     /// Queues a server frame (an announcement event) to every local connection.
     pub fn send_to_all(&self, frame: &Frame) -> usize {
+        let _wakes = crate::wake::Scope::begin();
         let frame = frame
             .clone()
             .deflatable(self.hub.namespaces().broadcast_deflate());
@@ -407,6 +411,7 @@ impl Hub {
     /// Closes every connection with `code` (shutdown: 1001), flushing what is queued.
     pub fn close_all(&self, code: CloseCode) {
         let frame = Frame::close(code.code(), code.reason());
+        let _wakes = crate::wake::Scope::begin();
         self.registry.for_each_conn(|c| {
             c.outbox.close(Some(frame.clone()), false);
         });

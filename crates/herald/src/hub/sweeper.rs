@@ -39,6 +39,8 @@ pub fn sweep(hub: &Hub, ping: Option<&Frame>) {
     let now_ms = hub.now_ms();
     let now = now_unix();
     let idle_ms = hub.idle_timeout_s.load(Relaxed).saturating_mul(1000);
+    // A ping to every connection: one wake per worker, not one per connection.
+    let _wakes = crate::wake::Scope::begin();
     hub.registry.for_each_conn(|c| {
         let exp = c.expires_at.load(Relaxed);
         if exp != 0 && now > exp.saturating_add(hub.leeway_s) {

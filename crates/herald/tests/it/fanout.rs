@@ -160,3 +160,73 @@ async fn publish_body_is_validated() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn connections_spread_over_the_workers_and_each_gets_every_publication_in_order() {
+    // Three workers: a publication crosses to each once, and each wakes its own
+    // connections (ARCHITECTURE.md, "Threads"). Every client, whichever worker it lives
+    // on, gets every publication in order; the backend publisher lives on one too.
+    let s = TestServer::start_with(|c| c.ws.workers = 3).await;
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        clients.push(s.connect(&format!("w{i}")).await.0);
+    }
+    // Each worker counts the connections living on it, the stats request's own HTTP
+    // connection included: seven, spread as evenly as they can be.
+    let stats = s.stats().await;
+    let (ws, http) = connections_on_workers(&stats);
+    assert_eq!((ws, http.len()), (6, 3), "{stats}");
+    assert!(
+        http.iter().max().unwrap() - http.iter().min().unwrap() <= 1,
+        "{stats}"
+    );
+    let mut backend = s.connect_backend().await;
+    for n in 0..50 {
+        let (status, body) = s.publish(json!({"all": true, "data": {"n": n}})).await;
+        assert_eq!(status, 200, "{body}");
+        let frame = json!({"type": "publish", "all": true, "data": {"n": 50 + n}, "ref": n});
+        send_text(&mut backend, &frame.to_string()).await;
+    }
+    for ws in &mut clients {
+        let mut http = Vec::new();
+        let mut pipelined = Vec::new();
+        while http.len() + pipelined.len() < 100 {
+            let m = next_pub(ws).await;
+            let n = m["data"]["n"].as_i64().unwrap();
+            if n < 50 {
+                http.push(n)
+            } else {
+                pipelined.push(n)
+            }
+        }
+        assert_eq!(http, (0..50).collect::<Vec<_>>());
+        assert_eq!(pipelined, (50..100).collect::<Vec<_>>());
+    }
+    drop(clients.split_off(3));
+    eventually("closed connections leave their worker's count", || async {
+        connections_on_workers(&s.stats().await).0 == 4
+    })
+    .await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_worker_means_connections_run_on_the_main_runtime() {
+    let s = TestServer::start_with(|c| c.ws.workers = 1).await;
+    let (mut ws, _) = s.connect("solo").await;
+    assert_eq!(s.stats().await["node"]["workers"], json!([]));
+    s.publish(json!({"all": true, "data": "here"})).await;
+    assert_eq!(next_pub(&mut ws).await["data"], "here");
+    s.shutdown().await;
+}
+
+/// WebSocket connections on the workers (all connections on them less the open HTTP
+/// ones), and each worker's count.
+fn connections_on_workers(stats: &serde_json::Value) -> (u64, Vec<u64>) {
+    let per: Vec<u64> = stats["node"]["workers"]
+        .as_array()
+        .map(|w| w.iter().filter_map(|n| n.as_u64()).collect())
+        .unwrap_or_default();
+    let http = stats["node"]["http_connections"].as_u64().unwrap_or(0);
+    (per.iter().sum::<u64>() - http, per)
+}
