@@ -172,7 +172,10 @@ pub fn wake(waker: &AtomicWaker, home: Option<&Arc<Inbox>>) {
         return waker.wake();
     };
     let kept = KEPT.try_with(|k| {
-        let mut k = k.borrow_mut();
+        // Busy only while a scope posts (nothing wakes from in there): wake at once.
+        let Ok(mut k) = k.try_borrow_mut() else {
+            return false;
+        };
         if k.depth == 0 {
             return false;
         }
