@@ -385,6 +385,13 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
+    fn a_queue_slot_is_a_pointer_and_a_time() {
+        // Every recipient of a publication gets one slot: a burst's queues are these.
+        assert_eq!(size_of::<Frame>(), 8);
+        assert!(size_of::<Queued>() <= 24, "{}", size_of::<Queued>());
+    }
+
+    #[test]
     fn an_idle_outbox_holds_no_queue_buffers() {
         let o = Outbox::new(100, 1 << 20);
         let now = Instant::now();

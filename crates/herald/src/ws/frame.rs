@@ -25,10 +25,17 @@ pub const RSV1: u8 = 0x40;
 /// A frame marked [`Frame::deflatable`] also carries the place for its compressed form
 /// (RFC 7692), made by the first writer whose connection negotiated deflate and shared
 /// by all the others: one compression per frame per window size, never per recipient.
+///
+/// One pointer: a fan-out puts a clone of it in every recipient's queue, and a queue
+/// slot of 8 bytes instead of 40 keeps a burst's queues in cache (docs/benchmarks.md,
+/// "The queue slot").
 #[derive(Clone, Debug)]
-pub struct Frame {
+pub struct Frame(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
     bytes: Bytes,
-    deflated: Option<Arc<Deflated>>,
+    deflated: Option<Box<Deflated>>,
 }
 
 /// The compressed forms of one frame, by window size (9..=15 bits); `None` inside once
@@ -41,7 +48,7 @@ struct Deflated {
 
 impl PartialEq for Frame {
     fn eq(&self, other: &Frame) -> bool {
-        self.bytes == other.bytes
+        self.0.bytes == other.0.bytes
     }
 }
 
@@ -53,43 +60,55 @@ impl Frame {
         let mut out = BytesMut::with_capacity(header_len(payload.len(), false) + payload.len());
         put_header(&mut out, true, opcode, payload.len(), None);
         out.extend_from_slice(payload);
-        Frame {
+        Frame(Arc::new(Inner {
             bytes: out.freeze(),
             deflated: None,
-        }
+        }))
     }
 
     /// This frame, to be sent compressed to connections that negotiated deflate when
     /// `policy` says so: a data frame whose payload reaches the threshold.
-    pub fn deflatable(mut self, policy: Option<&Policy>) -> Frame {
+    pub fn deflatable(self, policy: Option<&Policy>) -> Frame {
         let data = matches!(
-            self.bytes.first().map(|b| b & 0x0F),
+            self.0.bytes.first().map(|b| b & 0x0F),
             Some(OP_TEXT | OP_BINARY)
         );
-        if let Some(p) = policy {
-            if data && !self.payload().is_empty() && self.payload().len() >= p.threshold {
-                self.deflated = Some(Arc::new(Deflated {
-                    policy: *p,
-                    by_window: Default::default(),
-                }));
+        let Some(p) = policy else { return self };
+        if !data || self.payload().is_empty() || self.payload().len() < p.threshold {
+            return self;
+        }
+        let deflated = Some(Box::new(Deflated {
+            policy: *p,
+            by_window: Default::default(),
+        }));
+        let mut frame = self;
+        match Arc::get_mut(&mut frame.0) {
+            Some(inner) => inner.deflated = deflated,
+            // Shared already: a frame of its own with the same bytes.
+            None => {
+                frame = Frame(Arc::new(Inner {
+                    bytes: frame.0.bytes.clone(),
+                    deflated,
+                }))
             }
         }
-        self
+        frame
     }
 
     /// The bytes to write to a connection; `deflate` is the window it agreed to, if
     /// it negotiated compression. The compressed form is made once, on first use.
     pub fn wire(&self, deflate: Option<WindowBits>) -> &Bytes {
-        let (Some(window), Some(d)) = (deflate, &self.deflated) else {
-            return &self.bytes;
+        let Inner { bytes, deflated } = &*self.0;
+        let (Some(window), Some(d)) = (deflate, deflated) else {
+            return bytes;
         };
         let Some(cell) = d.by_window.get(window.index()) else {
-            return &self.bytes;
+            return bytes;
         };
         cell.get_or_init(|| {
             let packed =
                 deflate::compress(self.payload(), d.policy.level, window, d.policy.always)?;
-            let first = self.bytes.first().copied().unwrap_or(0x80 | OP_TEXT);
+            let first = bytes.first().copied().unwrap_or(0x80 | OP_TEXT);
             let mut out = BytesMut::with_capacity(header_len(packed.len(), false) + packed.len());
             put_header(&mut out, true, first & 0x0F, packed.len(), None);
             if let Some(b0) = out.first_mut() {
@@ -99,7 +118,7 @@ impl Frame {
             Some(out.freeze())
         })
         .as_ref()
-        .unwrap_or(&self.bytes)
+        .unwrap_or(bytes)
     }
 
     pub fn text(payload: &[u8]) -> Frame {
@@ -120,26 +139,27 @@ impl Frame {
 
     /// The uncompressed frame.
     pub fn as_bytes(&self) -> &Bytes {
-        &self.bytes
+        &self.0.bytes
     }
 
     /// The payload after the (unmasked, server) header.
     pub fn payload(&self) -> &[u8] {
-        let header = match self.bytes.get(1).map(|b| b & 0x7f) {
+        let bytes = &self.0.bytes;
+        let header = match bytes.get(1).map(|b| b & 0x7f) {
             Some(126) => 4,
             Some(127) => 10,
             _ => 2,
         };
-        self.bytes.get(header..).unwrap_or_default()
+        bytes.get(header..).unwrap_or_default()
     }
 
     /// Length of the uncompressed frame (what queue limits count).
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.0.bytes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.0.bytes.is_empty()
     }
 }
 
