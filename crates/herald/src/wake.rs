@@ -1,8 +1,9 @@
 //! Waking connection tasks that live on other threads: once per thread per publication,
 //! not once per recipient.
 //!
-//! Connections run on worker threads of their own ([`crate::shard`]), each a
-//! single-threaded runtime. Waking a task of such a runtime from another thread puts it
+//! With `ws.workers` set, connections run on worker threads of their own
+//! ([`crate::shard`]), each a single-threaded runtime (without it, every wake is direct
+//! and none of this applies). Waking a task of such a runtime from another thread puts it
 //! in the runtime's shared queue and unparks its thread — a write to its eventfd, a
 //! syscall — per task. A publication to 10,000 recipients spread over two workers would
 //! pay that 5,000 times (issue #11, "more cores must never mean less": the unpinned
