@@ -9,8 +9,9 @@
 //! - [`outbox`]: the bounded per-connection queue (a leaf: the hub pushes, the writer
 //!   drains);
 //! - [`connection`]: one socket's reader, writer, rate limit and transports;
-//! - [`shard`]: the worker threads connections live on; [`wake`]: waking them once
-//!   per worker per publication (leaves, under the outbox);
+//! - [`shard`]: the worker threads connections may live on (`ws.workers`, off by
+//!   default); [`wake`]: waking them once per worker per publication (a leaf, under
+//!   the outbox);
 //! - [`ids`]: the user and connection ids as types (a leaf);
 //! - [`hub`]: the registry, channels and fan-out;
 //! - [`session`]: the client protocol of one connection, above the hub and the broker;
@@ -157,7 +158,8 @@ impl Node {
             cfg.limits.http_connections_per_ip,
         ));
         let proxies = auth::proxy::TrustedProxies::new(&cfg.trusted_proxies);
-        let workers = shard::Workers::start(shard::count(cfg.ws.workers))?;
+        let workers = shard::Workers::start(shard::count(cfg.ws.workers))
+            .map_err(|e| anyhow::anyhow!("ws.workers: cannot start the worker threads: {e}"))?;
         let workers_guard = workers.stop_on_drop();
         let app: App = Arc::new(AppState {
             api_keys: ArcSwap::from_pointee(ApiKeys::new(

@@ -36,10 +36,12 @@ impl Worker {
         drop(self.handle.spawn(future));
     }
 
-    /// Enters this worker's runtime on the calling thread (to register a socket with
-    /// its reactor) until the guard drops. Never held across an `.await`.
-    pub fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
-        self.handle.enter()
+    /// `tcp`, registered with this worker's reactor instead of the caller's: the
+    /// connection's task must then run here.
+    pub fn adopt(&self, tcp: tokio::net::TcpStream) -> std::io::Result<tokio::net::TcpStream> {
+        let std = tcp.into_std()?;
+        let _here = self.handle.enter();
+        tokio::net::TcpStream::from_std(std)
     }
 
     /// Counts one more connection living here, until the returned guard drops.
@@ -113,15 +115,9 @@ impl Workers {
         })
     }
 
-    /// The worker with the fewest connections (its index); None without workers.
-    pub fn pick(&self) -> Option<usize> {
-        (0..self.workers.len()).min_by_key(|&i| self.load_of(i))
-    }
-
-    fn load_of(&self, i: usize) -> usize {
-        self.workers
-            .get(i)
-            .map_or(usize::MAX, |w| w.inbox.residents())
+    /// The worker with the fewest connections; None without workers.
+    pub fn pick(&self) -> Option<&Worker> {
+        self.workers.iter().min_by_key(|w| w.inbox.residents())
     }
 
     pub fn get(&self, i: usize) -> Option<&Worker> {
@@ -185,22 +181,19 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn connections_go_to_the_least_loaded_worker_and_background_work_to_main() {
         let workers = Workers::start(2).unwrap();
-        let a = workers.get(workers.pick().unwrap()).unwrap().join();
-        let b = workers.get(workers.pick().unwrap()).unwrap().join();
+        let a = workers.pick().unwrap().join();
+        let b = workers.pick().unwrap().join();
         assert_eq!(workers.load(), vec![1, 1], "spread, not stacked");
         drop(a);
         assert_eq!(workers.load(), vec![0, 1]);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        workers
-            .get(workers.pick().unwrap())
-            .unwrap()
-            .spawn(async move {
-                let on_worker = std::thread::current().name().map(str::to_owned);
-                spawn_background(async move {
-                    let here = std::thread::current().name().map(str::to_owned);
-                    let _ = tx.send((on_worker, here));
-                });
+        workers.pick().unwrap().spawn(async move {
+            let on_worker = std::thread::current().name().map(str::to_owned);
+            spawn_background(async move {
+                let here = std::thread::current().name().map(str::to_owned);
+                let _ = tx.send((on_worker, here));
             });
+        });
         let (on_worker, background) = rx.await.unwrap();
         assert_eq!(on_worker.as_deref(), Some("herald-ws-0"));
         assert!(

@@ -267,6 +267,9 @@ mod tests {
         assert!(e.contains("trusted_proxies"), "{e}");
         let f = write("[namespaces.x]\nhistory_ttl_s = 99999999999\n");
         assert!(check_file(&f.0).is_err());
+        let f = write("[ws]\nworkers = 100000\n");
+        let e = check_file(&f.0).unwrap_err().to_string();
+        assert!(e.contains("ws.workers: at most 256"), "{e}");
     }
 
     #[test]

@@ -114,6 +114,9 @@ pub struct ApiConfig {
     pub keys: Vec<String>,
 }
 
+/// The most connection workers (threads) `ws.workers` may ask for.
+pub const MAX_WORKERS: usize = 256;
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WsConfig {
@@ -378,6 +381,13 @@ impl Config {
             errs.push(format!(
                 "ws.idle_timeout_s: must be greater than ws.heartbeat_s ({})",
                 ws.heartbeat_s
+            ));
+        }
+        // A thread each: a typo must not try to start a hundred thousand of them.
+        if ws.workers > MAX_WORKERS {
+            errs.push(format!(
+                "ws.workers: at most {MAX_WORKERS} (0 is one per core), got {}",
+                ws.workers
             ));
         }
         if !(1..=9).contains(&ws.compression.level) {

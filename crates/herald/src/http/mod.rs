@@ -65,7 +65,7 @@ pub struct AppState {
     pub tls: bool,
     /// Serve `/conformance/echo` (tests only).
     pub conformance_echo: bool,
-    /// The worker threads WebSocket connections live on (none on one core).
+    /// The worker threads connections live on (none by default, or on one core).
     pub workers: crate::shard::Workers,
 }
 

@@ -61,14 +61,10 @@ pub async fn accept_loop(
         // The connection goes to the least loaded worker (`crate::shard`), its socket
         // registered with that worker's reactor; it stays there, and so does the
         // WebSocket it may become. Without workers it runs here, on the main runtime.
-        let pick = app.workers.pick();
-        let worker = pick.and_then(|i| app.workers.get(i));
+        let worker = app.workers.pick();
         let tcp = match worker {
             None => tcp,
-            Some(w) => match tcp.into_std().and_then(|std| {
-                let _on_worker = w.enter();
-                tokio::net::TcpStream::from_std(std)
-            }) {
+            Some(w) => match w.adopt(tcp) {
                 Ok(tcp) => tcp,
                 Err(e) => {
                     tracing::debug!(%peer, "cannot hand the connection to a worker: {e}");
