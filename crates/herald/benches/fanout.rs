@@ -135,6 +135,7 @@ fn publication() -> Publication {
         accepted: Instant::now(),
         creator: None,
         route: Route::Normal,
+        idempotency_key: None,
     }
 }
 

@@ -245,6 +245,8 @@ pub struct Metrics {
     store_last_logged: AtomicU64,
     /// Publications and announcements delivered to this node only (the broker was down).
     pub degraded: AtomicU64,
+    /// Publications answered as repeats of an idempotency key (nothing delivered).
+    pub repeated: AtomicU64,
     /// Times the broker lost Redis (each outage once).
     pub broker_outages: AtomicU64,
     /// Messages from other nodes that did not parse (dropped).
@@ -288,6 +290,7 @@ impl Default for Metrics {
             store_errors: AtomicU64::new(0),
             store_last_logged: AtomicU64::new(0),
             degraded: AtomicU64::new(0),
+            repeated: AtomicU64::new(0),
             broker_outages: AtomicU64::new(0),
             broker_malformed: AtomicU64::new(0),
             relay_subscribed: std::sync::atomic::AtomicBool::new(false),
@@ -338,6 +341,16 @@ impl Metrics {
     pub fn accepted(&self, source: Source) {
         if let Some(c) = self.accepted.get(source as usize) {
             c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts a publication's answer: accepted from `source`, or a repeat of an
+    /// idempotency key (which delivered nothing).
+    pub fn answered(&self, source: Source, delivered: &crate::hub::Delivered) {
+        if delivered.repeated {
+            self.repeated.fetch_add(1, Relaxed);
+        } else {
+            self.accepted(source);
         }
     }
 

@@ -24,7 +24,7 @@ use crate::outbox::{Outbox, Push};
 use crate::protocol::channel::validate_channel;
 use crate::protocol::client::{self, ClientMessage, Inbound, Since};
 use crate::protocol::codes::{CloseCode, ErrorCode};
-use crate::protocol::publish::{too_deep, within_depth, PublishFrame};
+use crate::protocol::publish::{check_idempotency_key, too_deep, within_depth, PublishFrame};
 use crate::protocol::server;
 use crate::protocol::sync;
 use crate::store::{active_for, Store, StoreError};
@@ -298,6 +298,13 @@ impl Session {
         if !within_depth(&request.data) {
             return Err((Denied::BadRequest(too_deep()), reference));
         }
+        if let Some(Err(why)) = request
+            .idempotency_key
+            .as_deref()
+            .map(check_idempotency_key)
+        {
+            return Err((Denied::BadRequest(why), reference));
+        }
         let ns = match self.hub().namespaces().resolve(&channel) {
             Ok(ns) => ns,
             Err(denied) => return Err((denied, reference)),
@@ -327,6 +334,7 @@ impl Session {
             accepted: Instant::now(),
             creator: Some(self.conn.identity.user.clone()),
             route,
+            idempotency_key: request.idempotency_key.map(String::into_boxed_str),
         };
         Ok((publication, reference))
     }
@@ -540,8 +548,8 @@ impl Later {
                 reference,
             } => {
                 let result = submitted.wait().await;
-                if result.is_ok() {
-                    hub.metrics.accepted(source);
+                if let Ok(delivered) = &result {
+                    hub.metrics.answered(source, delivered);
                 }
                 answer_frame(result, reference.as_ref())
             }

@@ -221,6 +221,7 @@ impl Body {
                 None => Route::Normal,
                 Some(c) => Route::Command(c.device),
             },
+            idempotency_key: None,
         }))
     }
 }
@@ -273,6 +274,7 @@ mod tests {
             accepted: std::time::Instant::now(),
             creator: None,
             route: Route::Command(Some("tv".into())),
+            idempotency_key: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod follow;
 pub mod gap;
 pub mod gather;
+pub mod idempotency;
 pub mod redis;
 
 use std::future::Future;
@@ -127,17 +128,33 @@ pub trait Broker: Send + Sync {
 /// One process: publishing is delivering locally.
 pub struct MemoryBroker {
     inlet: Inlet,
+    seen: idempotency::Seen,
 }
 
 impl MemoryBroker {
     pub fn new(inlet: Inlet) -> MemoryBroker {
-        MemoryBroker { inlet }
+        MemoryBroker {
+            inlet,
+            seen: idempotency::Seen::default(),
+        }
     }
 }
 
 impl Broker for MemoryBroker {
     fn publish(&self, p: Publication) -> Submitted {
-        Submitted::Done(self.inlet.deliver(&p, None))
+        let Some(key) = p.idempotency_key.as_deref() else {
+            return Submitted::Done(self.inlet.deliver(&p, None));
+        };
+        let scope = idempotency::scope(&p, key);
+        match self.seen.claim(&scope, std::time::Instant::now()) {
+            idempotency::Claim::Repeat(first) => Submitted::Done(Ok(first)),
+            idempotency::Claim::InProgress => Submitted::Done(Err(Denied::InProgress)),
+            idempotency::Claim::New => {
+                let result = self.inlet.deliver(&p, None);
+                self.seen.settle(&scope, result.as_ref().ok());
+                Submitted::Done(result)
+            }
+        }
     }
 
     fn announce(&self, frame_text: &[u8]) {

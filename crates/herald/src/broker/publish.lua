@@ -5,6 +5,16 @@
 -- ARGV[1] = bus channel, ARGV[2] = envelope body (JSON), ARGV[3] = history size,
 -- ARGV[4] = history TTL (s), ARGV[5] = epoch to use if the channel has none,
 -- ARGV[6] = meta TTL (s)
+-- With an idempotency key (broker/idempotency.rs): KEYS[3] = its key, ARGV[7] = how long
+-- a claim lasts (s). A key already there is a repeat: nothing is published, and what the
+-- key holds (the first answer, or '-' while it is unanswered) is returned as {'seen', v}.
+if KEYS[3] then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    return {'seen', seen}
+  end
+  redis.call('SET', KEYS[3], '-', 'EX', ARGV[7])
+end
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[5]

@@ -34,6 +34,7 @@ use super::envelope::{self, Body};
 use super::follow::{Ask, Following, Join};
 use super::gap;
 use super::gather;
+use super::idempotency;
 use super::Gathering;
 use super::{Broker, Health, Ordered, Reading, Ready, Submitted};
 use crate::hub::disconnect::Disconnect;
@@ -44,6 +45,15 @@ use crate::metrics::Metrics;
 use crate::ws::frame::Frame;
 
 const SCRIPT: &str = include_str!("publish.lua");
+
+/// A publication without history that carries an idempotency key: claimed and published
+/// in one step, like the history script does it (KEYS[1] = the key; ARGV[1] = topic,
+/// ARGV[2] = message, ARGV[3] = claim TTL). Rare enough to be sent as text (`EVAL`).
+const IDEMPOTENT_PUBLISH: &str = "local seen = redis.call('GET', KEYS[1]) \
+if seen then return {'seen', seen} end \
+redis.call('SET', KEYS[1], '-', 'EX', ARGV[3]) \
+redis.call('PUBLISH', ARGV[1], ARGV[2]) \
+return 1";
 
 /// The publish script's SHA-1, as `EVALSHA` names it: the script's text is sent once
 /// (`SCRIPT LOAD`, again whenever Redis answers that it does not know it), not with
@@ -332,26 +342,47 @@ impl Broker for RedisBroker {
             Target::Channel(name) => s.following.is_live(name),
             _ => true,
         };
+        let idem = p
+            .idempotency_key
+            .as_deref()
+            .map(|key| format!("{}:idem:{}", s.prefix, idempotency::scope(&p, key)));
+        let claim_ttl = idempotency::CLAIM_TTL.as_secs();
         let cmd = match (&p.target, history) {
             (Target::Channel(name), Some((size, ttl_s))) => {
                 let mut cmd = redis::cmd("EVALSHA");
                 cmd.arg(script_sha())
-                    .arg(2)
+                    .arg(if idem.is_some() { 3 } else { 2 })
                     .arg(format!("{}:meta:{name}", s.prefix))
-                    .arg(format!("{}:hist:{name}", s.prefix))
-                    .arg(&topic)
+                    .arg(format!("{}:hist:{name}", s.prefix));
+                if let Some(key) = &idem {
+                    cmd.arg(key);
+                }
+                cmd.arg(&topic)
                     .arg(envelope::encode_body(&body))
                     .arg(size)
                     .arg(ttl_s)
                     .arg(format!("{:016x}", rand::random::<u64>()))
-                    .arg(META_TTL_S.max(ttl_s));
+                    .arg(META_TTL_S.max(ttl_s))
+                    .arg(claim_ttl);
                 cmd
             }
-            _ => {
-                let mut cmd = redis::cmd("PUBLISH");
-                cmd.arg(&topic).arg(envelope::encode(&body));
-                cmd
-            }
+            _ => match &idem {
+                Some(key) => {
+                    let mut cmd = redis::cmd("EVAL");
+                    cmd.arg(IDEMPOTENT_PUBLISH)
+                        .arg(1)
+                        .arg(key)
+                        .arg(&topic)
+                        .arg(envelope::encode(&body))
+                        .arg(claim_ttl);
+                    cmd
+                }
+                None => {
+                    let mut cmd = redis::cmd("PUBLISH");
+                    cmd.arg(&topic).arg(envelope::encode(&body));
+                    cmd
+                }
+            },
         };
         let (answer, rx) = oneshot::channel();
         let waiter = Waiter {
@@ -372,21 +403,37 @@ impl Broker for RedisBroker {
             }
         }
         let shared = self.shared.clone();
+        let keep = idem.map(|key| (key, self.jobs.clone()));
         Submitted::Pending(Box::pin(async move {
-            match tokio::time::timeout(ECHO_WAIT, rx).await {
+            let result = match tokio::time::timeout(ECHO_WAIT, rx).await {
                 Ok(Ok(result)) => result,
                 _ => {
                     // Neither the echo nor a failure came in time.
+                    let mut result = Err(Denied::Unavailable("the broker did not answer in time"));
                     if let Some(w) = shared.claim(seq) {
                         let (tx, rx) = oneshot::channel();
                         shared.settle(Waiter { answer: tx, ..w }, seq);
-                        if let Ok(result) = rx.await {
-                            return result;
+                        if let Ok(r) = rx.await {
+                            result = r;
                         }
                     }
-                    Err(Denied::Unavailable("the broker did not answer in time"))
+                    result
+                }
+            };
+            if let (Some((key, jobs)), Ok(first)) = (keep, &result) {
+                if !first.repeated {
+                    // The claim becomes the answer repeats get (if it has not lapsed).
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(key)
+                        .arg(idempotency::encode(first))
+                        .arg("XX")
+                        .arg("EX")
+                        .arg(idempotency::WINDOW.as_secs());
+                    let seq = shared.seq.fetch_add(1, Relaxed);
+                    let _ = jobs.try_send(Job { seq, cmd });
                 }
             }
+            result
         }))
     }
 
@@ -617,6 +664,15 @@ async fn send(conn: &mut ConnectionManager, batch: &[Job]) -> RedisResult<Vec<Re
 
 /// Redis answered one command: note the assigned position, or settle a failure.
 fn answered(s: &Shared, seq: u64, result: RedisResult<Value>) {
+    if let Some(seen) = repeat_of(&result) {
+        // An idempotency key seen before: nothing was published; the first answer (or,
+        // while it is unanswered, a conflict) is this one's.
+        if let Some(w) = s.claim(seq) {
+            let answer = seen.ok_or(Denied::InProgress);
+            let _ = w.answer.send(answer);
+        }
+        return;
+    }
     let position = match result {
         Ok(Value::Array(items)) => match items.as_slice() {
             [Value::Int(offset), epoch] => {
@@ -661,8 +717,25 @@ fn answered(s: &Shared, seq: u64, result: RedisResult<Value>) {
         let _ = w.answer.send(Ok(Delivered {
             queued: 0,
             position,
+            repeated: false,
         }));
     }
+}
+
+/// A script's `{'seen', v}`: the publication repeats an idempotency key; `v` decoded as
+/// the first answer, None while that is still unanswered.
+fn repeat_of(result: &RedisResult<Value>) -> Option<Option<Delivered>> {
+    let Ok(Value::Array(items)) = result else {
+        return None;
+    };
+    let [Value::BulkString(tag), seen] = items.as_slice() else {
+        return None;
+    };
+    if tag.as_slice() != b"seen" {
+        return None;
+    }
+    let text: Option<String> = redis::from_redis_value(seen.clone()).ok();
+    Some(text.as_deref().and_then(idempotency::decode))
 }
 
 /// Subscribes the bus (retrying until Redis is there) and delivers what arrives.

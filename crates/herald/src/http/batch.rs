@@ -63,7 +63,7 @@ pub async fn publish_batch(
         let result = match s {
             Ok(s) => match s.wait().await {
                 Ok(delivered) => {
-                    app.metrics.accepted(Source::Batch);
+                    app.metrics.answered(Source::Batch, &delivered);
                     answer(&delivered)
                 }
                 Err(d) => error_result(denied(d)),

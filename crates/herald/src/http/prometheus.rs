@@ -44,6 +44,7 @@ struct Snapshot {
     broker_up: bool,
     broker_outages: u64,
     broker_degraded: u64,
+    repeated: u64,
     broker_malformed: u64,
     following: u64,
     store_errors: u64,
@@ -87,6 +88,7 @@ fn snapshot(app: &App) -> Snapshot {
         broker_up: app.broker.health() == Health::Up,
         broker_outages: m.broker_outages.load(Relaxed),
         broker_degraded: m.degraded.load(Relaxed),
+        repeated: m.repeated.load(Relaxed),
         broker_malformed: m.broker_malformed.load(Relaxed),
         following: n(app.broker.following()),
         store_errors: m.store_errors.load(Relaxed),
@@ -246,6 +248,12 @@ impl Collector for Snapshot {
             "herald_broker_reconnects",
             "Times this node lost Redis and reconnected (each outage once).",
             self.broker_outages,
+        )?;
+        counter(
+            e,
+            "herald_publications_repeated",
+            "Publications answered as repeats of an idempotency key (nothing delivered).",
+            self.repeated,
         )?;
         counter(
             e,

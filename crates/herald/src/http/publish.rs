@@ -32,7 +32,7 @@ pub async fn publish(
         .wait()
         .await
         .map_err(denied)?;
-    app.metrics.accepted(Source::Api);
+    app.metrics.answered(Source::Api, &delivered);
     Ok(Json(answer(&delivered)))
 }
 

@@ -32,6 +32,7 @@ pub async fn stats(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
         "node": {"name": hub.node, "connections": connections, "users": users, "channels": hub.registry.channels.len(), "history_bytes": hub.registry.channels.ledger.bytes(), "http_connections": app.http_caps.open(), "workers": app.workers.load()},
         "cluster": cluster,
         "publications": m.publications.load(Relaxed),
+        "publications_repeated": m.repeated.load(Relaxed),
         "deliveries": m.deliveries.load(Relaxed),
         "dropped": m.dropped.load(Relaxed),
         "slow_consumer_disconnects": m.slow_consumer_disconnects.load(Relaxed),

@@ -103,6 +103,9 @@ pub struct Publication {
     /// user's `limits.channels_per_user`. None for the HTTP API and the relay.
     pub creator: Option<UserId>,
     pub route: Route,
+    /// The publisher's `idempotency_key`, checked by the broker (it never travels to
+    /// other nodes: the origin decides whether a publication is a repeat).
+    pub idempotency_key: Option<Box<str>>,
 }
 
 /// How a channel publication travels: the normal way, or as a `device_command` on the
@@ -211,12 +214,15 @@ impl Inlet {
 }
 
 /// What a publication reached on this node.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Delivered {
     /// Local connections it was queued to.
     pub queued: usize,
     /// Its offset and epoch, on a channel with history.
     pub position: Option<(u64, Arc<str>)>,
+    /// A repeat of an idempotency key: this is the first publication's answer, and
+    /// nothing was delivered this time.
+    pub repeated: bool,
 }
 
 impl Hub {
@@ -305,6 +311,7 @@ impl Hub {
                 Delivered {
                     queued: out.queued,
                     position: out.position,
+                    repeated: false,
                 }
             }
             other => {
@@ -320,6 +327,7 @@ impl Hub {
                 Delivered {
                     queued: self.deliver_to(other, &p.exclude, &frame, p.accepted),
                     position: None,
+                    repeated: false,
                 }
             }
         };

@@ -36,6 +36,8 @@ pub enum Denied {
     ChannelBudget,
     /// The broker could not carry it (a channel with history while Redis is down).
     Unavailable(&'static str),
+    /// A repeat of an idempotency key whose first publication is still unanswered.
+    InProgress,
 }
 
 impl Denied {
@@ -54,6 +56,11 @@ impl Denied {
                 "too many channels created by this user; publish to an existing one".to_owned(),
             ),
             Denied::Unavailable(why) => (ErrorCode::Unavailable, why.to_owned()),
+            Denied::InProgress => (
+                ErrorCode::Conflict,
+                "a publication with this idempotency_key is still in progress; retry shortly"
+                    .to_owned(),
+            ),
         }
     }
 }

@@ -13,7 +13,7 @@ use super::{Exclude, Publication, Route, Target};
 use crate::config::namespaces::SYNC;
 use crate::ids::{ConnId, UserId};
 use crate::protocol::channel::validate_channel;
-use crate::protocol::publish::{too_deep, within_depth, PublishRequest};
+use crate::protocol::publish::{check_idempotency_key, too_deep, within_depth, PublishRequest};
 use crate::protocol::sync;
 
 /// The publication `req` asks for, or why it is a bad request.
@@ -35,6 +35,9 @@ pub fn publication_of(req: PublishRequest, accepted: Instant) -> Result<Publicat
     if !within_depth(&req.data) {
         return Err(Denied::BadRequest(too_deep()));
     }
+    if let Some(key) = &req.idempotency_key {
+        check_idempotency_key(key).map_err(Denied::BadRequest)?;
+    }
     let mut route = Route::Normal;
     if let Target::Channel(c) = &target {
         if c.split_once(':').is_some_and(|(ns, _)| ns == SYNC) {
@@ -55,6 +58,7 @@ pub fn publication_of(req: PublishRequest, accepted: Instant) -> Result<Publicat
         accepted,
         creator: None,
         route,
+        idempotency_key: req.idempotency_key.map(String::into_boxed_str),
     })
 }
 
@@ -88,6 +92,7 @@ mod tests {
             r#"{"all":false,"data":1}"#,
             r#"{"channel":"a b","data":1}"#,
             r#"{"channel":"sync:42","data":{"type":"nonsense"}}"#,
+            r#"{"channel":"a","data":1,"idempotency_key":""}"#,
         ] {
             assert!(
                 matches!(

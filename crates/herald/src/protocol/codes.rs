@@ -20,6 +20,9 @@ pub enum ErrorCode {
     Timeout,
     /// HTTP only: a known path asked with a method it does not answer (405).
     MethodNotAllowed,
+    /// A publication repeating an idempotency key whose first publication has not been
+    /// answered yet (409): retry shortly.
+    Conflict,
 }
 
 impl ErrorCode {
@@ -35,6 +38,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Conflict => "conflict",
         }
     }
 
@@ -50,6 +54,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
         }
     }
 }
@@ -129,6 +134,7 @@ mod tests {
             ErrorCode::Unavailable => ("unavailable", 503),
             ErrorCode::Timeout => ("timeout", 408),
             ErrorCode::MethodNotAllowed => ("method_not_allowed", 405),
+            ErrorCode::Conflict => ("conflict", 409),
         }
     }
 
@@ -163,6 +169,7 @@ mod tests {
             Unavailable,
             Timeout,
             MethodNotAllowed,
+            Conflict,
         ] {
             assert_eq!((c.as_str(), c.http_status().as_u16()), error_contract(c));
         }

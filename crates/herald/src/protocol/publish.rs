@@ -75,6 +75,25 @@ pub struct PublishRequest {
     pub exclude_user: Option<String>,
     #[serde(default, deserialize_with = "present")]
     pub exclude_conn: Option<String>,
+    /// A retry of a publication with the same key (same publisher, same target) within
+    /// the window is answered as the first was and delivers nothing (DESIGN §13).
+    #[serde(default, deserialize_with = "present")]
+    pub idempotency_key: Option<String>,
+}
+
+/// The most characters an `idempotency_key` may have (DESIGN §13).
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 64;
+
+/// Checks an `idempotency_key`: 1 to [`MAX_IDEMPOTENCY_KEY_CHARS`] characters.
+pub fn check_idempotency_key(key: &str) -> Result<(), String> {
+    let n = key.chars().count();
+    if (1..=MAX_IDEMPOTENCY_KEY_CHARS).contains(&n) {
+        Ok(())
+    } else {
+        Err(format!(
+            "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters, not {n}"
+        ))
+    }
 }
 
 /// The `type` of a [`PublishFrame`]: only `"publish"` parses.
@@ -108,6 +127,8 @@ pub struct PublishFrame {
     pub exclude_user: Option<String>,
     #[serde(default, deserialize_with = "present")]
     pub exclude_conn: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub idempotency_key: Option<String>,
 }
 
 impl PublishFrame {
@@ -131,6 +152,7 @@ impl PublishFrame {
             data: self.data,
             exclude_user: self.exclude_user,
             exclude_conn: self.exclude_conn,
+            idempotency_key: self.idempotency_key,
         };
         (request, self.reference)
     }
@@ -184,6 +206,15 @@ mod tests {
             "[{}]",
             vec![deep(100); 50].join(",")
         ))));
+    }
+
+    #[test]
+    fn an_idempotency_key_is_1_to_64_characters() {
+        assert!(check_idempotency_key("").is_err());
+        assert!(check_idempotency_key("a").is_ok());
+        assert!(check_idempotency_key(&"é".repeat(64)).is_ok());
+        let long = check_idempotency_key(&"k".repeat(65)).unwrap_err();
+        assert!(long.contains("not 65"), "{long}");
     }
 
     #[test]

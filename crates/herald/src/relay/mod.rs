@@ -57,6 +57,7 @@ pub fn relay(
         accepted: Instant::now(),
         creator: None,
         route: Route::of_sync(&event),
+        idempotency_key: None,
     };
     Ok(broker.publish(publication))
 }

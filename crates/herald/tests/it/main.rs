@@ -13,6 +13,7 @@ mod compression;
 mod fanout;
 mod hardening;
 mod hostile;
+mod idempotency;
 mod jwt_keys;
 mod lifecycle;
 mod limits;

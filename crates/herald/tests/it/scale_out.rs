@@ -1360,3 +1360,55 @@ async fn a_pipelined_backend_over_redis_is_acked_in_order_and_delivered_in_order
         s.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_retry_sent_to_another_node_is_answered_as_the_first_and_delivered_once() {
+    let nodes = cluster(2).await;
+    let (mut on0, _) = nodes[0].connect("reader0").await;
+    let (mut on1, _) = nodes[1].connect("reader1").await;
+    for ws in [&mut on0, &mut on1] {
+        subscribe(ws, "news", None).await;
+        subscribe(ws, "live:x", None).await;
+    }
+    for (body, what) in [
+        (
+            json!({"channel": "news", "data": "h"}),
+            "a channel with history",
+        ),
+        (
+            json!({"channel": "live:x", "data": "l"}),
+            "a channel without history",
+        ),
+        (json!({"all": true, "data": "a"}), "everyone"),
+    ] {
+        let mut first = body.clone();
+        first["idempotency_key"] = json!(format!("key-{what}"));
+        let answer = nodes[0].publish(first.clone()).await;
+        assert_eq!(answer.0, 200, "{what}: {}", answer.1);
+        for ws in [&mut on0, &mut on1] {
+            assert_eq!(next_pub(ws).await["data"], body["data"], "{what}");
+        }
+        // The retry goes to the other node, with other data: the key makes it a repeat.
+        let answered_again = poll_until(WAIT, || {
+            let mut retry = first.clone();
+            retry["data"] = json!("retried");
+            let node = &nodes[1];
+            let want = answer.clone();
+            async move { node.publish(retry).await == want }
+        });
+        assert!(
+            answered_again.await,
+            "{what}: the first answer, from the other node"
+        );
+        for ws in [&mut on0, &mut on1] {
+            assert!(maybe_pub(ws).await.is_none(), "{what}: delivered once");
+        }
+    }
+    let repeated: u64 = nodes[1].stats().await["publications_repeated"]
+        .as_u64()
+        .unwrap();
+    assert!(repeated >= 3, "{repeated}");
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
