@@ -102,6 +102,7 @@ fn node(home: impl Fn(usize) -> Option<Resident>) -> (Node, Vec<Arc<Outbox>>) {
             admin: false,
             backend: false,
             expires_at: None,
+            token: None,
         };
         let (id, conn_id): (u64, ConnId) = hub.next_conn_id();
         let handle = ConnHandle::new(

@@ -62,6 +62,9 @@ refusals! {
     HeadTooLarge => "head_too_large",
     // A `publish` frame while `ws.max_in_flight` publications await their answer.
     InFlight => "in_flight",
+    // A token revoked by `POST /api/users/{id}/revoke` or `/api/tokens/{jti}/revoke`,
+    // at connect (401) or on `refresh`.
+    RevokedToken => "revoked_token",
 }
 
 impl Refusal {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::auth::jwt::Verifier;
-use crate::auth::Identity;
+use crate::auth::{Identity, TokenStamp};
 use crate::broker::{Broker, Reading, Ready, Submitted};
 use crate::config::namespaces::SYNC;
 use crate::config::NamespaceConfig;
@@ -453,6 +453,14 @@ impl Session {
             Ok(id) => id,
             Err(e) => return self.error(ErrorCode::Unauthorized, &e.to_string(), None),
         };
+        if self
+            .hub()
+            .revoked
+            .refuses(&id, crate::auth::jwt::now_unix())
+        {
+            self.hub().metrics.refuse(Refusal::RevokedToken);
+            return self.error(ErrorCode::Unauthorized, "token revoked", None);
+        }
         if id.user != self.conn.identity.user || id.device != self.conn.identity.device {
             return self.error(
                 ErrorCode::Forbidden,
@@ -463,6 +471,9 @@ impl Session {
         self.conn
             .expires_at
             .store(id.expires_at.unwrap_or(0), Relaxed);
+        self.conn
+            .stamp
+            .store(TokenStamp::packed(id.token.as_deref()), Relaxed);
         self.hub().registry.set_groups(&self.conn, &id.groups);
         self.refreshed = Some(Box::new(id));
         let channels = self.hub().registry.subscriptions(&self.conn);

@@ -35,6 +35,12 @@ pub struct Claims {
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<Audience>,
+    /// Issued at (Unix seconds): a user revoked "before T" refuses tokens issued earlier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// The token's id: `POST /api/tokens/{jti}/revoke` refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// `aud` as RFC 7519 §4.1.3 allows it: one string, or an array (what Auth0 and Keycloak
@@ -123,6 +129,12 @@ impl Verifier {
             admin: c.admin,
             backend: false,
             expires_at: Some(c.exp),
+            token: (c.iat.is_some() || c.jti.is_some()).then(|| {
+                Box::new(super::TokenStamp {
+                    issued_at: c.iat,
+                    id: c.jti.map(Arc::from),
+                })
+            }),
         })
     }
 }
@@ -170,6 +182,8 @@ mod tests {
             admin: false,
             iss: None,
             aud: None,
+            iat: None,
+            jti: None,
         }
     }
 

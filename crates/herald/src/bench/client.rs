@@ -104,6 +104,8 @@ pub async fn connect(target: &Target, i: usize) -> Result<Conn, String> {
         admin: false,
         iss: None,
         aud: None,
+        iat: Some(now_unix()),
+        jti: None,
     };
     let token = mint_hs256(&target.hmac_secret, &claims).map_err(|e| format!("mint token: {e}"))?;
     let offer = if target.deflate { DEFLATE_OFFER } else { "" };

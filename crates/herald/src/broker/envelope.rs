@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::gather::Query;
+use super::revoke::RevokeOrder;
+use crate::auth::revoked::Revocation;
 use crate::hub::disconnect::{Disconnect, Whom, MAX_REASON_BYTES};
 use crate::hub::{Exclude, Publication, Route, Target};
 use crate::ids::{ConnId, UserId};
@@ -50,6 +52,9 @@ pub struct Body {
     /// A question every other node answers (`broker::gather`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lq: Option<Query>,
+    /// A revocation (`POST /api/users/{id}/revoke`, `/api/tokens/{jti}/revoke`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rv: Option<RevokeOrder>,
 }
 
 /// A disconnect order between nodes: a connection id (`c`) or a user id (`u`), the
@@ -156,6 +161,7 @@ impl Body {
             f: None,
             x: None,
             lq: None,
+            rv: None,
         }
     }
 
@@ -164,6 +170,15 @@ impl Body {
             n: node.to_owned(),
             s: seq,
             x: Some(Order::of(d)),
+            ..Body::default()
+        }
+    }
+
+    pub fn of_revocation(node: &str, seq: u64, r: &Revocation) -> Body {
+        Body {
+            n: node.to_owned(),
+            s: seq,
+            rv: Some(RevokeOrder::of(r)),
             ..Body::default()
         }
     }
@@ -189,9 +204,9 @@ impl Body {
     /// The publication this body carries (None for an announcement frame).
     pub fn into_publication(self) -> Result<Option<Publication>, Malformed> {
         let Some(data) = self.d else {
-            return match (&self.f, &self.x, &self.lq) {
-                (Some(_), _, _) | (_, Some(_), _) | (_, _, Some(_)) => Ok(None),
-                (None, None, None) => Err(Malformed::Body("neither data nor frame".into())),
+            return match (&self.f, &self.x, &self.lq, &self.rv) {
+                (None, None, None, None) => Err(Malformed::Body("neither data nor frame".into())),
+                _ => Ok(None),
             };
         };
         let id = || {

@@ -11,11 +11,13 @@ pub mod gap;
 pub mod gather;
 pub mod idempotency;
 pub mod redis;
+pub mod revoke;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::auth::revoked::{NotKept, Revocation};
 use crate::hub::channels::Earlier;
 use crate::hub::disconnect::Disconnect;
 use crate::hub::namespace::Denied;
@@ -82,6 +84,16 @@ pub trait Broker: Send + Sync {
             here: self.hub().disconnect(&order),
             forwarded: false,
         }
+    }
+
+    /// Keeps `r` on every node (and where nodes share state, for nodes that start
+    /// later) and closes the connections whose current token it refuses; answers how
+    /// many were closed here and whether it went to the other nodes.
+    fn revoke(&self, r: Revocation) -> Result<Ordered, NotKept> {
+        Ok(Ordered {
+            here: self.hub().revoke(&r)?,
+            forwarded: false,
+        })
     }
 
     /// The other nodes' connections matching `search` (each node's newest `limit`),

@@ -35,8 +35,10 @@ use super::follow::{Ask, Following, Join};
 use super::gap;
 use super::gather;
 use super::idempotency;
+use super::revoke;
 use super::Gathering;
 use super::{Broker, Health, Ordered, Reading, Ready, Submitted};
+use crate::auth::revoked::{NotKept, Revocation};
 use crate::hub::disconnect::Disconnect;
 use crate::hub::fanout::conn_device;
 use crate::hub::namespace::Denied;
@@ -475,6 +477,32 @@ impl Broker for RedisBroker {
         Ordered { here, forwarded }
     }
 
+    fn revoke(&self, r: Revocation) -> Result<Ordered, NotKept> {
+        // Here at once; into the shared hash for nodes that start later, and to the
+        // other nodes over the bus. During an outage only this node keeps it (counted as
+        // degraded, and said in the answer); the others read the hash when they are back,
+        // so a revocation made here while Redis is away reaches them only if it is
+        // given again.
+        let s = &self.shared;
+        let here = s.inlet.hub().revoke(&r)?;
+        let mut forwarded = false;
+        if s.up() {
+            let now = crate::auth::jwt::now_unix();
+            let store = revoke::store_cmd(&s.prefix, &r, now);
+            let seq = s.seq.fetch_add(1, Relaxed);
+            let stored = self.jobs.try_send(Job { seq, cmd: store }).is_ok();
+            let seq = s.seq.fetch_add(1, Relaxed);
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(&s.bus)
+                .arg(envelope::encode(&Body::of_revocation(&s.node, seq, &r)));
+            forwarded = stored && self.jobs.try_send(Job { seq, cmd }).is_ok();
+        }
+        if !forwarded {
+            s.metrics.degraded.fetch_add(1, Relaxed);
+        }
+        Ok(Ordered { here, forwarded })
+    }
+
     fn gather_connections(&self, search: &str, limit: usize) -> Option<Gathering> {
         let s = self.shared.clone();
         let jobs = self.jobs.clone();
@@ -789,6 +817,14 @@ async fn receive_loop(
                 if topic == s.bus.as_bytes() {
                     s.subscribed.store(true, Relaxed);
                     s.recovered();
+                    // Revocations given while this node was away (or before it started).
+                    let (hub, mut conn) = (s.inlet.hub().clone(), commands.clone());
+                    let prefix = s.prefix.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = revoke::load(&hub, &mut conn, &prefix).await {
+                            tracing::warn!("broker: could not read the revocations: {e}");
+                        }
+                    });
                     if std::mem::take(&mut lost) {
                         (s.on_link)(true);
                     }
@@ -962,6 +998,23 @@ async fn receive(s: &Shared, commands: &mut ConnectionManager, topic: &[u8], pay
                 s.prefix.clone(),
                 query,
             ));
+        }
+        return;
+    }
+    if let Some(order) = env.body.rv {
+        // Ours was kept here when it was given.
+        if env.body.n != s.node {
+            match order.into_revocation() {
+                Some(r) => {
+                    if let Err(e) = s.inlet.hub().revoke(&r) {
+                        tracing::warn!("broker: a revocation was not kept: {e}");
+                    }
+                }
+                None => {
+                    s.metrics.broker_malformed.fetch_add(1, Relaxed);
+                    tracing::debug!("broker: dropped a malformed revocation");
+                }
+            }
         }
         return;
     }

@@ -79,6 +79,8 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
                 admin: false,
                 iss: cfg.auth.issuer.clone(),
                 aud: cfg.auth.audience.clone().map(Audience::One),
+                iat: Some(now_unix()),
+                jti: None,
             };
             mint_hs256(&super::token::secret(&cfg)?, &claims)?
         }

@@ -86,6 +86,8 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
         admin: args.admin,
         iss: cfg.auth.issuer.clone(),
         aud: cfg.auth.audience.clone().map(Audience::One),
+        iat: Some(now_unix()),
+        jti: None,
     };
     println!("{}", mint_hs256(&secret(&cfg)?, &claims)?);
     Ok(())

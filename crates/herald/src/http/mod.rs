@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod presence;
 pub mod prometheus;
 pub mod publish;
+pub mod revoke;
 pub mod router;
 pub mod server;
 pub mod stats;

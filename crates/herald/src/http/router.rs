@@ -11,7 +11,7 @@ use axum::Router;
 
 use super::{
     assets, batch, broadcasts, conformance, connections, error, openapi, presence, prometheus,
-    publish, stats, ws_upgrade, App,
+    publish, revoke, stats, ws_upgrade, App,
 };
 
 /// One route: its method, its path (axum's `{param}` syntax, as in OpenAPI) and what
@@ -52,6 +52,16 @@ pub fn endpoints(app: &App) -> Vec<Endpoint> {
             Method::POST,
             "/api/users/{id}/disconnect",
             post(connections::disconnect_user),
+        ),
+        at(
+            Method::POST,
+            "/api/users/{id}/revoke",
+            post(revoke::revoke_user),
+        ),
+        at(
+            Method::POST,
+            "/api/tokens/{jti}/revoke",
+            post(revoke::revoke_token),
         ),
         at(Method::POST, "/api/broadcasts", post(broadcasts::create)),
         at(Method::GET, "/api/broadcasts", get(broadcasts::history)),

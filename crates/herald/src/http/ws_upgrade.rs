@@ -19,6 +19,7 @@ use tracing::Instrument;
 use super::error::ApiError;
 use super::head_guard::HeadGuard;
 use super::App;
+use crate::auth::jwt::now_unix;
 use crate::auth::origin::origin_allowed;
 use crate::auth::token::token_from;
 use crate::auth::Identity;
@@ -172,10 +173,15 @@ fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiErro
                 app.metrics.refuse(Refusal::BadToken);
                 ApiError::new(ErrorCode::Unauthorized, "missing token")
             })?;
-            v.verify(&token).map_err(|e| {
+            let identity = v.verify(&token).map_err(|e| {
                 app.metrics.refuse(Refusal::BadToken);
                 ApiError::new(ErrorCode::Unauthorized, e.to_string())
-            })?
+            })?;
+            if app.hub.revoked.refuses(&identity, now_unix()) {
+                app.metrics.refuse(Refusal::RevokedToken);
+                return Err(ApiError::new(ErrorCode::Unauthorized, "token revoked"));
+            }
+            identity
         }
     };
     let admission = app
@@ -425,8 +431,10 @@ mod tests {
                 size_of::<crate::connection::rate::InboundLimiter>(),
                 56,
             ),
-            ("outbox", size_of::<Outbox>(), 224),
-            ("handle", size_of::<ConnHandle>(), 248),
+            ("outbox", size_of::<Outbox>(), 192),
+            // 248 until revocation gave each connection its token's stamp (one word) and
+            // the identity a (dropped) box for it.
+            ("handle", size_of::<ConnHandle>(), 264),
         ];
         for (what, size, most) in sizes {
             eprintln!("{what}: {size} B (at most {most})");

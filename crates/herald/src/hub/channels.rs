@@ -948,6 +948,7 @@ mod tests {
             admin: false,
             backend: false,
             expires_at: None,
+            token: None,
         };
         Arc::new(ConnHandle::new(
             id,

@@ -3,7 +3,13 @@
 //! of a user, with the close code and reason the client sees — 4004 "disconnected by
 //! the server" unless the order says otherwise. Clients do not reconnect on 4004 with
 //! the same credentials. What is queued is still flushed before the close frame.
+//!
+//! A revocation (`POST /api/users/{id}/revoke`, `POST /api/tokens/{jti}/revoke`) is kept
+//! in the hub's [`Revocations`](crate::auth::revoked::Revocations) and closes the local
+//! connections whose current token it refuses with 4002 "token revoked": the client
+//! fetches a new token before it reconnects, as it does when its token expires.
 
+use crate::auth::revoked::{NotKept, Revocation};
 use crate::ids::{ConnId, UserId};
 use crate::protocol::codes::CloseCode;
 use crate::ws::frame::Frame;
@@ -71,3 +77,27 @@ impl Hub {
         }
     }
 }
+
+impl Hub {
+    /// Keeps `r` and closes the local connections whose current token it refuses (4002
+    /// "token revoked"); answers how many it closed.
+    pub fn revoke(&self, r: &Revocation) -> Result<usize, NotKept> {
+        self.revoked.apply(r, crate::auth::jwt::now_unix())?;
+        let frame = Frame::close(CloseCode::TokenExpired.code(), REVOKED_REASON);
+        let mut n = 0;
+        let mut close = |c: &std::sync::Arc<super::ConnHandle>| {
+            if c.refused_by(r) && c.outbox.close(Some(frame.clone()), false) {
+                tracing::info!(conn_id = %c.conn_id, user_id = %c.identity.user, "token revoked: closed with 4002");
+                n += 1;
+            }
+        };
+        match r {
+            Revocation::User { user, .. } => self.registry.users.for_each(user, &mut close),
+            Revocation::Token { .. } => self.registry.for_each_conn(&mut close),
+        }
+        Ok(n)
+    }
+}
+
+/// The close reason of a connection whose token was revoked.
+pub const REVOKED_REASON: &str = "token revoked";

@@ -43,6 +43,8 @@ pub struct Hub {
     pub heartbeat_s: AtomicU64,
     pub idle_timeout_s: AtomicU64,
     pub leeway_s: u64,
+    /// Tokens refused at connect and on `refresh` (DESIGN §13), the cluster's records.
+    pub revoked: crate::auth::revoked::Revocations,
 }
 
 impl Hub {
@@ -76,6 +78,7 @@ impl Hub {
             heartbeat_s: AtomicU64::new(cfg.ws.heartbeat_s),
             idle_timeout_s: AtomicU64::new(cfg.ws.idle_timeout_s),
             leeway_s: cfg.auth.leeway_s,
+            revoked: crate::auth::revoked::Revocations::default(),
         }
     }
 

@@ -165,6 +165,7 @@ mod tests {
             admin,
             backend: false,
             expires_at: None,
+            token: None,
         }
     }
 

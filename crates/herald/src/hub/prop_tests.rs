@@ -278,6 +278,7 @@ impl World {
             admin: false,
             backend: false,
             expires_at: None,
+            token: None,
         };
         let conn = Arc::new(ConnHandle::new(
             id,

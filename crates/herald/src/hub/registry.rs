@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use super::channels::{ChannelLimits, Channels};
 use super::presence::UserPresence;
-use crate::auth::Identity;
+use crate::auth::{jti_hash, Identity, TokenStamp};
 use crate::ids::{ConnId, UserId};
 use crate::metrics::Refusal;
 use crate::outbox::Outbox;
@@ -35,6 +35,10 @@ pub struct ConnHandle {
     pub ip: IpAddr,
     /// Unix seconds when the token expires (0 = never); replaced by `refresh`.
     pub expires_at: AtomicU64,
+    /// The current token's `iat` and `jti` hash ([`TokenStamp::packed`]), for closing
+    /// connections whose token is revoked; replaced by `refresh`. (`identity.token` is
+    /// dropped once this holds it.)
+    pub stamp: AtomicU64,
     /// The channels this connection is subscribed to; changed only through
     /// `Registry::{track,untrack}_subscription`, so it always matches what the channels
     /// hold (the drop guard unsubscribes exactly these).
@@ -52,16 +56,19 @@ impl ConnHandle {
     pub fn new(
         id: u64,
         conn_id: ConnId,
-        identity: Identity,
+        mut identity: Identity,
         outbox: Arc<Outbox>,
         ip: IpAddr,
         now_ms: u64,
         connected_at_ms: i64,
     ) -> ConnHandle {
+        let stamp = AtomicU64::new(TokenStamp::packed(identity.token.as_deref()));
+        identity.token = None;
         ConnHandle {
             id,
             conn_id,
             expires_at: AtomicU64::new(identity.expires_at.unwrap_or(0)),
+            stamp,
             groups: Mutex::new(identity.groups.clone()),
             identity,
             outbox,
@@ -69,6 +76,25 @@ impl ConnHandle {
             connected_at_ms,
             ip,
             channels: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+impl ConnHandle {
+    /// Whether `r` refuses the token the connection holds now (its first, or the one
+    /// its last `refresh` brought). A backend (API key) has no token to revoke.
+    pub fn refused_by(&self, r: &crate::auth::revoked::Revocation) -> bool {
+        use crate::auth::revoked::Revocation;
+        use std::sync::atomic::Ordering::Relaxed;
+        match r {
+            Revocation::User { user, before, .. } => {
+                let iat = TokenStamp::packed_issued_at(self.stamp.load(Relaxed));
+                *user == self.identity.user && !self.identity.backend && iat < *before
+            }
+            Revocation::Token { id, .. } => {
+                let h = TokenStamp::packed_jti(self.stamp.load(Relaxed));
+                h != 0 && h == jti_hash(Some(id))
+            }
         }
     }
 }
@@ -448,6 +474,7 @@ mod tests {
             admin: false,
             backend: false,
             expires_at: None,
+            token: None,
         };
         Arc::new(ConnHandle::new(
             id,

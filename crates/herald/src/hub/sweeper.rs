@@ -88,6 +88,7 @@ mod tests {
             admin: false,
             backend: false,
             expires_at: Some(expires_at),
+            token: None,
         };
         let handle = Arc::new(ConnHandle::new(
             id,

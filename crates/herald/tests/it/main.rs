@@ -22,6 +22,7 @@ mod openapi;
 mod presence;
 mod refusals;
 mod relay;
+mod revoke;
 mod scale_out;
 mod sync;
 mod tls;

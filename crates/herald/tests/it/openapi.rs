@@ -264,6 +264,7 @@ async fn every_operation_answers_what_the_document_says_to_a_good_and_a_bad_requ
                 &format!("/api/broadcasts/{broadcast}"),
             )
             .replace("{id}", "alice")
+            .replace("{jti}", "some-token-id")
             .replace("{name}", "lobby:hall");
         assert!(
             !filled.contains('{'),

@@ -325,6 +325,7 @@ fn refusal_case(r: Refusal) -> (&'static str, fn(&mut Config)) {
             c.broker.prefix = format!("herald-it-in-flight-{}", std::process::id());
             c.ws.max_in_flight = 1;
         }),
+        Refusal::RevokedToken => ("revoked_token", |_| {}),
     }
 }
 
@@ -518,6 +519,19 @@ async fn provoke(r: Refusal, s: &TestServer) {
                 (Some("ack"), Some(1)),
                 "{acked}"
             );
+        }
+        Refusal::RevokedToken => {
+            let token = s.token_with("r", |c| c.jti = Some("revoked-1".into()));
+            let (status, _) = s
+                .post_json(
+                    "/api/tokens/revoked-1/revoke",
+                    &s.api_key.clone(),
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 200);
+            let refused = s.try_upgrade(&s.ws_url(&token), &[]).await;
+            assert_eq!(refused.err().unwrap().0, 401);
         }
     }
 }

@@ -1412,3 +1412,57 @@ async fn a_retry_sent_to_another_node_is_answered_as_the_first_and_delivered_onc
         s.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_revocation_reaches_every_node_and_nodes_that_start_later() {
+    use crate::revoke::{close_of, refusal};
+    let nodes = cluster(2).await;
+    let now = herald::auth::jwt::now_unix();
+    let old = nodes[0].token_with("mallory", |c| c.iat = Some(now - 60));
+    let (mut on1, _) = nodes[1].connect_token(&old).await;
+    let (status, body) = nodes[0]
+        .post_json(
+            "/api/users/mallory/revoke",
+            &nodes[0].api_key.clone(),
+            json!({"before": now}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["forwarded"], true, "{body}");
+    assert_eq!(
+        close_of(&mut on1).await.map(|c| c.0),
+        Some(4002),
+        "closed on the other node"
+    );
+    assert_eq!(refusal(&nodes[1], &old).await.map(|r| r.0), Some(401));
+    let (status, _) = nodes[1]
+        .post_json(
+            "/api/tokens/stolen-1/revoke",
+            &nodes[1].api_key.clone(),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let stolen = nodes[0].token_with("eve", |c| c.jti = Some("stolen-1".into()));
+    let refused_on_0 = poll_until(WAIT, || async {
+        refusal(&nodes[0], &stolen).await.is_some()
+    });
+    assert!(
+        refused_on_0.await,
+        "the token id is refused on the other node"
+    );
+    // A node that starts now reads both from Redis.
+    let late = join_cluster(&nodes[0]).await;
+    let refused_late = poll_until(WAIT, || async {
+        refusal(&late, &old).await.is_some() && refusal(&late, &stolen).await.is_some()
+    });
+    assert!(refused_late.await, "a node started later refuses them too");
+    assert!(
+        refusal(&late, &late.token("mallory")).await.is_none(),
+        "a new token is fine"
+    );
+    late.shutdown().await;
+    for s in nodes {
+        s.shutdown().await;
+    }
+}

@@ -106,6 +106,8 @@ impl TestServer {
             admin: false,
             iss: None,
             aud: None,
+            iat: Some(herald::auth::jwt::now_unix()),
+            jti: None,
         };
         f(&mut c);
         mint_hs256(&self.secret, &c).unwrap()
@@ -426,6 +428,8 @@ pub fn claims(sub: &str) -> herald::auth::jwt::Claims {
         admin: false,
         iss: None,
         aud: None,
+        iat: Some(herald::auth::jwt::now_unix()),
+        jti: None,
     }
 }
 
