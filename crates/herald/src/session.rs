@@ -217,7 +217,11 @@ impl Session {
         let ready = self.broker.follow(&name);
         // Joined here unless something must be awaited first: the channel being followed,
         // or (where the node's copy is short of `since`) a read of the shared history.
-        let short = since.is_some_and(|s| self.hub().registry.channels.missing(&name, s).is_some());
+        let channels = &self.hub().registry.channels;
+        let short = match since {
+            Some(s) => channels.missing(&name, s).is_some(),
+            None => config.latest_on_subscribe && channels.latest_missing(&name).is_some(),
+        };
         if ready.is_none() && self.later.is_none() && !short {
             return join(
                 self.hub(),
@@ -574,7 +578,7 @@ impl Later {
                 if let Some(ready) = ready {
                     ready.await;
                 }
-                let earlier = match reading(broker, &channel, since.as_ref()) {
+                let earlier = match reading(broker, &channel, &config, since.as_ref()) {
                     Some(reading) => reading.await,
                     None => Vec::new(),
                 };
@@ -625,10 +629,24 @@ fn join(
 }
 
 /// The read of the shared history a `since` on `channel` needs, when this node's copy
-/// does not reach back far enough and the broker has one.
-fn reading(broker: &dyn Broker, channel: &str, since: Option<&Since>) -> Option<Reading> {
-    let since = since?;
-    let (from, to) = broker.hub().registry.channels.missing(channel, since)?;
+/// does not reach back far enough and the broker has one; without `since`, on a
+/// `latest_on_subscribe` namespace, the read of the last publication if the copy gave
+/// it up.
+fn reading(
+    broker: &dyn Broker,
+    channel: &str,
+    config: &NamespaceConfig,
+    since: Option<&Since>,
+) -> Option<Reading> {
+    let channels = &broker.hub().registry.channels;
+    let Some(since) = since else {
+        if !config.latest_on_subscribe {
+            return None;
+        }
+        let (top, epoch) = channels.latest_missing(channel)?;
+        return broker.history(channel, top, top, epoch);
+    };
+    let (from, to) = channels.missing(channel, since)?;
     broker.history(channel, from, to, Arc::from(since.epoch.as_str()))
 }
 

@@ -51,6 +51,9 @@ pub struct NamespaceConfig {
     /// permessage-deflate for this namespace's publications; unset follows
     /// `ws.compression.enabled`.
     pub compression: Option<bool>,
+    /// The channel's last publication follows `subscribed` even without `since` (a page
+    /// opened mid-stream sees the current state at once); needs history.
+    pub latest_on_subscribe: bool,
     /// What `compression` and `ws.compression` come to, filled in where the hub takes
     /// the namespaces in (not a config key).
     #[serde(skip)]
@@ -67,6 +70,7 @@ impl Default for NamespaceConfig {
             presence: false,
             slow_consumer: SlowConsumerPolicy::Disconnect,
             compression: None,
+            latest_on_subscribe: false,
             deflate: None,
         }
     }
@@ -134,6 +138,11 @@ pub fn validate(namespaces: &BTreeMap<String, NamespaceConfig>, errs: &mut Vec<S
                 "namespaces.{name}.history_ttl_s: at most {} seconds (30 days), got {}",
                 super::MAX_DURATION_S,
                 ns.history_ttl_s
+            ));
+        }
+        if ns.latest_on_subscribe && ns.history_size == 0 {
+            errs.push(format!(
+                "namespaces.{name}.latest_on_subscribe: needs history_size of at least 1 (the last publication is kept in history)"
             ));
         }
         if ns.history_size > 0 && ns.history_ttl_s == 0 {

@@ -133,6 +133,8 @@ grace_ms = 2000
 #   slow_consumer  "disconnect" (close 4000, client recovers) | "drop_oldest" (latest wins)
 #   compression    true | false: permessage-deflate for this namespace's publications
 #                  (unset: follow ws.compression.enabled)
+#   latest_on_subscribe  true: the channel's last publication follows `subscribed` even
+#                  without `since` (what is playing now, the current score); needs history
 # `default` and `sync` are built in; redefine them here to change them, and add more
 # with [namespaces.NAME].
 [namespaces.default]
@@ -142,6 +144,7 @@ history_size = 100
 history_ttl_s = 300
 presence = false
 slow_consumer = "disconnect"
+latest_on_subscribe = false
 
 # Cross-device sync (seed 002): each user's devices on sync:<user id>. Clients publish
 # watchlist_update, progress_update and device_command events, validated and relayed
@@ -153,6 +156,7 @@ history_size = 100
 history_ttl_s = 300
 presence = true
 slow_consumer = "disconnect"
+latest_on_subscribe = false
 
 [relay]
 # Upstream device events (seed 002): other systems PUBLISH JSON events on Redis channels

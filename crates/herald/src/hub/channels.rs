@@ -512,6 +512,19 @@ impl Channels {
         (first > since.offset + 1).then(|| (since.offset + 1, first - 1))
     }
 
+    /// The last offset of `name` and its epoch, when this node's copy no longer holds
+    /// that publication (for `latest_on_subscribe`; it may still be in a shared history).
+    pub fn latest_missing(&self, name: &str) -> Option<(u64, Arc<str>)> {
+        let channel = self.get(name)?;
+        let st = channel.lock();
+        let held = st
+            .history
+            .back()
+            .is_some_and(|h| h.offset == st.last_offset);
+        (channel.cfg.has_history() && st.last_offset > 0 && !held)
+            .then(|| (st.last_offset, st.epoch.clone()))
+    }
+
     /// As [`Channels::subscribe`], with `earlier`: publications older than this node's
     /// copy, read from the shared history for this replay (see [`Channels::missing`]).
     /// They are used only if they join up with the copy; otherwise the answer is
@@ -598,8 +611,13 @@ impl Channels {
                 }
             }
             if !out.recovered {
-                let frame = subscribed_frame(name, top, epoch, false, reference);
-                out.slow = conn.outbox.try_push(frame, now) == Push::Full;
+                let mut frames = vec![subscribed_frame(name, top, epoch, false, reference)];
+                if since.is_none() && cfg.latest_on_subscribe {
+                    // The current state: the last publication, if it is still kept (its
+                    // TTL not past) and this connection was not excluded from it.
+                    frames.extend(latest(&st, top, earlier, conn, name, cfg));
+                }
+                out.slow = conn.outbox.try_push_all(frames, now) == Push::Full;
             }
             if st.subscribers.insert(conn.id, conn.clone()).is_none() && cfg.presence {
                 join(&mut st, &channel.name, conn);
@@ -900,6 +918,36 @@ fn follow(st: &mut State, offset: u64, epoch: &Arc<str>, ledger: &HistoryLedger)
     } else {
         Follow::Gap
     }
+}
+
+/// The frame of the channel's last publication (offset `top`) for `conn`: from the
+/// node's copy, or from what was read from the shared history for this subscribe (the
+/// copy may have given it up to the history budget). None if neither holds it or the
+/// publisher excluded `conn` from it.
+fn latest(
+    st: &State,
+    top: u64,
+    earlier: &[Earlier],
+    conn: &ConnHandle,
+    name: &str,
+    cfg: &NamespaceConfig,
+) -> Option<Frame> {
+    if top == 0 {
+        return None;
+    }
+    if let Some(h) = st.history.back().filter(|h| h.offset == top) {
+        let excluded = h.exclude.as_ref().is_some_and(|e| e.excludes(conn));
+        return (!excluded).then(|| h.frame.clone());
+    }
+    let e = earlier.iter().find(|e| e.offset == top)?;
+    if e.kept.as_ref().is_some_and(|k| k.excludes(conn)) {
+        return None;
+    }
+    let position = Position {
+        offset: top,
+        epoch: &st.epoch,
+    };
+    Some(pub_frame(Some(name), Some(position), &e.data).deflatable(cfg.deflate.as_ref()))
 }
 
 fn trim(st: &mut State, cfg: &NamespaceConfig, now: Instant, ledger: &HistoryLedger) {

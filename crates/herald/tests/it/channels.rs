@@ -266,3 +266,69 @@ async fn drop_oldest_keeps_the_newest_for_a_stalled_client_without_closing_it() 
     }
     s.shutdown().await;
 }
+
+/// The next publication, or None if nothing arrives within a short while.
+async fn maybe_pub(ws: &mut Ws) -> Option<Value> {
+    tokio::time::timeout(Duration::from_millis(300), next_pub(ws))
+        .await
+        .ok()
+}
+
+#[tokio::test]
+async fn latest_on_subscribe_sends_the_last_publication_right_after_subscribed() {
+    let s = TestServer::start_with(|c| {
+        c.namespaces.insert(
+            "now".into(),
+            NamespaceConfig {
+                latest_on_subscribe: true,
+                ..NamespaceConfig::default()
+            },
+        );
+    })
+    .await;
+    // Nothing published yet: `subscribed` alone.
+    let (mut early, _) = s.connect("early").await;
+    subscribe(&mut early, "now:radio", None).await;
+    assert!(maybe_pub(&mut early).await.is_none());
+    for song in ["one", "two", "three"] {
+        s.publish(json!({"channel": "now:radio", "data": {"song": song}}))
+            .await;
+    }
+    for song in ["one", "two", "three"] {
+        assert_eq!(next_pub(&mut early).await["data"]["song"], song);
+    }
+    // A tab opened mid-song sees what is playing now, then what comes next.
+    let (mut tab, _) = s.connect("tab").await;
+    let sub = subscribe(&mut tab, "now:radio", None).await;
+    assert_eq!(
+        (&sub["offset"], &sub["recovered"]),
+        (&json!(3), &json!(false))
+    );
+    let m = next_pub(&mut tab).await;
+    assert_eq!(
+        (&m["data"]["song"], &m["offset"]),
+        (&json!("three"), &json!(3))
+    );
+    s.publish(json!({"channel": "now:radio", "data": {"song": "four"}}))
+        .await;
+    assert_eq!(next_pub(&mut tab).await["data"]["song"], "four");
+    assert!(maybe_pub(&mut tab).await.is_none(), "nothing twice");
+    // A `since` means recovery as usual, not the latest on top of it.
+    let epoch = sub["epoch"].as_str().unwrap().to_owned();
+    let (mut back, _) = s.connect("back").await;
+    let sub = subscribe(&mut back, "now:radio", Some((4, &epoch))).await;
+    assert_eq!(sub["recovered"], true);
+    assert!(maybe_pub(&mut back).await.is_none());
+    // The last publication excluded a user: that user's new tab does not get it.
+    s.publish(json!({"channel": "now:radio", "data": {"song": "five"}, "exclude_user": "muted"}))
+        .await;
+    let (mut muted, _) = s.connect("muted").await;
+    subscribe(&mut muted, "now:radio", None).await;
+    assert!(maybe_pub(&mut muted).await.is_none());
+    // A namespace without the option: `subscribed` alone.
+    s.publish(json!({"channel": "news", "data": 1})).await;
+    let (mut plain, _) = s.connect("plain").await;
+    subscribe(&mut plain, "news", None).await;
+    assert!(maybe_pub(&mut plain).await.is_none());
+    s.shutdown().await;
+}

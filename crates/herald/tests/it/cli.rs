@@ -41,6 +41,14 @@ fn check_config_says_what_and_where() {
     let (ok, _, err) = herald(&["check-config", path.to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("ws.queue_messages"), "{err}");
+    std::fs::write(
+        &path,
+        "[namespaces.now]\nhistory_size = 0\nlatest_on_subscribe = true\n",
+    )
+    .unwrap();
+    let (ok, _, err) = herald(&["check-config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("namespaces.now.latest_on_subscribe"), "{err}");
 }
 
 #[test]

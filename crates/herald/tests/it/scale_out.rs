@@ -42,6 +42,13 @@ fn cluster_config(c: &mut Config, url: &str, prefix: &str) {
             ..NamespaceConfig::default()
         },
     );
+    c.namespaces.insert(
+        "now".into(),
+        NamespaceConfig {
+            latest_on_subscribe: true,
+            ..NamespaceConfig::default()
+        },
+    );
 }
 
 async fn cluster_at(url: &str, n: usize) -> Vec<TestServer> {
@@ -1463,6 +1470,68 @@ async fn a_revocation_reaches_every_node_and_nodes_that_start_later() {
     );
     late.shutdown().await;
     for s in nodes {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn the_latest_publication_follows_subscribed_on_a_node_that_never_saw_the_channel() {
+    let first = cluster(1).await;
+    let broker = first[0].node().app.cfg().broker.clone();
+    // A node whose history budget holds only a few publications.
+    let small = TestServer::start_with(|c| {
+        cluster_config(c, &broker.url, &broker.prefix);
+        c.limits.history_bytes = 2048;
+    })
+    .await;
+    let ready = poll_until(WAIT, || async {
+        small.get_json("/readyz").await.1["broker"] == "ok"
+    });
+    assert!(ready.await);
+    for song in ["one", "two"] {
+        first[0]
+            .publish(json!({"channel": "now:radio", "data": {"song": song}}))
+            .await;
+    }
+    // Never followed on `small`: the subscribe primes its copy from Redis.
+    let (mut tab, _) = small.connect("tab").await;
+    assert_eq!(
+        subscribe(&mut tab, "now:radio", None).await["recovered"],
+        false
+    );
+    let m = next_pub(&mut tab).await;
+    assert_eq!(
+        (&m["data"]["song"], &m["offset"]),
+        (&json!("two"), &json!(2)),
+        "{m}"
+    );
+    // Its copy gives the latest up to the budget (publications elsewhere push it out):
+    // the next tab still gets it, read from the shared history.
+    let (mut w, _) = small.connect("w").await;
+    subscribe(&mut w, "news", None).await;
+    let pad = "x".repeat(200);
+    for n in 1..=20u64 {
+        first[0]
+            .publish(json!({"channel": "news", "data": {"n": n, "pad": pad}}))
+            .await;
+    }
+    for n in 1..=20u64 {
+        assert_eq!(next_pub(&mut w).await["data"]["n"], n);
+    }
+    let (mut later, _) = small.connect("later").await;
+    subscribe(&mut later, "now:radio", None).await;
+    let m = next_pub(&mut later).await;
+    assert_eq!(
+        (&m["data"]["song"], &m["offset"]),
+        (&json!("two"), &json!(2)),
+        "{m}"
+    );
+    assert!(
+        maybe_pub(&mut tab).await.is_none(),
+        "the first tab got it once"
+    );
+    small.shutdown().await;
+    for s in first {
         s.shutdown().await;
     }
 }
