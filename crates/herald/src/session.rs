@@ -115,6 +115,38 @@ impl Session {
         }
     }
 
+    /// Server-side subscriptions (DESIGN §13), right after `connected`: the configured
+    /// `ws.subscribe_on_connect` (`{user}` is the user id), then the token's `channels`
+    /// claim, each once. Each is a `subscribe` as the client would send it — the same
+    /// namespace rules, the same `subscribed` answer — and one the rules refuse is an
+    /// `error` naming it; the others go ahead. A backend is nobody's audience: none.
+    pub fn subscribe_on_connect(&mut self, configured: &[String], claimed: Vec<String>) {
+        if self.role == Role::Backend || (configured.is_empty() && claimed.is_empty()) {
+            return;
+        }
+        let user = self.conn.identity.user.as_str().to_owned();
+        let mut seen = std::collections::HashSet::new();
+        let wanted = configured.iter().map(|t| t.replace("{user}", &user));
+        for channel in wanted.chain(claimed) {
+            if !seen.insert(channel.clone()) {
+                continue;
+            }
+            let refused = validate_channel(&channel)
+                .map_err(Denied::BadRequest)
+                .and_then(|()| {
+                    let ns = self.hub().namespaces().resolve(&channel)?;
+                    ns.may_subscribe(self.rights())
+                });
+            if let Err(denied) = refused {
+                let (code, why) = denied.answer();
+                let message = format!("server-side subscription to `{channel}` refused: {why}");
+                self.error(code, &message, None);
+                continue;
+            }
+            self.subscribe(channel, None, None);
+        }
+    }
+
     /// Unsubscribes from `channel`; false when it was not subscribed.
     fn leave(&self, channel: &str) -> bool {
         let registry = &self.hub().registry;

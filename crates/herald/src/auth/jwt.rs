@@ -41,6 +41,9 @@ pub struct Claims {
     /// The token's id: `POST /api/tokens/{jti}/revoke` refuses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// Server-side subscriptions: channels the connection is subscribed to on connect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
 }
 
 /// `aud` as RFC 7519 §4.1.3 allows it: one string, or an array (what Auth0 and Keycloak
@@ -129,10 +132,11 @@ impl Verifier {
             admin: c.admin,
             backend: false,
             expires_at: Some(c.exp),
-            token: (c.iat.is_some() || c.jti.is_some()).then(|| {
+            token: (c.iat.is_some() || c.jti.is_some() || !c.channels.is_empty()).then(|| {
                 Box::new(super::TokenStamp {
                     issued_at: c.iat,
                     id: c.jti.map(Arc::from),
+                    channels: c.channels,
                 })
             }),
         })
@@ -184,6 +188,7 @@ mod tests {
             aud: None,
             iat: None,
             jti: None,
+            channels: Vec::new(),
         }
     }
 

@@ -29,13 +29,15 @@ pub struct Identity {
     pub token: Option<Box<TokenStamp>>,
 }
 
-/// A token's issue time and id (`iat`, `jti`): what `POST /api/users/{id}/revoke` and
-/// `POST /api/tokens/{jti}/revoke` refuse by (DESIGN §13).
+/// What a token says beyond who it is for (DESIGN §13): its issue time and id (`iat`,
+/// `jti`), what `POST /api/users/{id}/revoke` and `POST /api/tokens/{jti}/revoke`
+/// refuse by, and its server-side subscriptions (`channels`), made once on connect.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenStamp {
     /// Unix seconds.
     pub issued_at: Option<u64>,
     pub id: Option<Arc<str>>,
+    pub channels: Vec<String>,
 }
 
 impl TokenStamp {

@@ -158,6 +158,7 @@ mod tests {
         TokenStamp {
             issued_at: iat,
             id: jti.map(Arc::from),
+            channels: Vec::new(),
         }
     }
 

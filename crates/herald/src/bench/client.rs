@@ -106,6 +106,7 @@ pub async fn connect(target: &Target, i: usize) -> Result<Conn, String> {
         aud: None,
         iat: Some(now_unix()),
         jti: None,
+        channels: Vec::new(),
     };
     let token = mint_hs256(&target.hmac_secret, &claims).map_err(|e| format!("mint token: {e}"))?;
     let offer = if target.deflate { DEFLATE_OFFER } else { "" };

@@ -81,6 +81,7 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
                 aud: cfg.auth.audience.clone().map(Audience::One),
                 iat: Some(now_unix()),
                 jti: None,
+                channels: Vec::new(),
             };
             mint_hs256(&super::token::secret(&cfg)?, &claims)?
         }

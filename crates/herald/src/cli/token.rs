@@ -26,6 +26,12 @@ pub struct TokenArgs {
     /// Mark the token as an admin token.
     #[arg(long)]
     pub admin: bool,
+    /// Server-side subscriptions, comma-separated (the `channels` claim).
+    #[arg(long, value_delimiter = ',')]
+    pub channels: Vec<String>,
+    /// Token id (`jti`), so the token can be revoked on its own.
+    #[arg(long)]
+    pub jti: Option<String>,
     /// Lifetime: 90s, 30m, 1h, 7d.
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     pub ttl: Duration,
@@ -87,7 +93,8 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
         iss: cfg.auth.issuer.clone(),
         aud: cfg.auth.audience.clone().map(Audience::One),
         iat: Some(now_unix()),
-        jti: None,
+        jti: args.jti,
+        channels: args.channels,
     };
     println!("{}", mint_hs256(&secret(&cfg)?, &claims)?);
     Ok(())

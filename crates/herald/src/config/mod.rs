@@ -139,6 +139,11 @@ pub struct WsConfig {
     /// the main runtime. Needs a restart.
     pub workers: usize,
     pub compression: CompressionConfig,
+    /// Channels every client connection is subscribed to on connect (server-side
+    /// subscriptions, checked against the namespace rules like a `subscribe`); `{user}`
+    /// stands for the connection's user id: `["announcements", "personal:{user}"]`.
+    #[serde(deserialize_with = "string_list")]
+    pub subscribe_on_connect: Vec<String>,
 }
 
 /// permessage-deflate (RFC 7692): off unless enabled here or by a namespace.
@@ -193,6 +198,7 @@ impl Default for WsConfig {
             // connections with one thread fanning out deliver less (docs/benchmarks.md).
             workers: 1,
             compression: CompressionConfig::default(),
+            subscribe_on_connect: Vec::new(),
         }
     }
 }
@@ -502,6 +508,22 @@ impl Config {
             ));
         }
         namespaces::validate(&self.namespaces, &mut errs);
+        for (i, template) in self.ws.subscribe_on_connect.iter().enumerate() {
+            let example = template.replace("{user}", "42");
+            let ns = example
+                .split_once(':')
+                .map_or(namespaces::DEFAULT, |(ns, _)| ns);
+            let known = self.namespaces.contains_key(ns)
+                || ns == namespaces::DEFAULT
+                || ns == namespaces::SYNC;
+            if let Err(why) = crate::protocol::channel::validate_channel(&example) {
+                errs.push(format!("ws.subscribe_on_connect[{i}]: `{template}`: {why}"));
+            } else if !known {
+                errs.push(format!(
+                    "ws.subscribe_on_connect[{i}]: `{template}`: namespace `{ns}` is not configured"
+                ));
+            }
+        }
         self.relay.validate(&mut errs);
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             errs.push(format!(

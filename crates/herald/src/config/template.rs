@@ -69,6 +69,11 @@ max_in_flight = 1000
 # none, connections run on the main runtime. Off by default for now: on a 2-core
 # machine it measured slower (docs/benchmarks.md). Needs a restart.
 workers = 1
+# Server-side subscriptions: channels every client connection is subscribed to on
+# connect (each answered by `subscribed` after `connected`, checked against the
+# namespace rules). `{user}` is the connection's user id, e.g. ["news", "sync:{user}"].
+# A token's `channels` claim adds its own.
+subscribe_on_connect = []
 
 [ws.compression]
 # permessage-deflate (RFC 7692) for clients that offer it. Each publication is

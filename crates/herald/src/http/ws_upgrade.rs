@@ -330,6 +330,13 @@ async fn open(
         ws.heartbeat_s,
     ));
     outbox.try_push(hello, std::time::Instant::now());
+    // The token's server-side subscriptions are made below, once; the handle keeps none.
+    let mut identity = identity;
+    let claimed = identity
+        .token
+        .as_mut()
+        .map(|t| std::mem::take(&mut t.channels))
+        .unwrap_or_default();
     let handle = Arc::new(ConnHandle::new(
         id,
         conn_id.clone(),
@@ -376,13 +383,15 @@ async fn open(
         max_subscriptions: u32::try_from(ws.max_subscriptions).unwrap_or(u32::MAX),
         max_in_flight: u32::try_from(ws.max_in_flight).unwrap_or(u32::MAX),
     };
-    let session = Session::new(
+    let mut session = Session::new(
         app.broker.clone(),
         app.store.clone(),
         handle,
         app.verifier.clone(),
         &limits,
     );
+    // Server-side subscriptions: after `connected` (and the active announcement).
+    session.subscribe_on_connect(&ws.subscribe_on_connect, claimed);
     Live {
         upgraded,
         outbox,

@@ -332,3 +332,79 @@ async fn latest_on_subscribe_sends_the_last_publication_right_after_subscribed()
     assert!(maybe_pub(&mut plain).await.is_none());
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn server_side_subscriptions_come_from_the_config_and_the_token_and_obey_the_rules() {
+    let s = TestServer::start_with(|c| {
+        c.ws.subscribe_on_connect = vec!["news".into(), "sync:{user}".into()];
+        c.namespaces
+            .insert("room".into(), NamespaceConfig::default());
+    })
+    .await;
+    let token = s.token_with("42", |c| {
+        c.channels = vec![
+            "room:1".into(),
+            "sync:7".into(),
+            "news".into(),
+            "bad name".into(),
+        ];
+    });
+    let (mut ws, _) = s.connect_token(&token).await;
+    let mut frames = Vec::new();
+    for _ in 0..5 {
+        frames.push(next_json(&mut ws).await);
+    }
+    let subscribed: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "subscribed")
+        .map(|f| f["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(subscribed, ["news", "sync:42", "room:1"], "{frames:?}");
+    let errors: Vec<(&str, &str)> = frames
+        .iter()
+        .filter(|f| f["type"] == "error")
+        .map(|f| (f["code"].as_str().unwrap(), f["message"].as_str().unwrap()))
+        .collect();
+    assert_eq!(errors.len(), 2, "{frames:?}");
+    assert_eq!(errors[0].0, "forbidden");
+    assert!(errors[0].1.contains("`sync:7`"), "{}", errors[0].1);
+    assert_eq!(errors[1].0, "bad_request");
+    assert!(errors[1].1.contains("`bad name`"), "{}", errors[1].1);
+    for channel in ["news", "room:1"] {
+        s.publish(json!({"channel": channel, "data": channel}))
+            .await;
+        assert_eq!(next_pub(&mut ws).await["data"], channel);
+    }
+    // They are ordinary subscriptions: the client may leave one.
+    send_text(&mut ws, r#"{"type":"unsubscribe","channel":"news"}"#).await;
+    assert_eq!(next_json(&mut ws).await["type"], "unsubscribed");
+    // Another user gets the configured ones with its own id; a backend gets none.
+    let (mut other, _) = s.connect("7").await;
+    assert_eq!(next_json(&mut other).await["channel"], "news");
+    assert_eq!(next_json(&mut other).await["channel"], "sync:7");
+    let mut backend = s.connect_backend().await;
+    send_text(&mut backend, r#"{"type":"ping"}"#).await;
+    assert_eq!(
+        next_json(&mut backend).await["type"],
+        "pong",
+        "no subscriptions first"
+    );
+    s.shutdown().await;
+}
+
+#[test]
+fn a_server_side_subscription_the_config_cannot_make_is_a_config_error() {
+    let mut cfg = herald::config::Config::default();
+    cfg.ws.subscribe_on_connect = vec![
+        "nowhere:{user}".into(),
+        "bad name".into(),
+        "sync:{user}".into(),
+    ];
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("ws.subscribe_on_connect[0]") && err.contains("nowhere"),
+        "{err}"
+    );
+    assert!(err.contains("ws.subscribe_on_connect[1]"), "{err}");
+    assert!(!err.contains("ws.subscribe_on_connect[2]"), "{err}");
+}

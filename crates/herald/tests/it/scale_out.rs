@@ -1535,3 +1535,20 @@ async fn the_latest_publication_follows_subscribed_on_a_node_that_never_saw_the_
         s.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_server_side_subscription_follows_the_channel_across_nodes() {
+    let nodes = cluster(2).await;
+    let token = nodes[1].token_with("viewer", |c| c.channels = vec!["news".into()]);
+    let (mut ws, _) = nodes[1].connect_token(&token).await;
+    // `subscribed` comes once the node follows the channel (as for a client's own
+    // subscribe): a publication on the other node reaches it from then on.
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    nodes[0]
+        .publish(json!({"channel": "news", "data": "x"}))
+        .await;
+    assert_eq!(next_pub(&mut ws).await["data"], "x");
+    for s in nodes {
+        s.shutdown().await;
+    }
+}

@@ -108,6 +108,7 @@ impl TestServer {
             aud: None,
             iat: Some(herald::auth::jwt::now_unix()),
             jti: None,
+            channels: Vec::new(),
         };
         f(&mut c);
         mint_hs256(&self.secret, &c).unwrap()
@@ -430,6 +431,7 @@ pub fn claims(sub: &str) -> herald::auth::jwt::Claims {
         aud: None,
         iat: Some(herald::auth::jwt::now_unix()),
         jti: None,
+        channels: Vec::new(),
     }
 }
 
