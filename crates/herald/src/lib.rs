@@ -16,7 +16,7 @@
 //! - [`hub`]: the registry, channels and fan-out;
 //! - [`session`]: the client protocol of one connection, above the hub and the broker;
 //! - [`broker`]: the seam between nodes and the one way into the hub (memory or Redis);
-//! - [`relay`]: upstream device events from Redis into `sync:` channels;
+//! - [`relay`]: upstream device events from Redis or NATS into `sync:` channels;
 //! - [`store`]: announcements in SQLite or Postgres; [`announce`]: their rules;
 //!   [`announce_sync`]: banners kept true across a bus outage;
 //! - [`http`]: the accept loop, routes and endpoints;
@@ -191,6 +191,36 @@ impl Node {
         let migrations = tokio::spawn(migrate_until_ready(store, first_attempt, stop.clone()));
         let _ = tokio::time::timeout(FIRST_MIGRATION_WAIT, attempted).await;
         let relay_cfg = app.cfg().relay.clone();
+        #[cfg(feature = "nats")]
+        let nats_relay = match relay_cfg.nats_url.is_empty() {
+            true => None,
+            false => {
+                // Several nodes on one bus: each user's events are relayed by one node.
+                let cfg = app.cfg();
+                let affinity = match broker.cluster() {
+                    Some(view) => Some(relay::nats::Affinity {
+                        view: view.clone(),
+                        claims: redis::aio::ConnectionManager::new_lazy_with_config(
+                            broker::redis::client(&cfg.broker.url)?,
+                            broker::redis::manager_config(),
+                        )?,
+                        prefix: cfg.broker.prefix.clone(),
+                        me: hub.node_tag().to_owned(),
+                    }),
+                    None => None,
+                };
+                Some(tokio::spawn(relay::nats::run(
+                    broker.clone(),
+                    relay_cfg.nats_url.clone(),
+                    relay_cfg.nats_subject.clone(),
+                    affinity,
+                    app.metrics.clone(),
+                    stop.clone(),
+                )))
+            }
+        };
+        #[cfg(not(feature = "nats"))]
+        let nats_relay: Option<tokio::task::JoinHandle<()>> = None;
         let relay = (!relay_cfg.redis_url.is_empty()).then(|| {
             // Several nodes on one bus: each upstream message is relayed by one.
             let cfg = app.cfg();
@@ -228,6 +258,9 @@ impl Node {
             }
             let _ = sweeper.await;
             let _ = migrations.await;
+            if let Some(relay) = nats_relay {
+                let _ = relay.await;
+            }
             if let Some(relay) = relay {
                 let _ = relay.await;
             }

@@ -256,6 +256,9 @@ pub struct Metrics {
     pub broker_malformed: AtomicU64,
     /// The upstream relay is subscribed to its bus (`/readyz`).
     pub relay_subscribed: std::sync::atomic::AtomicBool,
+    /// Upstream relay messages dropped: not JSON, not a sync event, a subject or channel
+    /// without a usable user id, or refused by the broker.
+    pub relay_skipped: AtomicU64,
     /// The last refusals, newest last.
     recent: std::sync::Mutex<std::collections::VecDeque<RecentRefusal>>,
 }
@@ -297,6 +300,7 @@ impl Default for Metrics {
             broker_outages: AtomicU64::new(0),
             broker_malformed: AtomicU64::new(0),
             relay_subscribed: std::sync::atomic::AtomicBool::new(false),
+            relay_skipped: AtomicU64::new(0),
             recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(
                 RECENT_REFUSALS,
             )),

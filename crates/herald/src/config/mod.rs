@@ -574,6 +574,10 @@ pub struct RelayConfig {
     pub redis_url: String,
     /// A Redis pattern with one `*` standing for the user id.
     pub redis_pattern: String,
+    /// `nats://host:port`; empty = no NATS relay (one bus or the other, not both).
+    pub nats_url: String,
+    /// A NATS subject with one `*` token standing for the user id.
+    pub nats_subject: String,
 }
 
 impl Default for RelayConfig {
@@ -581,6 +585,8 @@ impl Default for RelayConfig {
         RelayConfig {
             redis_url: String::new(),
             redis_pattern: "user.*.sync".into(),
+            nats_url: String::new(),
+            nats_subject: "user.*.sync".into(),
         }
     }
 }
@@ -600,6 +606,38 @@ impl RelayConfig {
             errs.push(format!(
                 "relay.redis_pattern: needs exactly one `*` (the user id), got `{}`",
                 self.redis_pattern
+            ));
+        }
+        if !self.nats_url.is_empty() {
+            if !(self.nats_url.starts_with("nats://") || self.nats_url.starts_with("tls://")) {
+                errs.push(format!(
+                    "relay.nats_url: expected nats://host:port (or tls://, or empty for no relay), got `{}`",
+                    self.nats_url
+                ));
+            }
+            if !self.redis_url.is_empty() {
+                errs.push(
+                    "relay.nats_url: relay from one bus, Redis or NATS; relay.redis_url is set too"
+                        .to_owned(),
+                );
+            }
+            if cfg!(not(feature = "nats")) {
+                errs.push(
+                    "relay.nats_url: this build has no NATS support (cargo feature `nats`)"
+                        .to_owned(),
+                );
+            }
+        }
+        let tokens: Vec<&str> = self.nats_subject.split('.').collect();
+        let wildcards = tokens.iter().filter(|t| **t == "*").count();
+        if wildcards != 1
+            || tokens
+                .iter()
+                .any(|t| t.is_empty() || t.contains(['>', ' ']) || (t.contains('*') && *t != "*"))
+        {
+            errs.push(format!(
+                "relay.nats_subject: needs exactly one `*` token (the user id) and no `>`, got `{}`",
+                self.nats_subject
             ));
         }
     }

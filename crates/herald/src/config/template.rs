@@ -170,6 +170,11 @@ latest_on_subscribe = false
 redis_url = ""
 # The Redis pattern; its one `*` is the user id.
 redis_pattern = "user.*.sync"
+# Or from NATS (one bus or the other): nats://host:port. Each user's events are relayed
+# by one node of the cluster, in order, with a fallback if that node misses one.
+nats_url = ""
+# The NATS subject; its one `*` token is the user id (so user ids without dots).
+nats_subject = "user.*.sync"
 
 [log]
 # "pretty" or "json" (also --log-format).

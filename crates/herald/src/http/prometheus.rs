@@ -45,6 +45,7 @@ struct Snapshot {
     broker_outages: u64,
     broker_degraded: u64,
     repeated: u64,
+    relay_skipped: u64,
     broker_malformed: u64,
     following: u64,
     store_errors: u64,
@@ -89,6 +90,7 @@ fn snapshot(app: &App) -> Snapshot {
         broker_outages: m.broker_outages.load(Relaxed),
         broker_degraded: m.degraded.load(Relaxed),
         repeated: m.repeated.load(Relaxed),
+        relay_skipped: m.relay_skipped.load(Relaxed),
         broker_malformed: m.broker_malformed.load(Relaxed),
         following: n(app.broker.following()),
         store_errors: m.store_errors.load(Relaxed),
@@ -254,6 +256,12 @@ impl Collector for Snapshot {
             "herald_publications_repeated",
             "Publications answered as repeats of an idempotency key (nothing delivered).",
             self.repeated,
+        )?;
+        counter(
+            e,
+            "herald_relay_skipped",
+            "Upstream relay messages dropped: not JSON, not a sync event, no usable user id, or refused.",
+            self.relay_skipped,
         )?;
         counter(
             e,

@@ -40,6 +40,7 @@ pub async fn stats(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
         "refused": crate::metrics::Refusal::ALL.iter().map(|r| (r.as_str().to_owned(), Value::from(m.refusals(*r)))).collect::<serde_json::Map<_, _>>(),
         "latency_ms": {"p50": lat.quantile_ms(0.50), "p95": lat.quantile_ms(0.95), "p99": lat.quantile_ms(0.99)},
         "latency_ms_recent": m.recent_latency().map(|r| json!({"p50": r.p50, "p95": r.p95, "p99": r.p99, "count": r.count, "window_s": r.window_s})),
+        "relay_skipped": m.relay_skipped.load(Relaxed),
         "broker": {"degraded": m.degraded.load(Relaxed), "outages": m.broker_outages.load(Relaxed), "malformed": m.broker_malformed.load(Relaxed), "following": app.broker.following()},
     })))
 }
@@ -116,7 +117,8 @@ pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Value>) {
     body.insert("status".into(), json!(status));
     body.insert("broker".into(), json!(broker));
     body.insert("store".into(), json!(store));
-    if !app.cfg().relay.redis_url.is_empty() {
+    let relay = &app.cfg().relay;
+    if !relay.redis_url.is_empty() || !relay.nats_url.is_empty() {
         let subscribed = app.metrics.relay_subscribed.load(Relaxed);
         let relay = if subscribed { "ok" } else { "connecting" };
         body.insert("relay".into(), json!(relay));

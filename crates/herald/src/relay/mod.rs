@@ -1,8 +1,11 @@
 //! The upstream relay (DESIGN §5, seed 002): a user's device events arrive from another
-//! system on a bus (a Redis channel per user) and are relayed to that user's `sync:`
-//! channel as if a device had published them: validated, with the upstream field names
-//! converted, and not echoed to the sending device.
+//! system on a bus (a Redis channel or a NATS subject per user) and are relayed to that
+//! user's `sync:` channel as if a device had published them: validated, with the
+//! upstream field names converted, and not echoed to the sending device. A message that
+//! is not one is dropped, logged and counted (`relay_skipped`).
 
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod redis;
 
 use std::time::Instant;
@@ -60,6 +63,33 @@ pub fn relay(
         idempotency_key: None,
     };
     Ok(broker.publish(publication))
+}
+
+/// Relays one upstream message and waits for its answer; counts it (relayed or skipped)
+/// and logs a skip. Shared by the Redis and the NATS side.
+pub async fn handle(
+    broker: &dyn Broker,
+    metrics: &crate::metrics::Metrics,
+    (prefix, suffix): (&str, &str),
+    bus_channel: &str,
+    payload: &[u8],
+) {
+    let outcome = match relay(broker, prefix, suffix, bus_channel, payload) {
+        Ok(submitted) => match submitted.wait().await {
+            Ok(_) => {
+                metrics.accepted(crate::metrics::Source::Relay);
+                None
+            }
+            Err(d) => Some(d.answer().1),
+        },
+        Err(skipped) => Some(skipped.to_string()),
+    };
+    if let Some(why) = outcome {
+        metrics
+            .relay_skipped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(channel = %bus_channel, "sync relay skipped a message: {why}");
+    }
 }
 
 /// Splits a pattern like `user.*.sync` around its one `*`.

@@ -21,7 +21,7 @@ use sha1::{Digest, Sha1};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{relay, split_pattern};
+use super::split_pattern;
 use crate::broker::Broker;
 use crate::config::RelayConfig;
 use crate::metrics::Metrics;
@@ -103,25 +103,25 @@ pub async fn run(
                 continue;
             }
         }
-        let outcome = match relay(broker.as_ref(), prefix, suffix, &channel, payload) {
-            Ok(submitted) => match submitted.wait().await {
-                Ok(_) => {
-                    metrics.accepted(crate::metrics::Source::Relay);
-                    None
-                }
-                Err(d) => Some(d.answer().1),
-            },
-            Err(skipped) => Some(skipped.to_string()),
-        };
-        if let Some(why) = outcome {
-            tracing::info!(channel = %channel, "sync relay skipped a message: {why}");
-        }
+        super::handle(
+            broker.as_ref(),
+            &metrics,
+            (prefix, suffix),
+            &channel,
+            payload,
+        )
+        .await;
     }
 }
 
 /// Whether this node is the one to relay this message (first to claim it). A claim
 /// that cannot be made (Redis trouble) relays: a duplicate beats a loss.
-async fn claim(conn: &mut ConnectionManager, prefix: &str, channel: &str, payload: &[u8]) -> bool {
+pub(super) async fn claim(
+    conn: &mut ConnectionManager,
+    prefix: &str,
+    channel: &str,
+    payload: &[u8],
+) -> bool {
     let mut digest = Sha1::new();
     digest.update(channel.as_bytes());
     digest.update([0u8]);

@@ -1552,3 +1552,118 @@ async fn a_server_side_subscription_follows_the_channel_across_nodes() {
         s.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn each_nats_message_is_relayed_once_per_cluster() {
+    use crate::relay::{free_port, probe_through, OwnNats};
+    let nats = OwnNats::start_on(free_port());
+    let client = nats.client().await;
+    let prefix = format!("herald-it-{:08x}", rand::random::<u32>());
+    let subject_pattern = format!("{prefix}.user.*.sync");
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(
+            TestServer::start_with(|c| {
+                cluster_config(c, &redis_url(), &prefix);
+                c.relay.nats_url = nats.url();
+                c.relay.nats_subject = subject_pattern.clone();
+            })
+            .await,
+        );
+    }
+    for s in &nodes {
+        let ready = poll_until(WAIT, || async {
+            let r = s.get_json("/readyz").await.1;
+            r["broker"] == "ok" && r["relay"] == "ok"
+        });
+        assert!(ready.await, "node subscribed to the bus and to NATS");
+    }
+    let mut tv = sync_device(&nodes[0], "42", "tv").await;
+    let mut phone = sync_device(&nodes[2], "42", "phone").await;
+    let subject = format!("{prefix}.user.42.sync");
+    probe_through(&client, &subject, &mut tv, &mut [&mut phone]).await;
+    for i in 0..20 {
+        let event =
+            json!({"type": "watchlist_update", "content_id": format!("c{i}"), "action": "add"});
+        client
+            .publish(subject.clone(), event.to_string().into())
+            .await
+            .unwrap();
+    }
+    for ws in [&mut tv, &mut phone] {
+        for i in 0..20 {
+            assert_eq!(
+                next_pub(ws).await["data"]["content_id"],
+                format!("c{i}"),
+                "in order, once"
+            );
+        }
+        assert!(
+            maybe_pub(ws).await.is_none(),
+            "once per cluster, not once per node"
+        );
+    }
+    let relayed: u64 = {
+        let mut n = 0;
+        for s in &nodes {
+            n += s.stats().await["publications"].as_u64().unwrap_or(0);
+        }
+        n
+    };
+    assert!(relayed > 0);
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_user_s_events_are_relayed_even_when_their_chosen_node_does_not_relay() {
+    use crate::relay::{free_port, OwnNats};
+    let nats = OwnNats::start_on(free_port());
+    let client = nats.client().await;
+    let prefix = format!("herald-it-{:08x}", rand::random::<u32>());
+    let pattern = format!("{prefix}.user.*.sync");
+    let relaying = TestServer::start_with(|c| {
+        cluster_config(c, &redis_url(), &prefix);
+        c.relay.nats_url = nats.url();
+        c.relay.nats_subject = pattern.clone();
+    })
+    .await;
+    // In the cluster, and chosen for about half the users, but relays nothing.
+    let silent = TestServer::start_with(|c| cluster_config(c, &redis_url(), &prefix)).await;
+    let both = poll_until(WAIT, || async {
+        relaying.stats().await["cluster"]["nodes"] == 2
+            && silent.get_json("/readyz").await.1["broker"] == "ok"
+    });
+    assert!(both.await, "two nodes in the cluster view");
+    let ready = poll_until(WAIT, || async {
+        relaying.get_json("/readyz").await.1["relay"] == "ok"
+    });
+    assert!(ready.await);
+    // The relay refreshes its view of the nodes every second.
+    let mut devices = Vec::new();
+    for u in 0..12 {
+        devices.push(sync_device(&relaying, &format!("u{u}"), "tv").await);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for round in 0..2 {
+        for u in 0..12 {
+            let event = json!({"type": "watchlist_update", "content_id": format!("r{round}"), "action": "add"});
+            client
+                .publish(format!("{prefix}.user.u{u}.sync"), event.to_string().into())
+                .await
+                .unwrap();
+        }
+        for ws in devices.iter_mut() {
+            assert_eq!(
+                next_pub(ws).await["data"]["content_id"],
+                format!("r{round}")
+            );
+        }
+    }
+    for ws in devices.iter_mut() {
+        assert!(maybe_pub(ws).await.is_none(), "once");
+    }
+    relaying.shutdown().await;
+    silent.shutdown().await;
+}
