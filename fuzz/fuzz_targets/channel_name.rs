@@ -65,7 +65,12 @@ fn check_resolve(name: &str, cfg: &BTreeMap<String, NamespaceConfig>) {
         }
         Err(Denied::Forbidden(why)) => panic!("resolve({name:?}) forbade: {why}"),
         Err(Denied::BadRequest(why)) => panic!("resolve({name:?}) called it malformed: {why}"),
-        Err(d @ (Denied::TooLarge(_) | Denied::ChannelBudget | Denied::Unavailable(_))) => {
+        Err(
+            d @ (Denied::TooLarge(_)
+            | Denied::ChannelBudget
+            | Denied::Unavailable(_)
+            | Denied::InProgress),
+        ) => {
             panic!("resolve({name:?}) refused as a publication: {d:?}")
         }
     }

@@ -76,6 +76,33 @@ where
         .ok_or_else(|| D::Error::custom(format!("invalid close code {n}: expected an integer")))
 }
 
+/// The largest Unix time a body may give: 2^53 - 1, the largest integer every JSON
+/// implementation holds exactly (the OpenAPI document says so as the `maximum`).
+pub const MAX_UNIX_TIME: u64 = (1 << 53) - 1;
+
+/// A Unix time in seconds, also written as an integer-valued float (JSON Schema's
+/// integer), 0 to [`MAX_UNIX_TIME`]; anything else is refused.
+pub fn unix_time<'de, D>(d: D) -> Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let n = serde_json::Number::deserialize(d)?;
+    let whole = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=MAX_UNIX_TIME as f64).contains(f))
+            .map(|f| f as u64)
+    });
+    whole
+        .filter(|w| *w <= MAX_UNIX_TIME)
+        .map(Some)
+        .ok_or_else(|| {
+            D::Error::custom(format!(
+                "invalid time {n}: expected Unix seconds, 0 to {MAX_UNIX_TIME}"
+            ))
+        })
+}
+
 /// A request body as `T`, which must be a JSON object: serde would also fill a struct
 /// from an array, positionally, which no documented request is.
 pub fn object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
