@@ -145,23 +145,17 @@ pub async fn run(
         // the claim still makes it once.
         let mine = chosen(user, &nodes).is_none_or(|tag| tag == a.me);
         if mine {
-            if super::redis::claim(
-                &mut a.claims.clone(),
-                &a.prefix,
+            let mut claims = a.claims.clone();
+            let claim = (&mut claims, a.prefix.as_str());
+            relay_claimed(
+                broker.as_ref(),
+                &metrics,
+                claim,
+                pattern,
                 bus_channel,
                 &message.payload,
             )
-            .await
-            {
-                super::handle(
-                    broker.as_ref(),
-                    &metrics,
-                    pattern,
-                    bus_channel,
-                    &message.payload,
-                )
-                .await;
-            }
+            .await;
             continue;
         }
         let Ok(permit) = fallbacks.clone().try_acquire_owned() else {
@@ -174,24 +168,43 @@ pub async fn run(
             let _permit = permit;
             tokio::time::sleep(FALLBACK).await;
             let channel = message.subject.as_str();
-            if super::redis::claim(&mut claims, &claim_prefix, channel, &message.payload).await {
+            let claim = (&mut claims, claim_prefix.as_str());
+            let pattern = (prefix.as_str(), suffix.as_str());
+            if relay_claimed(
+                broker.as_ref(),
+                &metrics,
+                claim,
+                pattern,
+                channel,
+                &message.payload,
+            )
+            .await
+            {
                 tracing::debug!(
                     channel,
                     "sync relay: relayed a message its chosen node missed"
                 );
-                super::handle(
-                    broker.as_ref(),
-                    &metrics,
-                    (&prefix, &suffix),
-                    channel,
-                    &message.payload,
-                )
-                .await;
             }
         });
     }
     metrics.relay_subscribed.store(false, Relaxed);
     let _ = messages.unsubscribe().await;
+}
+
+/// Relays `payload` if this node wins its once-per-cluster claim; answers whether it did.
+async fn relay_claimed(
+    broker: &dyn Broker,
+    metrics: &Metrics,
+    (claims, claim_prefix): (&mut ConnectionManager, &str),
+    pattern: (&str, &str),
+    subject: &str,
+    payload: &[u8],
+) -> bool {
+    let won = super::redis::claim(claims, claim_prefix, subject, payload).await;
+    if won {
+        super::handle(broker, metrics, pattern, subject, payload).await;
+    }
+    won
 }
 
 #[cfg(test)]

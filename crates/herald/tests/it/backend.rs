@@ -17,16 +17,6 @@ async fn pipeline(ws: &mut Ws, frames: impl IntoIterator<Item = Value>) {
     ws.flush().await.unwrap();
 }
 
-/// The next `ack` or `error`, skipping publications the connection receives.
-async fn next_answer(ws: &mut Ws) -> Value {
-    loop {
-        let m = next_json(ws).await;
-        if m["type"] == "ack" || m["type"] == "error" {
-            return m;
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_backend_publishes_to_every_target_and_is_acked_in_order() {
     let s = TestServer::start_with(|c| c.ws.queue_messages = 1024).await;

@@ -267,13 +267,6 @@ async fn drop_oldest_keeps_the_newest_for_a_stalled_client_without_closing_it() 
     s.shutdown().await;
 }
 
-/// The next publication, or None if nothing arrives within a short while.
-async fn maybe_pub(ws: &mut Ws) -> Option<Value> {
-    tokio::time::timeout(Duration::from_millis(300), next_pub(ws))
-        .await
-        .ok()
-}
-
 #[tokio::test]
 async fn latest_on_subscribe_sends_the_last_publication_right_after_subscribed() {
     let s = TestServer::start_with(|c| {

@@ -5,27 +5,10 @@
 
 use futures_util::SinkExt;
 use herald::config::{NamespaceConfig, PublishRule};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
-
-/// The next publication, or None if nothing arrives within a short while.
-async fn maybe_pub(ws: &mut Ws) -> Option<Value> {
-    tokio::time::timeout(std::time::Duration::from_millis(300), next_pub(ws))
-        .await
-        .ok()
-}
-
-/// The next `ack` or `error`, skipping publications.
-async fn next_answer(ws: &mut Ws) -> Value {
-    loop {
-        let m = next_json(ws).await;
-        if m["type"] == "ack" || m["type"] == "error" {
-            return m;
-        }
-    }
-}
 
 #[tokio::test]
 async fn a_repeated_key_is_answered_as_the_first_and_delivered_once() {

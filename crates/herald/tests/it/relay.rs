@@ -125,16 +125,13 @@ impl OwnNats {
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            match async_nats::connect(self.url()).await {
-                Ok(c) => return c,
-                Err(e) if std::time::Instant::now() > deadline => {
-                    panic!("own nats-server up: {e}")
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        let up = poll_until(WAIT, || async {
+            async_nats::connect(self.url()).await.is_ok()
+        });
+        assert!(up.await, "own nats-server up");
+        async_nats::connect(self.url())
+            .await
+            .expect("own nats-server up")
     }
 
     fn stop(&mut self) {
@@ -147,14 +144,6 @@ impl Drop for OwnNats {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Publishes `probe` on `subject` until `ws` receives it (the relay subscribes in the

@@ -68,8 +68,22 @@ async fn cluster_at(url: &str, n: usize) -> Vec<TestServer> {
 
 /// One more node for the cluster `like` belongs to.
 async fn join_cluster(like: &TestServer) -> TestServer {
+    join_cluster_with(like, |_| {}).await
+}
+
+/// One more node for `like`'s cluster whose history budget holds only a few publications.
+async fn small_budget_node(like: &TestServer) -> TestServer {
+    join_cluster_with(like, |c| c.limits.history_bytes = 2048).await
+}
+
+/// One more node for `like`'s cluster, with `f` applied to its settings.
+async fn join_cluster_with(like: &TestServer, f: impl FnOnce(&mut Config)) -> TestServer {
     let broker = like.node().app.cfg().broker.clone();
-    let s = TestServer::start_with(|c| cluster_config(c, &broker.url, &broker.prefix)).await;
+    let s = TestServer::start_with(|c| {
+        cluster_config(c, &broker.url, &broker.prefix);
+        f(c);
+    })
+    .await;
     let ready = poll_until(WAIT, || async {
         s.get_json("/readyz").await.1["broker"] == "ok"
     });
@@ -94,13 +108,6 @@ async fn subscribe(ws: &mut Ws, channel: &str, since: Option<(u64, &str)>) -> Va
         }
         assert_ne!(reply["type"], "error", "{reply}");
     }
-}
-
-/// The next `pub` within a short wait, or None: for "this one got nothing".
-async fn maybe_pub(ws: &mut Ws) -> Option<Value> {
-    tokio::time::timeout(Duration::from_millis(400), next_pub(ws))
-        .await
-        .ok()
 }
 
 /// Publishes through `s` and a marker to `user` after it; the marker arriving first
@@ -359,13 +366,7 @@ async fn a_node_that_never_saw_a_channel_recovers_it_from_the_shared_history() {
 #[tokio::test]
 async fn a_since_older_than_the_node_s_copy_is_read_from_the_shared_history() {
     let first = cluster(1).await;
-    let broker = first[0].node().app.cfg().broker.clone();
-    // A node whose history budget holds only a few publications.
-    let small = TestServer::start_with(|c| {
-        cluster_config(c, &broker.url, &broker.prefix);
-        c.limits.history_bytes = 2048;
-    })
-    .await;
+    let small = small_budget_node(&first[0]).await;
     let (mut watcher, _) = small.connect("w").await;
     subscribe(&mut watcher, "news", None).await;
     let pad = "x".repeat(200);
@@ -524,14 +525,6 @@ async fn a_node_follows_a_channel_only_while_it_has_subscribers() {
     for s in nodes {
         s.shutdown().await;
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A `redis-server` of this test's own on a free port, so it can be killed.
@@ -1477,17 +1470,7 @@ async fn a_revocation_reaches_every_node_and_nodes_that_start_later() {
 #[tokio::test]
 async fn the_latest_publication_follows_subscribed_on_a_node_that_never_saw_the_channel() {
     let first = cluster(1).await;
-    let broker = first[0].node().app.cfg().broker.clone();
-    // A node whose history budget holds only a few publications.
-    let small = TestServer::start_with(|c| {
-        cluster_config(c, &broker.url, &broker.prefix);
-        c.limits.history_bytes = 2048;
-    })
-    .await;
-    let ready = poll_until(WAIT, || async {
-        small.get_json("/readyz").await.1["broker"] == "ok"
-    });
-    assert!(ready.await);
+    let small = small_budget_node(&first[0]).await;
     for song in ["one", "two"] {
         first[0]
             .publish(json!({"channel": "now:radio", "data": {"song": song}}))
@@ -1555,7 +1538,7 @@ async fn a_server_side_subscription_follows_the_channel_across_nodes() {
 
 #[tokio::test]
 async fn each_nats_message_is_relayed_once_per_cluster() {
-    use crate::relay::{free_port, probe_through, OwnNats};
+    use crate::relay::{probe_through, OwnNats};
     let nats = OwnNats::start_on(free_port());
     let client = nats.client().await;
     let prefix = format!("herald-it-{:08x}", rand::random::<u32>());
@@ -1618,7 +1601,7 @@ async fn each_nats_message_is_relayed_once_per_cluster() {
 
 #[tokio::test]
 async fn a_user_s_events_are_relayed_even_when_their_chosen_node_does_not_relay() {
-    use crate::relay::{free_port, OwnNats};
+    use crate::relay::OwnNats;
     let nats = OwnNats::start_on(free_port());
     let client = nats.client().await;
     let prefix = format!("herald-it-{:08x}", rand::random::<u32>());
@@ -1640,7 +1623,9 @@ async fn a_user_s_events_are_relayed_even_when_their_chosen_node_does_not_relay(
         relaying.get_json("/readyz").await.1["relay"] == "ok"
     });
     assert!(ready.await);
-    // The relay refreshes its view of the nodes every second.
+    // The relay refreshes its view of the nodes every second and does not show it; until
+    // it has seen `silent`, it relays everything itself (the test would pass without
+    // exercising the fallback), so this waits out one refresh — the one sleep here.
     let mut devices = Vec::new();
     for u in 0..12 {
         devices.push(sync_device(&relaying, &format!("u{u}"), "tv").await);

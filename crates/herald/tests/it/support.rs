@@ -517,3 +517,29 @@ pub async fn assert_publications_counted(s: &TestServer, source: &str, n: u64) {
             .join("\n")
     );
 }
+
+/// The next `pub` within a short wait, or None: for "this one got nothing".
+pub async fn maybe_pub(ws: &mut Ws) -> Option<Value> {
+    tokio::time::timeout(Duration::from_millis(400), next_pub(ws))
+        .await
+        .ok()
+}
+
+/// The next `ack` or `error`, skipping publications the connection receives.
+pub async fn next_answer(ws: &mut Ws) -> Value {
+    loop {
+        let m = next_json(ws).await;
+        if m["type"] == "ack" || m["type"] == "error" {
+            return m;
+        }
+    }
+}
+
+/// A loopback port nothing listens on (for a service a test starts and stops itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
