@@ -54,6 +54,7 @@ pub mod session;
 pub mod shard;
 pub mod store;
 pub mod wake;
+pub mod webhooks;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -152,6 +153,13 @@ impl Node {
                 )?;
                 (b, tasks)
             };
+        // With a cluster view the node whose write turned a user on or off reports it.
+        let webhooks = webhooks::start(
+            &cfg.webhooks,
+            &hub,
+            cfg.broker.url != "memory://",
+            stop.clone(),
+        )?;
         let tls = http::server::tls_acceptor(&cfg)?;
         let http_caps = Arc::new(http::conn_caps::HttpConnCaps::new(
             cfg.limits.http_connections,
@@ -266,6 +274,10 @@ impl Node {
             }
             for task in broker_tasks {
                 let _ = task.await;
+            }
+            // Last: it delivers what the closing connections and the view reported.
+            if let Some(webhooks) = webhooks {
+                let _ = webhooks.await;
             }
         });
         Ok(Node {

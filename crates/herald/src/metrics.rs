@@ -259,8 +259,22 @@ pub struct Metrics {
     /// Upstream relay messages dropped: not JSON, not a sync event, a subject or channel
     /// without a usable user id, or refused by the broker.
     pub relay_skipped: AtomicU64,
+    /// Presence webhooks (the events dropped at a full queue are counted by the hub's
+    /// `PresenceEvents`).
+    pub webhooks: WebhookCounters,
     /// The last refusals, newest last.
     recent: std::sync::Mutex<std::collections::VecDeque<RecentRefusal>>,
+}
+
+/// What became of presence webhooks.
+#[derive(Default)]
+pub struct WebhookCounters {
+    /// Events the receiver took (a 2xx).
+    pub sent: AtomicU64,
+    /// Attempts that failed and were tried again.
+    pub retries: AtomicU64,
+    /// Events given up: out of attempts, refused (4xx), or cut off by shutdown.
+    pub failed: AtomicU64,
 }
 
 /// How many refusals `GET /api/refusals` can show.
@@ -301,6 +315,7 @@ impl Default for Metrics {
             broker_malformed: AtomicU64::new(0),
             relay_subscribed: std::sync::atomic::AtomicBool::new(false),
             relay_skipped: AtomicU64::new(0),
+            webhooks: WebhookCounters::default(),
             recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(
                 RECENT_REFUSALS,
             )),

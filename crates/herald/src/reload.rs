@@ -2,7 +2,7 @@
 //! applied to new connections and requests — API keys, allowed origins, trusted proxies,
 //! `[limits]`, `[ws]` limits, namespaces (and the log level, by the caller). What needs
 //! a restart (listen, TLS, broker, store, auth, relay, data dir, node name, presence,
-//! log format, metrics listener, `ws.workers`) keeps its
+//! webhooks, log format, metrics listener, `ws.workers`) keeps its
 //! running value, and a change to it is reported so the operator knows.
 //!
 //! The caller has already validated the new config: an invalid file never gets here,
@@ -41,6 +41,8 @@ pub fn apply(app: &AppState, data_dir_key: &str, mut new: Config) -> Vec<&'stati
     keep!(ws.workers, "ws.workers");
     // The grace period is the presence tracker's, fixed when the hub was built.
     keep!(presence, "presence");
+    // The sender and its queue are attached to the hub once, at the start.
+    keep!(webhooks, "webhooks");
     app.api_keys.store(Arc::new(ApiKeys::new(
         new.api
             .keys

@@ -29,6 +29,7 @@ use redis::aio::ConnectionManager;
 use redis::{RedisResult, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::hub::presence_events::{EventKind, PresenceEvent};
 use crate::hub::Hub;
 use crate::ids::UserId;
 
@@ -36,27 +37,46 @@ pub const SYNC_EVERY: Duration = Duration::from_millis(500);
 pub const NODE_TTL_MS: u64 = 5_000;
 const KEY_TTL_S: u64 = 24 * 3600;
 
+/// This node holds the user (with ARGV[2] connections, 0 in the grace); 2 if that made
+/// the user online in the cluster (then, with ARGV[5] set, `P:online:<user>` is set and
+/// ARGV[5] published on ARGV[6]).
 const USER_UP: &str = r"
 local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if added == 1 then
   redis.call('SADD', KEYS[2], ARGV[3])
-  redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+  if redis.call('HINCRBY', KEYS[3], ARGV[3], 1) == 1 then
+    if ARGV[5] ~= '' then
+      redis.call('SET', KEYS[4], 1)
+      redis.call('PUBLISH', ARGV[6], ARGV[5])
+    end
+    return 2
+  end
 end
 return added";
 
+/// This node no longer holds the user; 1 if that made the user offline in the cluster
+/// (then, with ARGV[3] set, `P:online:<user>` is deleted and ARGV[3] published on ARGV[4]).
 const USER_DOWN: &str = r"
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
   redis.call('SREM', KEYS[2], ARGV[2])
   if redis.call('HINCRBY', KEYS[3], ARGV[2], -1) <= 0 then
     redis.call('HDEL', KEYS[3], ARGV[2])
+    if ARGV[3] ~= '' then
+      redis.call('DEL', KEYS[4])
+      redis.call('PUBLISH', ARGV[4], ARGV[3])
+    end
+    return 1
   end
 end
 return 0";
 
-/// Beats this node's heart, writes its totals, clears dead nodes; 1 if Redis knew us.
+/// Beats this node's heart, writes its totals, clears dead nodes: `{1 if Redis knew us,
+/// the users that clearing made offline in the cluster}` (with ARGV[7] set, their
+/// `P:online:<user>` deleted and a `user_offline` published on `P:presence`).
 const HEARTBEAT: &str = r"
 local p, tag, ttl = ARGV[1], ARGV[2], tonumber(ARGV[5])
+local gone = {}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local known = redis.call('ZSCORE', p .. ':nodes', tag)
@@ -70,12 +90,18 @@ for _, dead in ipairs(redis.call('ZRANGEBYSCORE', p .. ':nodes', '-inf', now - t
     redis.call('HDEL', p .. ':user:' .. user, dead)
     if redis.call('HINCRBY', p .. ':online', user, -1) <= 0 then
       redis.call('HDEL', p .. ':online', user)
+      table.insert(gone, user)
+      if ARGV[7] ~= '' then
+        redis.call('DEL', p .. ':online:' .. user)
+        redis.call('PUBLISH', p .. ':presence', cjson.encode({event = 'user_offline',
+          user_id = user, node = ARGV[6], at = now}))
+      end
     end
   end
   redis.call('DEL', set)
   redis.call('ZREM', p .. ':nodes', dead)
 end
-if known then return 1 else return 0 end";
+if known then return {1, gone} else return {0, gone} end";
 
 /// Lua: `alive`, the set of node tags whose heartbeat (`p .. ':nodes'`, by Redis's clock)
 /// is younger than `ttl` ms. Needs `p` and `ttl`.
@@ -252,6 +278,17 @@ impl ClusterView {
 struct Written {
     users: HashMap<UserId, usize>,
     members: HashSet<(Arc<str>, UserId)>,
+    /// Redis may not hold it (a failed round, or Redis lost its data): write all of it
+    /// again, and remove what went away meanwhile. The users written before were
+    /// announced online already; a rewrite does not announce them again.
+    resend: bool,
+}
+
+/// What a command of the round may report: the user it turned online or offline.
+enum Watch {
+    Nothing,
+    Up(UserId),
+    Down(UserId),
 }
 
 /// Writes this node's presence and totals every [`SYNC_EVERY`] until `stop`.
@@ -268,10 +305,10 @@ pub async fn sync_loop(hub: Arc<Hub>, view: Arc<ClusterView>, stop: Cancellation
         match synced {
             Ok(true) => {}
             // Redis did not know us (first beat, or it lost its data): write it all.
-            Ok(false) => written = Written::default(),
+            Ok(false) => written.resend = true,
             Err(e) => {
                 tracing::debug!("cluster view: sync failed: {e}");
-                written = Written::default();
+                written.resend = true;
             }
         }
         tokio::select! {
@@ -281,27 +318,85 @@ pub async fn sync_loop(hub: Arc<Hub>, view: Arc<ClusterView>, stop: Cancellation
     }
     // Leaving cleanly: what this node held is gone at once, not after the TTL.
     let mut pipe = redis::pipe();
+    let mut watch = Vec::new();
     for user in written.users.keys() {
-        pipe.add_command(user_down(&view, user));
+        pipe.add_command(user_down(&hub, &view, user));
+        watch.push(Watch::Down(user.clone()));
     }
     for (channel, user) in &written.members {
         pipe.add_command(member(&view, channel, user, false));
+        watch.push(Watch::Nothing);
     }
     pipe.zrem(format!("{}:nodes", view.prefix), &view.tag);
-    let _: RedisResult<Value> = pipe.query_async(&mut conn).await;
+    if let Ok(results) = pipe.query_async::<Vec<Value>>(&mut conn).await {
+        report(&hub, watch, &results);
+    }
 }
 
-fn user_down(view: &ClusterView, user: &str) -> redis::Cmd {
+/// The body of a user event as Redis subscribers get it, when `presence.redis_keys`
+/// is on ('' tells the script not to write the key nor publish).
+fn redis_body(hub: &Hub, kind: EventKind, user: &UserId) -> String {
+    if hub.redis_presence_keys {
+        PresenceEvent::new(kind, user, None, &hub.node).body()
+    } else {
+        String::new()
+    }
+}
+
+fn user_keys(view: &ClusterView, user: &str) -> [String; 4] {
     let p = &view.prefix;
+    [
+        format!("{p}:user:{user}"),
+        format!("{p}:node:{}:users", view.tag),
+        format!("{p}:online"),
+        format!("{p}:online:{user}"),
+    ]
+}
+
+fn user_up(hub: &Hub, view: &ClusterView, user: &UserId, connections: usize) -> redis::Cmd {
+    let keys = user_keys(view, user);
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    eval(
+        USER_UP,
+        &keys,
+        &[
+            &view.tag,
+            &connections.to_string(),
+            user,
+            &KEY_TTL_S.to_string(),
+            &redis_body(hub, EventKind::UserOnline, user),
+            &format!("{}:presence", view.prefix),
+        ],
+    )
+}
+
+fn user_down(hub: &Hub, view: &ClusterView, user: &UserId) -> redis::Cmd {
+    let keys = user_keys(view, user);
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     eval(
         USER_DOWN,
+        &keys,
         &[
-            &format!("{p}:user:{user}"),
-            &format!("{p}:node:{}:users", view.tag),
-            &format!("{p}:online"),
+            &view.tag,
+            user,
+            &redis_body(hub, EventKind::UserOffline, user),
+            &format!("{}:presence", view.prefix),
         ],
-        &[&view.tag, user],
     )
+}
+
+/// Hands the users this round turned online or offline in the cluster to the presence
+/// events: the node whose script made the change is the one that reports it, so each
+/// is reported once per cluster.
+fn report(hub: &Hub, watch: Vec<Watch>, results: &[Value]) {
+    let events = &hub.registry.events;
+    for (w, r) in watch.into_iter().zip(results) {
+        match (w, r) {
+            (Watch::Up(user), Value::Int(2)) => events.user(EventKind::UserOnline, &user),
+            (Watch::Down(user), Value::Int(1)) => events.user(EventKind::UserOffline, &user),
+            _ => {}
+        }
+    }
 }
 
 const MEMBER_UP: &str = r"
@@ -373,28 +468,33 @@ async fn sync_once(
         .into_iter()
         .flat_map(|(c, us)| us.into_iter().map(move |u| (c.clone(), u)))
         .collect();
+    let resend = written.resend;
     let mut pipe = redis::pipe();
+    let mut watch = Vec::new();
     for (user, n) in &users {
-        if written.users.get(user) != Some(n) {
-            pipe.add_command(eval(
-                USER_UP,
-                &[
-                    &format!("{p}:user:{user}"),
-                    &format!("{p}:node:{}:users", view.tag),
-                    &format!("{p}:online"),
-                ],
-                &[&view.tag, &n.to_string(), user, &KEY_TTL_S.to_string()],
-            ));
+        if resend || written.users.get(user) != Some(n) {
+            pipe.add_command(user_up(hub, view, user, *n));
+            // Rewritten after a loss, a user written before is not news.
+            watch.push(if resend && written.users.contains_key(user) {
+                Watch::Nothing
+            } else {
+                Watch::Up(user.clone())
+            });
         }
     }
     for user in written.users.keys().filter(|u| !users.contains_key(*u)) {
-        pipe.add_command(user_down(view, user));
+        pipe.add_command(user_down(hub, view, user));
+        watch.push(Watch::Down(user.clone()));
     }
-    for (channel, user) in members.difference(&written.members) {
-        pipe.add_command(member(view, channel, user, true));
+    for (channel, user) in &members {
+        if resend || !written.members.contains(&(channel.clone(), user.clone())) {
+            pipe.add_command(member(view, channel, user, true));
+            watch.push(Watch::Nothing);
+        }
     }
     for (channel, user) in written.members.difference(&members) {
         pipe.add_command(member(view, channel, user, false));
+        watch.push(Watch::Nothing);
     }
     pipe.add_command(eval(
         HEARTBEAT,
@@ -406,11 +506,27 @@ async fn sync_once(
             &users.len().to_string(),
             &NODE_TTL_MS.to_string(),
             &hub.node,
+            if hub.redis_presence_keys { "1" } else { "" },
         ],
     ));
     let results: Vec<Value> = pipe.query_async(conn).await?;
-    let known = matches!(results.last(), Some(Value::Int(1)));
+    report(hub, watch, &results);
+    let (known, gone) = match results.last() {
+        Some(Value::Array(beat)) => (matches!(beat.first(), Some(Value::Int(1))), beat.get(1)),
+        _ => (false, None),
+    };
+    // Users of dead nodes that this node's heartbeat cleared, now offline everywhere.
+    if let Some(Value::Array(gone)) = gone {
+        for user in gone {
+            if let Ok(user) = redis::from_redis_value_ref::<String>(user) {
+                registry
+                    .events
+                    .user(EventKind::UserOffline, &UserId::from(user));
+            }
+        }
+    }
     written.users = users;
     written.members = members;
+    written.resend = false;
     Ok(known)
 }

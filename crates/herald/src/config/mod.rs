@@ -8,6 +8,7 @@
 pub mod load;
 pub mod secrets;
 pub mod template;
+pub mod webhooks;
 
 pub mod namespaces;
 
@@ -49,6 +50,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Upstream sync events from an external bus (seed 002).
     pub relay: RelayConfig,
+    /// Presence events POSTed to another system.
+    pub webhooks: webhooks::WebhooksConfig,
 }
 
 impl Default for Config {
@@ -72,6 +75,7 @@ impl Default for Config {
             namespaces: namespaces::builtin(),
             presence: PresenceConfig::default(),
             relay: RelayConfig::default(),
+            webhooks: webhooks::WebhooksConfig::default(),
         }
     }
 }
@@ -525,6 +529,12 @@ impl Config {
             }
         }
         self.relay.validate(&mut errs);
+        self.webhooks.validate(&mut errs);
+        if self.presence.redis_keys && self.broker.url == "memory://" {
+            errs.push(
+                "presence.redis_keys: needs a Redis broker (broker.url = \"redis://…\")".into(),
+            );
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             errs.push(format!(
                 "log.level: `{}` is not a log filter (try info or herald=debug)",

@@ -88,11 +88,18 @@ pub struct PresenceConfig {
     /// A user goes offline (and leaves channels) only after this long without a
     /// connection, so a page reload does not flap.
     pub grace_ms: u64,
+    /// Also keep `<prefix>:online:<user id>` in Redis while the user is online and
+    /// publish `user_online` / `user_offline` on `<prefix>:presence` (needs a Redis
+    /// broker), for services that read Redis (seed 004).
+    pub redis_keys: bool,
 }
 
 impl Default for PresenceConfig {
     fn default() -> Self {
-        PresenceConfig { grace_ms: 2000 }
+        PresenceConfig {
+            grace_ms: 2000,
+            redis_keys: false,
+        }
     }
 }
 

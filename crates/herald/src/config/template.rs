@@ -126,6 +126,10 @@ url = ""
 # A user is online while any connection is up, and offline only after this long
 # without one (also when leaving a channel with presence), so reloads do not flap.
 grace_ms = 2000
+# Also keep <broker.prefix>:online:<user id> in Redis while the user is online (after the
+# grace) and PUBLISH user_online / user_offline (JSON, as the webhooks send them) on
+# <broker.prefix>:presence, once per cluster. Needs a Redis broker.
+redis_keys = false
 
 # Channel namespaces. A channel is `namespace:rest`, or just `rest` in `default`.
 #   subscribe      "any" (any connection) | "owner" (the rest is exactly the user's id:
@@ -175,6 +179,23 @@ redis_pattern = "user.*.sync"
 nats_url = ""
 # The NATS subject; its one `*` token is the user id (so user ids without dots).
 nats_subject = "user.*.sync"
+
+[webhooks]
+# Presence events POSTed as JSON ({"event","user_id","conn_id"?,"node","at"}) to this
+# URL, each once per cluster, signed with X-Herald-Signature: t=<unix>,v1=<hex of
+# HMAC-SHA256(secret, "<t>.<body>")>. Empty = off. Needs a restart.
+url = ""
+# Required with url, at least 16 characters.
+secret = ""
+# Any of user_online, user_offline (after the presence grace), connection_open,
+# connection_close.
+events = ["user_online", "user_offline"]
+# One attempt's deadline; a failed attempt (no answer, 5xx, 408, 429) is retried with
+# backoff (0.5 s, 1 s, 2 s … at most 30 s) up to max_attempts, then given up (counted).
+timeout_ms = 5000
+max_attempts = 6
+# Events waiting to be sent; when full, new events are dropped (counted).
+queue = 10000
 
 [log]
 # "pretty" or "json" (also --log-format).

@@ -46,6 +46,7 @@ struct Snapshot {
     broker_degraded: u64,
     repeated: u64,
     relay_skipped: u64,
+    webhooks: [u64; 4],
     broker_malformed: u64,
     following: u64,
     store_errors: u64,
@@ -91,6 +92,12 @@ fn snapshot(app: &App) -> Snapshot {
         broker_degraded: m.degraded.load(Relaxed),
         repeated: m.repeated.load(Relaxed),
         relay_skipped: m.relay_skipped.load(Relaxed),
+        webhooks: [
+            m.webhooks.sent.load(Relaxed),
+            m.webhooks.retries.load(Relaxed),
+            m.webhooks.failed.load(Relaxed),
+            registry.events.dropped.load(Relaxed),
+        ],
         broker_malformed: m.broker_malformed.load(Relaxed),
         following: n(app.broker.following()),
         store_errors: m.store_errors.load(Relaxed),
@@ -263,6 +270,31 @@ impl Collector for Snapshot {
             "Upstream relay messages dropped: not JSON, not a sync event, no usable user id, or refused.",
             self.relay_skipped,
         )?;
+        let [sent, retries, failed, dropped] = self.webhooks;
+        for (name, help, v) in [
+            (
+                "herald_webhooks_sent",
+                "Presence webhook events the receiver took (2xx).",
+                sent,
+            ),
+            (
+                "herald_webhook_retries",
+                "Presence webhook attempts that failed and were tried again.",
+                retries,
+            ),
+            (
+                "herald_webhooks_failed",
+                "Presence webhook events given up (out of attempts, refused, or shutdown).",
+                failed,
+            ),
+            (
+                "herald_webhooks_dropped",
+                "Presence events dropped because the webhook queue was full.",
+                dropped,
+            ),
+        ] {
+            counter(e, name, help, v)?;
+        }
         counter(
             e,
             "herald_broker_degraded",

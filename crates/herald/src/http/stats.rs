@@ -41,6 +41,7 @@ pub async fn stats(State(app): State<App>, headers: HeaderMap) -> Result<Json<Va
         "latency_ms": {"p50": lat.quantile_ms(0.50), "p95": lat.quantile_ms(0.95), "p99": lat.quantile_ms(0.99)},
         "latency_ms_recent": m.recent_latency().map(|r| json!({"p50": r.p50, "p95": r.p95, "p99": r.p99, "count": r.count, "window_s": r.window_s})),
         "relay_skipped": m.relay_skipped.load(Relaxed),
+        "webhooks": {"sent": m.webhooks.sent.load(Relaxed), "retries": m.webhooks.retries.load(Relaxed), "failed": m.webhooks.failed.load(Relaxed), "dropped": hub.registry.events.dropped.load(Relaxed)},
         "broker": {"degraded": m.degraded.load(Relaxed), "outages": m.broker_outages.load(Relaxed), "malformed": m.broker_malformed.load(Relaxed), "following": app.broker.following()},
     })))
 }

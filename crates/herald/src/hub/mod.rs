@@ -9,6 +9,7 @@ pub mod fanout;
 pub mod listing;
 pub mod namespace;
 pub mod presence;
+pub mod presence_events;
 #[cfg(test)]
 mod prop_tests;
 pub mod registry;
@@ -45,6 +46,9 @@ pub struct Hub {
     pub leeway_s: u64,
     /// Tokens refused at connect and on `refresh` (DESIGN §13), the cluster's records.
     pub revoked: crate::auth::revoked::Revocations,
+    /// `presence.redis_keys`: the cluster view also keeps `P:online:<user>` and
+    /// publishes user events on `P:presence`.
+    pub redis_presence_keys: bool,
 }
 
 impl Hub {
@@ -79,6 +83,7 @@ impl Hub {
             idle_timeout_s: AtomicU64::new(cfg.ws.idle_timeout_s),
             leeway_s: cfg.auth.leeway_s,
             revoked: crate::auth::revoked::Revocations::default(),
+            redis_presence_keys: cfg.presence.redis_keys,
         }
     }
 

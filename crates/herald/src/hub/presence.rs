@@ -28,8 +28,9 @@ impl UserPresence {
         self.went_offline.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn connected(&self, user: &str) {
-        self.lock().remove(user);
+    /// A connection of `user` registered; true if the user was within its grace.
+    pub fn connected(&self, user: &str) -> bool {
+        self.lock().remove(user).is_some()
     }
 
     pub fn last_disconnected(&self, user: &UserId) {
@@ -65,15 +66,22 @@ impl UserPresence {
             .collect()
     }
 
-    pub fn sweep(&self) {
-        self.sweep_at(Instant::now());
+    pub fn sweep(&self) -> Vec<UserId> {
+        self.sweep_at(Instant::now())
     }
 
-    /// Forgets users whose grace ran out by `now`.
-    pub fn sweep_at(&self, now: Instant) {
+    /// Forgets users whose grace ran out by `now`, and says who they were (now offline).
+    pub fn sweep_at(&self, now: Instant) -> Vec<UserId> {
         let grace = self.grace;
-        self.lock()
-            .retain(|_, t| now.saturating_duration_since(*t) < grace);
+        let mut gone = Vec::new();
+        self.lock().retain(|u, t| {
+            let keep = now.saturating_duration_since(*t) < grace;
+            if !keep {
+                gone.push(u.clone());
+            }
+            keep
+        });
+        gone
     }
 
     /// How many users are still within their grace (for leak checks).
@@ -136,9 +144,9 @@ mod tests {
         let t0 = Instant::now();
         p.last_disconnected_at(&a, t0);
         p.last_disconnected_at(&b, t0 + Duration::from_secs(1));
-        p.sweep_at(t0 + GRACE - MS);
+        assert!(p.sweep_at(t0 + GRACE - MS).is_empty());
         assert_eq!(p.pending(), 2);
-        p.sweep_at(t0 + GRACE);
+        assert_eq!(p.sweep_at(t0 + GRACE), vec![a.clone()], "a went offline");
         assert_eq!(p.pending(), 1, "a's grace is over, b's is not");
         assert!(p.online_at("b", 0, t0 + GRACE));
         p.sweep_at(t0 + GRACE + Duration::from_secs(1));

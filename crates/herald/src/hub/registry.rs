@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use super::channels::{ChannelLimits, Channels};
 use super::presence::UserPresence;
+use super::presence_events::{EventKind, PresenceEvents};
 use crate::auth::{jti_hash, Identity, TokenStamp};
 use crate::ids::{ConnId, UserId};
 use crate::metrics::Refusal;
@@ -187,12 +188,18 @@ impl<K: Borrow<str> + Hash + Eq + Clone> Index<K> {
         &self.shards[shard_of(key)]
     }
 
-    pub fn insert(&self, key: &K, conn: &Arc<ConnHandle>) {
+    /// Adds `conn` under `key`; true if it is the key's first connection (decided under
+    /// the shard's lock, so of two racing inserts exactly one is first).
+    pub fn insert(&self, key: &K, conn: &Arc<ConnHandle>) -> bool {
         let mut shard = write(self.shard(key.borrow()));
         match shard.get_mut(key.borrow()) {
-            Some(conns) => conns.insert(conn),
+            Some(conns) => {
+                conns.insert(conn);
+                false
+            }
             None => {
                 shard.insert(key.clone(), Conns::One(conn.clone()));
+                true
             }
         }
     }
@@ -235,6 +242,8 @@ pub struct Registry {
     pub groups: Index,
     pub channels: Channels,
     pub presence: UserPresence,
+    /// Presence events for other systems (webhooks), inert unless attached.
+    pub events: PresenceEvents,
     counts: Mutex<Counts>,
     max_per_user: AtomicUsize,
     max_per_ip: AtomicUsize,
@@ -303,6 +312,8 @@ impl Drop for Registration {
         if r.users.count(&h.identity.user) == 0 {
             r.presence.last_disconnected(&h.identity.user);
         }
+        r.events
+            .connection(EventKind::ConnectionClose, &h.identity.user, &h.conn_id);
     }
 }
 
@@ -319,6 +330,7 @@ impl Registry {
             groups: Index::new(),
             channels: Channels::new(channel_limits),
             presence: UserPresence::new(presence_grace),
+            events: PresenceEvents::default(),
             counts: Mutex::new(Counts::default()),
             max_per_user: AtomicUsize::new(max_per_user),
             max_per_ip: AtomicUsize::new(max_per_ip),
@@ -368,8 +380,14 @@ impl Registry {
             self.backends.fetch_add(1, Relaxed);
         }
         write(self.conn_shard(handle.id)).insert(handle.id, handle.clone());
-        self.users.insert(&handle.identity.user, &handle);
-        self.presence.connected(&handle.identity.user);
+        let first = self.users.insert(&handle.identity.user, &handle);
+        let was_in_grace = self.presence.connected(&handle.identity.user);
+        let user = &handle.identity.user;
+        self.events
+            .connection(EventKind::ConnectionOpen, user, &handle.conn_id);
+        if first && !was_in_grace && self.events.local_users() {
+            self.events.user(EventKind::UserOnline, user);
+        }
         for g in handle
             .groups
             .lock()

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::presence_events::EventKind;
 use super::Hub;
 use crate::auth::jwt::now_unix;
 use crate::protocol::codes::CloseCode;
@@ -35,7 +36,12 @@ pub async fn run(hub: Arc<Hub>, stop: CancellationToken) {
 /// One pass: ping, then close the idle and the expired.
 pub fn sweep(hub: &Hub, ping: Option<&Frame>) {
     hub.registry.channels.sweep(hub.registry.presence.grace);
-    hub.registry.presence.sweep();
+    for user in hub.registry.presence.sweep() {
+        // One node decides user_offline here; a cluster view decides it otherwise.
+        if hub.registry.events.local_users() && hub.registry.users.count(&user) == 0 {
+            hub.registry.events.user(EventKind::UserOffline, &user);
+        }
+    }
     let now_ms = hub.now_ms();
     let now = now_unix();
     let idle_ms = hub.idle_timeout_s.load(Relaxed).saturating_mul(1000);

@@ -26,3 +26,4 @@ mod revoke;
 mod scale_out;
 mod sync;
 mod tls;
+mod webhooks;

@@ -10,14 +10,14 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-fn redis_url() -> String {
+pub(crate) fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
 /// The settings every node of one test cluster shares: Redis, a prefix of its own, one
 /// signing secret, and two extra namespaces (`live` without history, `room` where
 /// clients publish).
-fn cluster_config(c: &mut Config, url: &str, prefix: &str) {
+pub(crate) fn cluster_config(c: &mut Config, url: &str, prefix: &str) {
     c.broker.url = url.to_owned();
     c.broker.prefix = prefix.to_owned();
     c.auth.hmac_secret = Some(format!("{prefix}-secret-for-tests-only-0123456789"));
@@ -819,7 +819,12 @@ fn serve_in_cluster(dir: &TempDir, prefix: &str) -> Served {
 }
 
 /// The binary as one node of the cluster over `url`, with more environment `env`.
-fn serve_in_cluster_at(dir: &TempDir, url: &str, prefix: &str, env: &[(&str, &str)]) -> Served {
+pub(crate) fn serve_in_cluster_at(
+    dir: &TempDir,
+    url: &str,
+    prefix: &str,
+    env: &[(&str, &str)],
+) -> Served {
     let secret = format!("{prefix}-secret-for-tests-only-0123456789");
     let mut env = env.to_vec();
     env.extend([
