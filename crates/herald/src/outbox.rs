@@ -17,8 +17,9 @@ use std::time::Instant;
 
 use futures_util::task::AtomicWaker;
 
+use crate::protocol::server::skipped_frame;
 use crate::wake::Resident;
-use crate::ws::frame::Frame;
+use crate::ws::frame::{Frame, Tag};
 
 /// A queued frame and when its publication was accepted (for delivery latency).
 pub struct Queued {
@@ -76,6 +77,56 @@ pub struct Outbox {
     /// The worker the connection lives on (None: the main runtime): a push from
     /// another thread's fan-out wakes it with that worker's other connections.
     home: Option<Resident>,
+}
+
+/// Adds what `dropped` stood for to the notices being gathered: a publication counts
+/// one, a notice what it stood for; per channel, the earliest offset to recover from.
+fn note(skipped: &mut Vec<Tag>, dropped: &Frame) {
+    let Some(t) = dropped.tag() else { return };
+    let count = t.skipped.max(1);
+    // A publication's recovery point is the offset before it; a notice's is its own.
+    let from = |t: &Tag| match (&t.position, t.skipped) {
+        (Some((o, e)), 0) => Some((o.saturating_sub(1), e.clone())),
+        (p, _) => p.clone(),
+    };
+    match skipped.iter_mut().find(|n| n.channel == t.channel) {
+        Some(n) => {
+            n.skipped += count;
+            let earlier = match (&n.position, from(t)) {
+                (Some(a), Some(b)) if b.0 < a.0 => Some(b),
+                (Some(a), _) => Some(a.clone()),
+                (None, b) => b,
+            };
+            n.position = earlier;
+        }
+        None => skipped.push(Tag {
+            channel: t.channel.clone(),
+            position: from(t),
+            skipped: count,
+        }),
+    }
+}
+
+/// Queues the gathered notices on the control lane — written before any data still
+/// queued, which is all newer than what was dropped — each merged with a notice for
+/// its channel that is still waiting there.
+fn notify(s: &mut State, skipped: Vec<Tag>) {
+    for mut n in skipped {
+        if let Some(i) = s
+            .control
+            .iter()
+            .position(|f| f.tag().is_some_and(|t| t.channel == n.channel))
+        {
+            if let Some(waiting) = s.control.remove(i) {
+                let mut merged = vec![n];
+                note(&mut merged, &waiting);
+                let Some(m) = merged.pop() else { continue };
+                n = m;
+            }
+        }
+        s.control
+            .push_back(skipped_frame(&n.channel, n.skipped, n.position.as_ref()));
+    }
 }
 
 /// What the writer should do with the batch it was handed.
@@ -178,16 +229,23 @@ impl Outbox {
 
     /// The `drop_oldest` policy: makes room by discarding the oldest queued data frames,
     /// then queues `frame`. Returns how many frames were dropped (the new one counts if
-    /// it alone is larger than the byte limit).
+    /// it alone is larger than the byte limit). What a dropped channel publication was
+    /// is not lost in silence: a `skipped` notice per channel goes ahead of what is
+    /// still queued (all of it newer), merged with one not yet written.
     pub fn push_drop_oldest(&self, frame: Frame, accepted: Instant) -> usize {
         let mut s = self.lock();
         if s.closing {
             return 0;
         }
         if frame.len() > self.max_bytes as usize {
+            let mut skipped = Vec::new();
+            note(&mut skipped, &frame);
+            notify(&mut s, skipped);
+            self.unlock_and_wake(s);
             return 1;
         }
         let mut dropped = 0;
+        let mut skipped = Vec::new();
         while !self.has_room(&s, 1, frame.len()) {
             let Some(old) = s.frames.pop_front().or_else(|| s.priority.pop_front()) else {
                 // Only the batch in flight is left: it is written or the socket dies
@@ -195,8 +253,10 @@ impl Outbox {
                 break;
             };
             s.bytes -= old.frame.len();
-            dropped += 1;
+            note(&mut skipped, &old.frame);
+            dropped += usize::from(old.frame.tag().is_none_or(|t| t.skipped == 0));
         }
+        notify(&mut s, skipped);
         s.bytes += frame.len();
         s.frames.push_back(Queued { frame, accepted });
         self.unlock_and_wake(s);
@@ -210,7 +270,13 @@ impl Outbox {
             return;
         }
         if s.control.len() >= MAX_CONTROL {
-            s.control.pop_front();
+            // The oldest ping or pong goes; a `skipped` notice (one per channel) stays.
+            match s.control.iter().position(|f| f.tag().is_none()) {
+                Some(i) => {
+                    s.control.remove(i);
+                }
+                None => return,
+            }
         }
         s.control.push_back(frame);
         self.unlock_and_wake(s);
@@ -456,6 +522,50 @@ mod tests {
         assert_eq!(o.try_push(Frame::text(b"c"), now), Push::Full);
         let o = Outbox::new(100, 10);
         assert_eq!(o.try_push(Frame::text(b"0123456789"), now), Push::Full);
+    }
+
+    #[tokio::test]
+    async fn what_drop_oldest_drops_of_a_channel_is_told_once_merged_ahead_of_the_rest() {
+        use crate::protocol::server::{pub_frame, Position};
+        let o = Outbox::new(2, 10_000);
+        let now = Instant::now();
+        let data = serde_json::value::to_raw_value(&1).unwrap_or_default();
+        let p = |ch: &str, offset: u64| {
+            pub_frame(Some(ch), Some(Position { offset, epoch: "e" }), &data)
+        };
+        o.try_push(p("a", 5), now);
+        o.try_push(p("b", 1), now);
+        // 5 of `a`, then 1 of `b`, then 6 of `a` are dropped for what comes after.
+        assert_eq!(o.push_drop_oldest(p("a", 6), now), 1);
+        assert_eq!(o.push_drop_oldest(p("a", 7), now), 1);
+        assert_eq!(o.push_drop_oldest(p("a", 8), now), 1);
+        let untagged = pub_frame(None, None, &data);
+        o.push_control(Frame::new(crate::ws::frame::OP_PONG, b""));
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        o.next_batch(&mut c, &mut d).await;
+        let told: Vec<serde_json::Value> = c
+            .iter()
+            .filter(|f| f.tag().is_some())
+            .map(|f| serde_json::from_slice(f.payload()).unwrap_or_default())
+            .collect();
+        assert_eq!(
+            told,
+            vec![
+                serde_json::json!({"type": "skipped", "channel": "b", "count": 1, "offset": 0, "epoch": "e"}),
+                serde_json::json!({"type": "skipped", "channel": "a", "count": 2, "offset": 4, "epoch": "e"}),
+            ],
+            "one notice per channel, from the earliest offset missed"
+        );
+        let left: Vec<_> = d.iter().map(|q| q.frame.clone()).collect();
+        assert_eq!(left, vec![p("a", 7), p("a", 8)]);
+        // A frame that is not a channel's publication is dropped as before, untold.
+        let o = Outbox::new(1, 10_000);
+        o.try_push(untagged.clone(), now);
+        assert_eq!(o.push_drop_oldest(untagged, now), 1);
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        o.next_batch(&mut c, &mut d).await;
+        assert_eq!(d.len(), 1);
+        assert!(c.iter().all(|f| f.tag().is_none()), "no notice");
     }
 
     #[tokio::test]

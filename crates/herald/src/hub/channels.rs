@@ -32,7 +32,9 @@ use crate::config::{NamespaceConfig, SlowConsumerPolicy};
 use crate::ids::UserId;
 use crate::outbox::Push;
 use crate::protocol::client::Since;
-use crate::protocol::server::{presence_frame, pub_frame, subscribed_frame, Position};
+use crate::protocol::server::{
+    presence_frame, pub_frame, skipped_frame, subscribed_frame, Position,
+};
 use crate::protocol::sync::SyncEvent;
 use crate::ws::frame::Frame;
 
@@ -354,6 +356,7 @@ impl Channels {
                 continue;
             }
             let mut result = Published::default();
+            let mut notice = None;
             let frame = if keep {
                 let offset = match out.position {
                     None => st.last_offset + 1,
@@ -361,7 +364,18 @@ impl Channels {
                         match follow(&mut st, offset, epoch, &self.ledger) {
                             Follow::Next => {}
                             Follow::Seen => return Ok(Published::default()),
-                            Follow::Gap => {
+                            Follow::Gap {
+                                missed: Some((count, after)),
+                            } => {
+                                // What the shared history could not fill: said on the
+                                // live connection, ahead of this publication.
+                                notice = Some(skipped_frame(
+                                    &Arc::from(name),
+                                    count,
+                                    Some(&(after, epoch.clone())),
+                                ));
+                            }
+                            Follow::Gap { missed: None } => {
                                 result.resync = st.subscribers.values().cloned().collect();
                             }
                         }
@@ -398,6 +412,9 @@ impl Channels {
                 self.check_size(&frame)?;
                 frame
             };
+            if let Some(n) = &notice {
+                result.dropped += tell(&st, cfg, n, out.accepted);
+            }
             for c in st.subscribers.values() {
                 if out.exclude.excludes(c) || result.resync.iter().any(|r| r.id == c.id) {
                     continue;
@@ -652,11 +669,22 @@ impl Channels {
             if !fresh && continues {
                 return Vec::new();
             }
-            let resync = if fresh {
+            // A hole within the epoch is told on the live connections; a copy past the
+            // shared top, or another epoch, cannot be: those subscribers resync.
+            let hole = *st.epoch == **epoch && st.last_offset < resume;
+            let resync = if fresh || hole {
                 Vec::new()
             } else {
                 st.subscribers.values().cloned().collect()
             };
+            if hole && !fresh {
+                let notice = skipped_frame(
+                    &Arc::from(name),
+                    resume - st.last_offset,
+                    Some(&(st.last_offset, epoch.clone())),
+                );
+                tell(&st, cfg, &notice, Instant::now());
+            }
             while let Some(old) = st.history.pop_front() {
                 self.ledger.sub(old.cost());
             }
@@ -892,8 +920,25 @@ enum Follow {
     /// Already held (a duplicate): drop.
     Seen,
     /// Offsets were missed, or the epoch changed: what is held no longer continues
-    /// into this publication. The held history is dropped and subscribers must resync.
-    Gap,
+    /// into this publication, and the held history is dropped. Within one epoch, the
+    /// missed publications are `missed` (how many, and the last offset before them):
+    /// subscribers are told so on their live connection; across epochs they resync.
+    Gap { missed: Option<(u64, u64)> },
+}
+
+/// Queues `notice` (a `skipped` frame) to every subscriber of `st`, as a publication
+/// would be; returns how many frames `drop_oldest` dropped for it. A full queue under
+/// `disconnect` is closed by the publication that follows.
+fn tell(st: &State, cfg: &NamespaceConfig, notice: &Frame, accepted: Instant) -> usize {
+    let mut dropped = 0;
+    for c in st.subscribers.values() {
+        if c.outbox.try_push(notice.clone(), accepted) == Push::Full
+            && cfg.slow_consumer == SlowConsumerPolicy::DropOldest
+        {
+            dropped += c.outbox.push_drop_oldest(notice.clone(), accepted);
+        }
+    }
+    dropped
 }
 
 /// Brings `st` to just before `offset` in `epoch`. A channel that never had a
@@ -911,12 +956,14 @@ fn follow(st: &mut State, offset: u64, epoch: &Arc<str>, ledger: &HistoryLedger)
     while let Some(old) = st.history.pop_front() {
         ledger.sub(old.cost());
     }
+    let missed = (*st.epoch == **epoch && offset > st.last_offset + 1)
+        .then(|| (offset - st.last_offset - 1, st.last_offset));
     st.epoch = epoch.clone();
     st.last_offset = offset.saturating_sub(1);
     if fresh {
         Follow::Next
     } else {
-        Follow::Gap
+        Follow::Gap { missed }
     }
 }
 
@@ -1099,10 +1146,20 @@ mod tests {
             .adopt("news", &cfg, &epoch, 12, Some(11))
             .is_empty());
         assert_eq!(channels.top("news"), Some((10, epoch.clone())));
-        // Redis holds nothing past the copy but its top is further: a hole.
+        // Redis holds nothing past the copy but its top is further: a hole, told on
+        // the live connection (the copy held 10; 11 and 12 are gone).
+        c.outbox.take_all_now();
         let stale = channels.adopt("news", &cfg, &epoch, 12, None);
-        assert_eq!(stale.len(), 1);
+        assert!(stale.is_empty(), "no resync within the epoch");
         assert_eq!(channels.top("news"), Some((12, epoch.clone())));
+        let told = c.outbox.take_all_now();
+        let notice: Value = serde_json::from_slice(told[0].payload()).unwrap();
+        assert_eq!(
+            notice,
+            serde_json::json!({"type": "skipped", "channel": "news", "count": 2, "offset": 10, "epoch": "e"})
+        );
+        // A copy ahead of the shared top cannot be told what it missed: resync.
+        assert_eq!(channels.adopt("news", &cfg, &epoch, 5, None).len(), 1);
         // A new epoch (the shared history restarted).
         let new: Arc<str> = Arc::from("g");
         assert_eq!(channels.adopt("news", &cfg, &new, 3, Some(1)).len(), 1);

@@ -1,12 +1,15 @@
 //! Server → client frames. Each is serialized once; `pub` frames carry the publisher's
 //! `data` verbatim (`RawValue`), so a publication is never re-encoded per recipient.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::codes::ErrorCode;
-use crate::ws::frame::Frame;
+
+use crate::ws::frame::{Frame, Tag};
 
 #[derive(Serialize)]
 pub struct Connected<'a> {
@@ -52,14 +55,54 @@ struct Pub<'a> {
     data: &'a RawValue,
 }
 
-/// The `pub` frame for a publication: built once, shared by every recipient.
+/// The `pub` frame for a publication: built once, shared by every recipient. A
+/// channel's is tagged with its channel and position, so a queue that drops it can
+/// tell the client what it missed ([`skipped_frame`]).
 pub fn pub_frame(channel: Option<&str>, position: Option<Position<'_>>, data: &RawValue) -> Frame {
-    frame_of(&Pub {
+    let frame = frame_of(&Pub {
         kind: "pub",
         channel,
         offset: position.map(|p| p.offset),
         epoch: position.map(|p| p.epoch),
         data,
+    });
+    match channel {
+        Some(channel) => frame.tagged(Tag {
+            channel: Arc::from(channel),
+            position: position.map(|p| (p.offset, Arc::from(p.epoch))),
+            skipped: 0,
+        }),
+        None => frame,
+    }
+}
+
+/// `{"type":"skipped","channel","count","offset"?,"epoch"?}`: `count` publications of
+/// `channel` did not reach this connection; where the channel keeps history, `offset`
+/// and `epoch` are what to recover from (`subscribe` with that `since`). Tagged, so a
+/// later notice for the same channel can be merged into it.
+pub fn skipped_frame(channel: &Arc<str>, count: u64, position: Option<&(u64, Arc<str>)>) -> Frame {
+    #[derive(Serialize)]
+    struct Skipped<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        count: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+    }
+    frame_of(&Skipped {
+        kind: "skipped",
+        channel,
+        count,
+        offset: position.map(|p| p.0),
+        epoch: position.map(|p| &*p.1),
+    })
+    .tagged(Tag {
+        channel: channel.clone(),
+        position: position.cloned(),
+        skipped: count,
     })
 }
 

@@ -36,6 +36,20 @@ pub struct Frame(Arc<Inner>);
 struct Inner {
     bytes: Bytes,
     deflated: Option<Box<Deflated>>,
+    tag: Option<Box<Tag>>,
+}
+
+/// What a data frame stands for, for a queue that may have to drop it and say so: a
+/// channel's publication, or a notice standing for `skipped` of them. The queue reads
+/// it; the wire never carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    pub channel: Arc<str>,
+    /// A publication's offset and epoch where its channel keeps history; for a notice,
+    /// the offset to recover from (the last before what it stands for).
+    pub position: Option<(u64, Arc<str>)>,
+    /// 0 for a publication; how many publications a notice stands for.
+    pub skipped: u64,
 }
 
 /// The compressed forms of one frame, by window size (9..=15 bits); `None` inside once
@@ -63,7 +77,29 @@ impl Frame {
         Frame(Arc::new(Inner {
             bytes: out.freeze(),
             deflated: None,
+            tag: None,
         }))
+    }
+
+    /// This frame, labelled with what it stands for ([`Tag`]).
+    pub fn tagged(self, tag: Tag) -> Frame {
+        let mut frame = self;
+        match Arc::get_mut(&mut frame.0) {
+            Some(inner) => inner.tag = Some(Box::new(tag)),
+            None => {
+                frame = Frame(Arc::new(Inner {
+                    bytes: frame.0.bytes.clone(),
+                    deflated: None,
+                    tag: Some(Box::new(tag)),
+                }))
+            }
+        }
+        frame
+    }
+
+    /// What this frame stands for, if it was tagged.
+    pub fn tag(&self) -> Option<&Tag> {
+        self.0.tag.as_deref()
     }
 
     /// This frame, to be sent compressed to connections that negotiated deflate when
@@ -89,6 +125,7 @@ impl Frame {
                 frame = Frame(Arc::new(Inner {
                     bytes: frame.0.bytes.clone(),
                     deflated,
+                    tag: frame.0.tag.clone(),
                 }))
             }
         }
@@ -98,7 +135,9 @@ impl Frame {
     /// The bytes to write to a connection; `deflate` is the window it agreed to, if
     /// it negotiated compression. The compressed form is made once, on first use.
     pub fn wire(&self, deflate: Option<WindowBits>) -> &Bytes {
-        let Inner { bytes, deflated } = &*self.0;
+        let Inner {
+            bytes, deflated, ..
+        } = &*self.0;
         let (Some(window), Some(d)) = (deflate, deflated) else {
             return bytes;
         };

@@ -268,6 +268,62 @@ async fn drop_oldest_keeps_the_newest_for_a_stalled_client_without_closing_it() 
 }
 
 #[tokio::test]
+async fn what_drop_oldest_drops_is_told_with_where_to_recover_from() {
+    let s = TestServer::start_with(|c| {
+        c.ws.queue_messages = 8;
+        c.namespaces.insert(
+            "ticker".into(),
+            NamespaceConfig {
+                slow_consumer: SlowConsumerPolicy::DropOldest,
+                history_size: 1000,
+                ..NamespaceConfig::default()
+            },
+        );
+    })
+    .await;
+    let (mut stalled, _) = s.connect("1").await;
+    let sub = subscribe(&mut stalled, "ticker:eth", None).await;
+    let epoch = sub["epoch"].clone();
+    let pad = "x".repeat(32 * 1024);
+    let total = 300;
+    for n in 1..=total {
+        let (status, _) = s
+            .publish(json!({"channel": "ticker:eth", "data": {"n": n, "pad": pad}}))
+            .await;
+        assert_eq!(status, 200);
+    }
+    assert!(s.stats().await["dropped"].as_u64() > Some(0));
+    // Reading now: every offset arrives or is named by a notice, in order, once; each
+    // notice says where to recover from.
+    let mut next = 1;
+    let mut notices = Vec::new();
+    while next <= total {
+        let m = tokio::time::timeout(Duration::from_secs(10), next_json(&mut stalled))
+            .await
+            .expect("the rest arrives");
+        match m["type"].as_str() {
+            Some("pub") => {
+                assert_eq!(m["offset"], next, "a pub out of order");
+                next += 1;
+            }
+            Some("skipped") => {
+                assert_eq!(
+                    (&m["channel"], &m["offset"], &m["epoch"]),
+                    (&json!("ticker:eth"), &json!(next - 1), &epoch),
+                    "{m}"
+                );
+                next += m["count"].as_u64().unwrap();
+                notices.push(m);
+            }
+            _ => panic!("{m}"),
+        }
+    }
+    assert_eq!(next, total + 1, "nothing double-counted");
+    assert!(!notices.is_empty(), "what was dropped was told");
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn latest_on_subscribe_sends_the_last_publication_right_after_subscribed() {
     let s = TestServer::start_with(|c| {
         c.namespaces.insert(

@@ -1205,6 +1205,121 @@ async fn a_lost_pub_sub_connection_is_caught_up_from_the_shared_history() {
 }
 
 #[tokio::test]
+async fn what_the_shared_history_cannot_fill_is_told_on_the_live_connection() {
+    let redis = OwnRedis::start();
+    redis.wait_up().await;
+    let prefix = format!("herald-it-{:08x}", rand::random::<u32>());
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        nodes.push(
+            TestServer::start_with(|c| {
+                cluster_config(c, &url, &prefix);
+                c.namespaces.insert(
+                    "short".into(),
+                    NamespaceConfig {
+                        history_size: 3,
+                        ..NamespaceConfig::default()
+                    },
+                );
+            })
+            .await,
+        );
+    }
+    for s in &nodes {
+        let ready = poll_until(WAIT, || async {
+            s.get_json("/readyz").await.1["broker"] == "ok"
+        });
+        assert!(ready.await);
+    }
+    let (mut watcher, _) = nodes[1].connect("w").await;
+    let sub = subscribe(&mut watcher, "short:x", None).await;
+    nodes[0]
+        .publish(json!({"channel": "short:x", "data": 1}))
+        .await;
+    assert_eq!(next_pub(&mut watcher).await["offset"], 1);
+    // Node 1 loses its pub/sub connection and cannot make a new one (Redis is at its
+    // client limit) while node 0 publishes 2..=11; the stream keeps only 9..=11.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let all = list.lines().count();
+    let ids: Vec<u64> = {
+        let typed: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        typed
+            .lines()
+            .filter_map(|l| l.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+            .collect()
+    };
+    assert_eq!(ids.len(), 2, "{list}");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(all - 1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(*ids.iter().max().unwrap())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for n in 2..=11 {
+        let (status, body) = nodes[0]
+            .publish(json!({"channel": "short:x", "data": n}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(10_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Back: 2..=8 are gone for good, and the connection is told so instead of being
+    // closed; 9..=11 follow from the stream.
+    let told = tokio::time::timeout(Duration::from_secs(20), next_json(&mut watcher))
+        .await
+        .expect("told in time");
+    assert_eq!(
+        told,
+        json!({"type": "skipped", "channel": "short:x", "count": 7, "offset": 1, "epoch": sub["epoch"]})
+    );
+    for expect in 9..=11 {
+        assert_eq!(next_pub(&mut watcher).await["offset"], expect);
+    }
+    // What it could recover from is gone: `since` says so.
+    send_text(
+        &mut watcher,
+        r#"{"type":"unsubscribe","channel":"short:x"}"#,
+    )
+    .await;
+    let again = subscribe(
+        &mut watcher,
+        "short:x",
+        Some((1, sub["epoch"].as_str().unwrap())),
+    )
+    .await;
+    assert_eq!(again["recovered"], false, "{again}");
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
 async fn a_disconnect_order_reaches_the_node_that_holds_the_connection() {
     let nodes = cluster(3).await;
     let (mut on1, _) = nodes[1].connect("dave").await;
