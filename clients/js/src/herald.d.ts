@@ -84,6 +84,19 @@ export interface PongFrame {
   type: "pong";
 }
 
+/**
+ * `count` publications of `channel` right after `offset` will not arrive on this
+ * connection (drop_oldest dropped them, or other nodes' could not be had). `offset` and
+ * `epoch` only on namespaces with history: they are the `since` that recovers them.
+ */
+export interface SkippedFrame {
+  type: "skipped";
+  channel: string;
+  count: number;
+  offset?: number;
+  epoch?: string;
+}
+
 /** Announcement types (`POST /api/broadcasts` `type`). */
 export type BroadcastType = "info" | "warning" | "alert" | (string & {});
 
@@ -122,6 +135,7 @@ export type ServerFrame =
   | ErrorFrame
   | PresenceFrame
   | PongFrame
+  | SkippedFrame
   | NewBroadcastFrame
   | ActiveBroadcastFrame
   | BroadcastClearedFrame;
@@ -251,6 +265,19 @@ export interface LostEvent {
   epoch: string;
 }
 
+/**
+ * Publications that will not come on this connection. With `offset`/`epoch` the client
+ * is already re-subscribing with `since` (`recovered` or `lost` follows); without them
+ * nothing can replay them: reload the channel's state.
+ */
+export interface SkippedEvent {
+  channel: string;
+  count: number;
+  /** The last offset before the missed ones. */
+  offset?: number;
+  epoch?: string;
+}
+
 export interface UnsubscribedEvent extends UnsubscribedFrame {
   byServer: boolean;
 }
@@ -267,6 +294,7 @@ export type HeraldEvents = {
   subscribed: [SubscribedFrame];
   recovered: [RecoveredEvent];
   lost: [LostEvent];
+  skipped: [SkippedEvent];
   presence: [PresenceFrame];
   announcement: [Broadcast, NewBroadcastFrame | ActiveBroadcastFrame];
   announcementCleared: [BroadcastClearedFrame];
@@ -278,6 +306,7 @@ export type SubscriptionEvents = {
   publication: [PubFrame];
   recovered: [RecoveredEvent];
   lost: [LostEvent];
+  skipped: [SkippedEvent];
   presence: [PresenceFrame];
   unsubscribed: [UnsubscribedEvent];
   error: [HeraldError];
@@ -290,6 +319,7 @@ export type SyncEvents = {
   other: [Record<string, unknown>, SyncMeta];
   recovered: [RecoveredEvent];
   lost: [LostEvent];
+  skipped: [SkippedEvent];
   error: [HeraldError];
 };
 

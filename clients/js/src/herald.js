@@ -9,6 +9,8 @@
 //   - reconnects with capped exponential backoff and jitter, except after 1008 / 4004,
 //   - re-subscribes every channel with `since` {offset, epoch} so nothing is missed, drops
 //     duplicates, and says `lost` when the server could not recover (reload state),
+//   - recovers on the live connection the same way when the server says publications
+//     were `skipped` (drop_oldest, or a gap from other nodes),
 //   - detects dead connections from app-level pings (nothing received for ~2 heartbeats),
 //   - refreshes the JWT before it expires (`refresh` frame) with `getToken()`,
 //   - resolves `publish()` by its `ack` (rejects on an `error` with the same ref),
@@ -148,7 +150,8 @@ function withToken(url, token) {
 /**
  * One channel subscription. Events: `subscribed` (the frame), `publication` (a `pub`
  * frame, never a duplicate), `recovered` / `lost` (after a re-subscribe with `since`),
- * `presence`, `unsubscribed`, `error` (a HeraldError).
+ * `skipped` (publications that will not come on this connection), `presence`,
+ * `unsubscribed`, `error` (a HeraldError).
  */
 export class Subscription extends Emitter {
   /** @internal */
@@ -162,6 +165,12 @@ export class Subscription extends Emitter {
     this.position = since ? { offset: since.offset, epoch: since.epoch } : null;
     /** @internal the `since` sent with the pending subscribe */
     this._sentSince = null;
+    /**
+     * @internal A recovery on the live connection after `skipped`, or null:
+     * `{since, upTo, unsubRef, draining}`. While `draining`, publications of the old
+     * subscription still arrive; the replay from `since` brings them again, in order.
+     */
+    this._skip = null;
   }
 
   get offset() {
@@ -280,6 +289,7 @@ export class Sync extends Emitter {
     });
     sub.on("lost", (info) => this.#sub === sub && this.emit("lost", info));
     sub.on("recovered", (info) => this.#sub === sub && this.emit("recovered", info));
+    sub.on("skipped", (info) => this.#sub === sub && this.emit("skipped", info));
     sub.on("error", (err) => this.#sub === sub && this.emit("error", err));
   }
 
@@ -337,8 +347,8 @@ export class Sync extends Emitter {
  * The client. Events: `state`, `connected`, `disconnected` (the client stopped: close(),
  * 1008, 4004, or no way to get a valid token), `reconnecting` ({attempt, delayMs, code,
  * reason}), `error` (HeraldError), `resync` (4003: reload state), `frame` (every server
- * frame), `publication`, `subscribed`, `lost`, `recovered`, `presence`, `announcement`,
- * `announcementCleared`, `token`.
+ * frame), `publication`, `subscribed`, `lost`, `recovered`, `skipped`, `presence`,
+ * `announcement`, `announcementCleared`, `token`.
  */
 export class Herald extends Emitter {
   #url;
@@ -661,6 +671,8 @@ export class Herald extends Emitter {
         sub.state = "subscribing";
         sub._sentSince = null;
       }
+      // The reconnect recovers from `position`, which never moved past the gap.
+      sub._skip = null;
     }
   }
 
@@ -813,6 +825,9 @@ export class Herald extends Emitter {
       case "unsubscribed":
         this.#onUnsubscribed(frame);
         break;
+      case "skipped":
+        this.#onSkipped(frame);
+        break;
       case "ack":
         this.#onAck(frame);
         break;
@@ -872,6 +887,16 @@ export class Herald extends Emitter {
 
   #onPub(frame) {
     const sub = typeof frame.channel === "string" ? this.#subs.get(frame.channel) : undefined;
+    if (sub?._skip?.draining) {
+      // After a `skipped`, before the old subscription's `unsubscribed`: these are newer
+      // than the gap and the replay brings them again after it. Delivering them now
+      // would put them ahead of the missed ones (and the duplicate check would then
+      // throw the missed ones away). Everything the old subscription still had queued
+      // is past `upTo`, so one at or below it is the replay's: the answers before it
+      // were dropped on the way (drop_oldest drops replies too).
+      if (!(typeof frame.offset === "number" && frame.offset <= sub._skip.upTo)) return;
+      sub._skip.draining = false;
+    }
     if (sub && typeof frame.offset === "number" && typeof frame.epoch === "string") {
       const verdict = sub._accept(frame);
       if (verdict === false) return; // already delivered
@@ -893,6 +918,7 @@ export class Herald extends Emitter {
     this.#refs.delete(frame.ref);
     const sub = this.#subs.get(frame.channel);
     if (!sub || entry.sub !== sub) return; // unsubscribed meanwhile
+    sub._skip = null;
     const { outcome, since } = sub._onSubscribed(frame);
     sub.emit("subscribed", frame);
     this.emit("subscribed", frame);
@@ -915,7 +941,12 @@ export class Herald extends Emitter {
 
   #onUnsubscribed(frame) {
     if (frame.ref !== undefined) {
+      const entry = this.#refs.get(frame.ref);
       this.#refs.delete(frame.ref);
+      // The old subscription of a recovery after `skipped` is over: what follows is the
+      // new one's (its `subscribed`, the replay, live publications).
+      const skip = entry?.kind === "unsubscribe" ? entry.sub._skip : null;
+      if (skip && skip.unsubRef === frame.ref) skip.draining = false;
       return; // the answer to an unsubscribe (ours, already handled, or a raw one)
     }
     // No ref: the server ended it (a refreshed token no longer allows the channel).
@@ -924,6 +955,45 @@ export class Herald extends Emitter {
     this.#subs.delete(frame.channel);
     sub.state = "unsubscribed";
     sub.emit("unsubscribed", { ...frame, byServer: true });
+  }
+
+  #onSkipped(frame) {
+    if (typeof frame.channel !== "string") return;
+    const info = { channel: frame.channel, count: frame.count };
+    const recoverable = typeof frame.offset === "number" && typeof frame.epoch === "string" && frame.epoch !== "";
+    if (recoverable) {
+      info.offset = frame.offset;
+      info.epoch = frame.epoch;
+    }
+    const sub = this.#subs.get(frame.channel);
+    if (sub && recoverable) this.#recoverSkipped(sub, info);
+    if (sub) sub.emit("skipped", info);
+    this.emit("skipped", info);
+  }
+
+  /**
+   * Gets what a `skipped` says is missing on this connection: `unsubscribe`, then
+   * `subscribe` with `since` (a second subscribe would be refused). The answer is the
+   * usual `recovered` (the replay follows, through the duplicate check) or `lost`.
+   */
+  #recoverSkipped(sub, info) {
+    // During a drain the notice is about the old subscription's queued publications,
+    // which are all after `since`: the replay already asked for covers them.
+    if (sub._skip?.draining) return;
+    // Otherwise it is about what the server delivers to us now, also when our
+    // `subscribed` is still awaited (so it was dropped on the way, ahead of the
+    // publications this notice stands for): a pending subscribe is replaced.
+    if (sub.state !== "subscribed" && sub.state !== "subscribing") return;
+    for (const [ref, entry] of this.#refs) {
+      if (entry.kind === "subscribe" && entry.sub === sub) this.#refs.delete(ref);
+    }
+    const since = { offset: info.offset, epoch: info.epoch };
+    const unsubRef = this.#nextRef++;
+    this.#refs.set(unsubRef, { kind: "unsubscribe", sub });
+    const upTo = info.offset + (Number.isInteger(info.count) ? info.count : 0);
+    sub._skip = { since, upTo, unsubRef, draining: true };
+    this.#send({ type: "unsubscribe", channel: sub.channel, ref: unsubRef });
+    this.#sendSubscribe(sub, since);
   }
 
   #onAck(frame) {
@@ -947,6 +1017,7 @@ export class Herald extends Emitter {
       if (entry.kind === "subscribe" && this.#subs.get(entry.sub.channel) === entry.sub) {
         entry.sub.state = "failed";
         entry.sub._sentSince = null;
+        entry.sub._skip = null;
         err.channel = entry.sub.channel;
         entry.sub.emit("error", err);
       }
@@ -983,12 +1054,11 @@ export class Herald extends Emitter {
     return this.#subs.get(channel) ?? null;
   }
 
-  #sendSubscribe(sub) {
+  #sendSubscribe(sub, since = sub.position) {
     const ref = this.#nextRef++;
     const frame = { type: "subscribe", channel: sub.channel, ref };
-    const p = sub.position;
-    if (p && typeof p.offset === "number" && typeof p.epoch === "string" && p.epoch !== "") {
-      frame.since = { offset: p.offset, epoch: p.epoch };
+    if (since && typeof since.offset === "number" && typeof since.epoch === "string" && since.epoch !== "") {
+      frame.since = { offset: since.offset, epoch: since.epoch };
       sub._sentSince = { ...frame.since };
     } else {
       sub._sentSince = null;
@@ -1004,6 +1074,7 @@ export class Herald extends Emitter {
     this.#subs.delete(channel);
     const wasLive = sub.state === "subscribed" || sub.state === "subscribing";
     sub.state = "unsubscribed";
+    sub._skip = null;
     if (wasLive && this.#connected !== null) {
       const ref = this.#nextRef++;
       this.#refs.set(ref, { kind: "unsubscribe", sub });

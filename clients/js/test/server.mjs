@@ -6,11 +6,11 @@
 // beyond registering an exit hook that kills any server still running.
 
 import { spawn, execFile } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { createServer } from "node:net";
+import { createServer, connect as tcpConnect } from "node:net";
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const HERALD_BIN = resolve(join(here, ".."), process.env.HERALD_BIN ?? "../../target/debug/herald");
@@ -91,6 +91,65 @@ export async function gatedWebSocket() {
   return gate;
 }
 
+/**
+ * A TCP proxy in front of the server whose server → client direction the test can stop:
+ * `pause()` stops reading from the server's socket, so the kernel's buffers fill and
+ * then the server's outbound queue for that connection, exactly as with a client that
+ * reads too slowly; `resume()` reads on. Client → server bytes always flow (pings and
+ * subscribes still reach the server). `wsUrl` is the server's /ws through the proxy.
+ */
+export async function pausableProxy(targetPort) {
+  const pairs = new Set();
+  let paused = false;
+  const srv = createServer((client) => {
+    const upstream = tcpConnect(targetPort, "127.0.0.1");
+    const pair = { client, upstream };
+    pairs.add(pair);
+    const end = () => {
+      pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on("error", end).on("close", end);
+    upstream.on("error", end).on("close", end);
+    client.on("data", (d) => {
+      if (!upstream.write(d)) client.pause();
+    });
+    upstream.on("drain", () => client.resume());
+    upstream.on("data", (d) => {
+      if (!client.write(d)) upstream.pause();
+    });
+    client.on("drain", () => {
+      if (!paused) upstream.resume();
+    });
+    if (paused) upstream.pause();
+  });
+  await new Promise((r) => srv.listen(0, "127.0.0.1", r));
+  const { port } = srv.address();
+  return {
+    port,
+    wsUrl: `ws://127.0.0.1:${port}/ws`,
+    get paused() {
+      return paused;
+    },
+    pause() {
+      paused = true;
+      for (const p of pairs) p.upstream.pause();
+    },
+    resume() {
+      paused = false;
+      for (const p of pairs) p.upstream.resume();
+    },
+    async close() {
+      for (const p of pairs) {
+        p.client.destroy();
+        p.upstream.destroy();
+      }
+      await new Promise((r) => srv.close(r));
+    },
+  };
+}
+
 function cleanEnv(extra) {
   const env = {};
   for (const [k, v] of Object.entries(process.env)) {
@@ -110,11 +169,18 @@ function run(args, { env } = {}) {
 
 /**
  * Starts `herald serve` on 127.0.0.1 with a fresh data dir (or the given one / port).
- * `env` adds HERALD_… settings (docs/configuration.md).
+ * `env` adds HERALD_… settings, `config` the text of a TOML configuration file, e.g.
+ * namespaces (`[namespaces.ticker]` …) (docs/configuration.md).
  */
-export async function startServer({ env = {}, dataDir, port = 0 } = {}) {
+export async function startServer({ env = {}, config, dataDir, port = 0 } = {}) {
   const dir = dataDir ?? mkdtempSync(join(tmpdir(), "herald-js-"));
-  const child = spawn(HERALD_BIN, ["serve", "--listen", `127.0.0.1:${port}`, "--data-dir", dir], {
+  const args = ["serve", "--listen", `127.0.0.1:${port}`, "--data-dir", dir];
+  if (config !== undefined) {
+    const file = join(dir, "herald.toml");
+    writeFileSync(file, config);
+    args.push("--config", file);
+  }
+  const child = spawn(HERALD_BIN, args, {
     env: cleanEnv(env),
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -207,7 +273,7 @@ export async function startServer({ env = {}, dataDir, port = 0 } = {}) {
     /** Stops this process and starts a new one on the same port and data dir. */
     async restart() {
       await server.stop();
-      return startServer({ env, dataDir: dir, port: address.port });
+      return startServer({ env, config, dataDir: dir, port: address.port });
     },
     /** Stops the server and removes its data dir. */
     async dispose() {

@@ -107,6 +107,14 @@ fn note(skipped: &mut Vec<Tag>, dropped: &Frame) {
     }
 }
 
+/// Takes the oldest queued channel frame (a publication or a notice: what a `skipped`
+/// notice can stand for) out of `lane`. Replies (`subscribed`, `ack`, `error`) and
+/// user-addressed publications stay: dropping those would be a loss nobody is told of.
+fn oldest_channel_frame(lane: &mut VecDeque<Queued>) -> Option<Queued> {
+    let i = lane.iter().position(|q| q.frame.tag().is_some())?;
+    lane.remove(i)
+}
+
 /// Queues the gathered notices on the control lane — written before any data still
 /// queued, which is all newer than what was dropped — each merged with a notice for
 /// its channel that is still waiting there.
@@ -227,8 +235,9 @@ impl Outbox {
         Push::Queued
     }
 
-    /// The `drop_oldest` policy: makes room by discarding the oldest queued data frames,
-    /// then queues `frame`. Returns how many frames were dropped (the new one counts if
+    /// The `drop_oldest` policy: makes room by discarding the oldest queued channel
+    /// frames (never a reply or a user-addressed frame), then queues `frame` — or,
+    /// when nothing else could go, drops `frame` itself. Returns how many frames were dropped (the new one counts if
     /// it alone is larger than the byte limit). What a dropped channel publication was
     /// is not lost in silence: a `skipped` notice per channel goes ahead of what is
     /// still queued (all of it newer), merged with one not yet written.
@@ -247,10 +256,20 @@ impl Outbox {
         let mut dropped = 0;
         let mut skipped = Vec::new();
         while !self.has_room(&s, 1, frame.len()) {
-            let Some(old) = s.frames.pop_front().or_else(|| s.priority.pop_front()) else {
-                // Only the batch in flight is left: it is written or the socket dies
-                // soon (write deadline); one frame beyond it is the bound.
-                break;
+            let Some(old) = oldest_channel_frame(&mut s.frames)
+                .or_else(|| oldest_channel_frame(&mut s.priority))
+            else {
+                if s.frames.is_empty() && s.priority.is_empty() {
+                    // Only the batch in flight is left: it is written or the socket
+                    // dies soon (write deadline); one frame beyond it is the bound.
+                    break;
+                }
+                // What is queued is replies and user-addressed frames, which no notice
+                // could stand for: the new publication is the one that goes, told.
+                note(&mut skipped, &frame);
+                notify(&mut s, skipped);
+                self.unlock_and_wake(s);
+                return dropped + usize::from(frame.tag().is_none_or(|t| t.skipped == 0));
             };
             s.bytes -= old.frame.len();
             note(&mut skipped, &old.frame);
@@ -558,37 +577,63 @@ mod tests {
         );
         let left: Vec<_> = d.iter().map(|q| q.frame.clone()).collect();
         assert_eq!(left, vec![p("a", 7), p("a", 8)]);
-        // A frame that is not a channel's publication is dropped as before, untold.
-        let o = Outbox::new(1, 10_000);
+        // A reply or a user-addressed frame is never dropped for a publication: with
+        // nothing else queued, the new publication is the one that goes, told.
+        let o = Outbox::new(2, 10_000);
         o.try_push(untagged.clone(), now);
-        assert_eq!(o.push_drop_oldest(untagged, now), 1);
+        o.try_push(p("a", 1), now);
+        assert_eq!(o.push_drop_oldest(p("a", 2), now), 1);
+        assert_eq!(o.push_drop_oldest(p("a", 3), now), 1);
         let (mut c, mut d) = (Vec::new(), Vec::new());
         o.next_batch(&mut c, &mut d).await;
-        assert_eq!(d.len(), 1);
-        assert!(c.iter().all(|f| f.tag().is_none()), "no notice");
+        let left: Vec<_> = d.iter().map(|q| q.frame.clone()).collect();
+        assert_eq!(left, vec![untagged, p("a", 3)], "the reply stays");
+        let told: Vec<serde_json::Value> = c
+            .iter()
+            .map(|f| serde_json::from_slice(f.payload()).unwrap_or_default())
+            .collect();
+        assert_eq!(
+            told,
+            vec![
+                serde_json::json!({"type": "skipped", "channel": "a", "count": 2, "offset": 0, "epoch": "e"})
+            ]
+        );
+        let o = Outbox::new(1, 10_000);
+        let reply = Frame::text(br#"{"type":"subscribed"}"#);
+        o.try_push(reply.clone(), now);
+        assert_eq!(o.push_drop_oldest(p("b", 9), now), 1);
+        let (mut c, mut d) = (Vec::new(), Vec::new());
+        o.next_batch(&mut c, &mut d).await;
+        let left: Vec<_> = d.iter().map(|q| q.frame.clone()).collect();
+        assert_eq!(left, vec![reply]);
+        assert_eq!(c.len(), 1, "the dropped publication is told");
     }
 
     #[tokio::test]
     async fn priority_jumps_the_queue_and_drop_oldest_keeps_the_newest() {
+        use crate::protocol::server::pub_frame;
         let o = Outbox::new(3, 1000);
         let now = Instant::now();
-        o.try_push(Frame::text(b"1"), now);
-        o.try_push(Frame::text(b"2"), now);
-        assert_eq!(o.try_push_priority(Frame::text(b"cmd"), now), Push::Queued);
+        let data = serde_json::value::to_raw_value(&1).unwrap_or_default();
+        let p = |n: i32| {
+            let data = serde_json::value::to_raw_value(&n).unwrap_or_default();
+            pub_frame(Some("c"), None, &data)
+        };
+        o.try_push(p(1), now);
+        o.try_push(p(2), now);
+        let cmd = pub_frame(None, None, &data);
+        assert_eq!(o.try_push_priority(cmd.clone(), now), Push::Queued);
         assert_eq!(
             o.try_push_priority(Frame::text(b"x"), now),
             Push::Full,
             "same limits"
         );
-        assert_eq!(o.push_drop_oldest(Frame::text(b"3"), now), 1);
-        assert_eq!(o.push_drop_oldest(Frame::text(b"4"), now), 1);
+        assert_eq!(o.push_drop_oldest(p(3), now), 1);
+        assert_eq!(o.push_drop_oldest(p(4), now), 1);
         let (mut c, mut d) = (Vec::new(), Vec::new());
         o.next_batch(&mut c, &mut d).await;
         let got: Vec<_> = d.iter().map(|q| q.frame.clone()).collect();
-        assert_eq!(
-            got,
-            vec![Frame::text(b"cmd"), Frame::text(b"3"), Frame::text(b"4")]
-        );
+        assert_eq!(got, vec![cmd, p(3), p(4)]);
     }
 
     #[tokio::test]
