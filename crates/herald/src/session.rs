@@ -115,6 +115,17 @@ impl Session {
         }
     }
 
+    /// The connection this session speaks for.
+    pub fn conn(&self) -> &Arc<ConnHandle> {
+        &self.conn
+    }
+
+    /// A subscription the transport asked for on the client's behalf (`/sse?channels=`),
+    /// exactly as if the client had sent `subscribe` with `since`.
+    pub fn subscribe_for_client(&mut self, channel: String, since: Option<&Since>) {
+        self.subscribe(channel, since, None);
+    }
+
     /// Server-side subscriptions (DESIGN §13), right after `connected`: the configured
     /// `ws.subscribe_on_connect` (`{user}` is the user id), then the token's `channels`
     /// claim, each once. Each is a `subscribe` as the client would send it — the same

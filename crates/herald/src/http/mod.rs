@@ -18,6 +18,7 @@ pub mod publish;
 pub mod revoke;
 pub mod router;
 pub mod server;
+pub mod sse;
 pub mod stats;
 pub mod tls;
 pub mod ws_upgrade;

@@ -11,7 +11,7 @@ use axum::Router;
 
 use super::{
     assets, batch, broadcasts, conformance, connections, error, openapi, presence, prometheus,
-    publish, revoke, stats, ws_upgrade, App,
+    publish, revoke, sse, stats, ws_upgrade, App,
 };
 
 /// One route: its method, its path (axum's `{param}` syntax, as in OpenAPI) and what
@@ -34,6 +34,7 @@ fn at(method: Method, path: &'static str, handler: MethodRouter<App>) -> Endpoin
 pub fn endpoints(app: &App) -> Vec<Endpoint> {
     let mut e = vec![
         at(Method::GET, "/ws", get(ws_upgrade::upgrade)),
+        at(Method::GET, "/sse", get(sse::events)),
         at(Method::POST, "/api/publish", post(publish::publish)),
         at(
             Method::POST,

@@ -142,6 +142,52 @@ fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiErro
             HandshakeError::Malformed(_) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
         }
     })?;
+    let Admitted {
+        identity,
+        admission,
+        ip,
+    } = admit(app, headers, req.uri().query(), peer, Keys::Accepted)?;
+    let deflate = app
+        .hub
+        .namespaces()
+        .negotiates_deflate()
+        .then(|| handshake::deflate_agreement(headers))
+        .flatten();
+    Ok(Accepted {
+        key: accept,
+        identity,
+        admission,
+        ip,
+        deflate,
+    })
+}
+
+/// Whether an API key makes the connection a backend publisher (`/ws`) or is not a
+/// credential at all (`/sse`: a backend has no use for a one-way stream).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Keys {
+    Accepted,
+    Ignored,
+}
+
+/// A client that passed what every transport checks (DESIGN §2), with its slot under
+/// the per-user and per-IP caps.
+pub(super) struct Admitted {
+    pub identity: Identity,
+    pub admission: Admission,
+    pub ip: std::net::IpAddr,
+}
+
+/// The checks of a connecting client, in order, each refusal counted: the node
+/// draining (503), the Origin (403), an API key or the token (401), a revoked token
+/// (401), the connection caps (429).
+pub(super) fn admit(
+    app: &App,
+    headers: &axum::http::HeaderMap,
+    query: Option<&str>,
+    peer: SocketAddr,
+    keys: Keys,
+) -> Result<Admitted, ApiError> {
     if app.draining.load(SeqCst) {
         return Err(ApiError::new(
             ErrorCode::Unavailable,
@@ -164,12 +210,12 @@ fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiErro
     }
     // An API key makes the connection a backend publisher whatever `auth.mode` is
     // (DESIGN §7); a bearer that is not a key may still be a token.
-    let backend = api_key(app, headers)?;
+    let backend = keys == Keys::Accepted && api_key(app, headers)?;
     let identity = match &app.verifier {
         _ if backend => Identity::backend(),
         None => Identity::anonymous(ANON.fetch_add(1, Relaxed)),
         Some(v) => {
-            let token = token_from(headers, req.uri().query()).ok_or_else(|| {
+            let token = token_from(headers, query).ok_or_else(|| {
                 app.metrics.refuse(Refusal::BadToken);
                 ApiError::new(ErrorCode::Unauthorized, "missing token")
             })?;
@@ -200,18 +246,10 @@ fn check(app: &App, req: &Request, peer: SocketAddr) -> Result<Accepted, ApiErro
                 format!("too many connections for {what}"),
             )
         })?;
-    let deflate = app
-        .hub
-        .namespaces()
-        .negotiates_deflate()
-        .then(|| handshake::deflate_agreement(headers))
-        .flatten();
-    Ok(Accepted {
-        key: accept,
+    Ok(Admitted {
         identity,
         admission,
         ip: client.ip,
-        deflate,
     })
 }
 
@@ -241,9 +279,8 @@ fn api_key(app: &App, headers: &axum::http::HeaderMap) -> Result<bool, ApiError>
 struct Live {
     upgraded: Upgraded,
     outbox: Arc<Outbox>,
-    session: Session,
+    registered: Registered,
     limits: Limits,
-    registration: Registration,
     metrics: Arc<Metrics>,
     span: tracing::Span,
 }
@@ -255,26 +292,21 @@ impl Live {
         let Live {
             upgraded,
             outbox,
-            session,
+            registered,
             limits,
-            registration,
             metrics,
             span,
         } = self;
         span.in_scope(|| tracing::debug!("connected"));
-        let handler = Registered {
-            _registration: registration,
-            session,
-        };
-        spawn_upgraded(tracker, upgraded, outbox, handler, limits, metrics, span);
+        spawn_upgraded(tracker, upgraded, outbox, registered, limits, metrics, span);
     }
 }
 
 /// A hub connection's handler: its session, and the registration that unregisters the
 /// connection when its task ends (dropped first, before the session).
-struct Registered {
-    _registration: Registration,
-    session: Session,
+pub(super) struct Registered {
+    pub _registration: Registration,
+    pub session: Session,
 }
 
 impl Handler for Registered {
@@ -298,8 +330,7 @@ impl Drop for Registered {
     }
 }
 
-/// Sets up one hub connection: its queue with `connected` (and the active announcement)
-/// first, its handle registered, its session.
+/// Sets up one `/ws` connection: the hub connection ([`register`]) and its socket's limits.
 async fn open(
     app: App,
     upgraded: Upgraded,
@@ -308,6 +339,41 @@ async fn open(
     ip: std::net::IpAddr,
     deflate: Option<Agreement>,
 ) -> Live {
+    let ws = app.cfg().ws.clone();
+    let admitted = Admitted {
+        identity,
+        admission,
+        ip,
+    };
+    let registered = register(&app, admitted).await;
+    let conn = registered.session.conn().clone();
+    // A debug span: at the default level it is disabled and costs a connection nothing
+    // (an enabled span keeps its formatted fields for the connection's whole life); the
+    // info-level events about a connection name it themselves.
+    let span = tracing::debug_span!("conn", conn_id = %conn.conn_id, user_id = %conn.identity.user, ip = %ip);
+    Live {
+        upgraded,
+        outbox: conn.outbox.clone(),
+        registered,
+        limits: Limits {
+            max_message: ws.max_message_bytes,
+            write_timeout: Duration::from_secs(ws.write_timeout_s),
+            deflate: deflate.map(|a| a.server_window),
+        },
+        metrics: app.metrics.clone(),
+        span,
+    }
+}
+
+/// Sets up one hub connection, whatever carries it: its queue with `connected` (and the
+/// active announcement) first, its handle registered, its session with the server-side
+/// subscriptions made.
+pub(super) async fn register(app: &App, admitted: Admitted) -> Registered {
+    let Admitted {
+        identity,
+        admission,
+        ip,
+    } = admitted;
     let hub = app.hub.clone();
     let (id, conn_id) = hub.next_conn_id();
     let cfg = app.cfg();
@@ -346,11 +412,6 @@ async fn open(
         hub.now_ms(),
         crate::store::time::now_ms(),
     ));
-    // A debug span: at the default level it is disabled and costs a connection nothing
-    // (an enabled span keeps its formatted fields for the connection's whole life); the
-    // info-level events about a connection name it themselves.
-    let span =
-        tracing::debug_span!("conn", conn_id = %conn_id, user_id = %handle.identity.user, ip = %ip);
     // `active_broadcast` comes right after `connected` (DESIGN §3): looked up before the
     // connection is registered, so nothing can be queued between the two. The lookup is
     // bounded: a slow or absent store costs the banner, not the connection.
@@ -392,18 +453,9 @@ async fn open(
     );
     // Server-side subscriptions: after `connected` (and the active announcement).
     session.subscribe_on_connect(&ws.subscribe_on_connect, claimed);
-    Live {
-        upgraded,
-        outbox,
+    Registered {
+        _registration: registration,
         session,
-        limits: Limits {
-            max_message: ws.max_message_bytes,
-            write_timeout: Duration::from_secs(ws.write_timeout_s),
-            deflate: deflate.map(|a| a.server_window),
-        },
-        registration,
-        metrics: app.metrics.clone(),
-        span,
     }
 }
 

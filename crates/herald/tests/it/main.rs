@@ -24,6 +24,7 @@ mod refusals;
 mod relay;
 mod revoke;
 mod scale_out;
+mod sse;
 mod sync;
 mod tls;
 mod webhooks;

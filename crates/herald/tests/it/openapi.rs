@@ -292,6 +292,27 @@ async fn every_operation_answers_what_the_document_says_to_a_good_and_a_bad_requ
             continue;
         }
 
+        if path == "/sse" {
+            // The good request opens the stream (200, read no further); the bad one has
+            // no token.
+            let good = http
+                .get(format!("{url}?channels=news&token={user}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(good.status().as_u16(), 200, "{what}");
+            assert_eq!(good.headers()["content-type"], "text/event-stream");
+            assert!(op["responses"]["200"]["content"]["text/event-stream"].is_object());
+            drop(good);
+            assert_eq!(
+                check(&doc, &op, &what, http.get(&url)).await,
+                401,
+                "{what}: no token"
+            );
+            checked += 1;
+            continue;
+        }
+
         // A good request: credentials (a user's token where only a user can act), the
         // documented example body.
         let credential = if path.ends_with("/ack") { &user } else { &key };
