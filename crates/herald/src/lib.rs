@@ -188,6 +188,7 @@ impl Node {
             tls: tls.is_some(),
             conformance_echo: opts.conformance_echo,
             workers,
+            user_rates: Default::default(),
         });
         let router = http::router::router(app.clone());
         let sweeper = tokio::spawn(hub::sweeper::run(hub.clone(), stop.clone()));

@@ -12,21 +12,20 @@ use serde_json::Value;
 use crate::auth::jwt::Verifier;
 use crate::auth::{Identity, TokenStamp};
 use crate::broker::{Broker, Reading, Ready, Submitted};
-use crate::config::namespaces::SYNC;
 use crate::config::NamespaceConfig;
 use crate::connection::driver::{Admit, Flow, Handler};
 use crate::connection::rate::{InboundLimiter, Verdict};
 use crate::hub::channels::Earlier;
 use crate::hub::namespace::{Denied, Resolved};
-use crate::hub::{ConnHandle, Exclude, Hub, Publication, Route, Target};
+use crate::hub::request::client_publication_of;
+use crate::hub::{ConnHandle, Hub, Publication};
 use crate::metrics::{Refusal, Source};
 use crate::outbox::{Outbox, Push};
 use crate::protocol::channel::validate_channel;
 use crate::protocol::client::{self, ClientMessage, Inbound, Since};
 use crate::protocol::codes::{CloseCode, ErrorCode};
-use crate::protocol::publish::{check_idempotency_key, too_deep, within_depth, PublishFrame};
+use crate::protocol::publish::PublishFrame;
 use crate::protocol::server;
-use crate::protocol::sync;
 use crate::store::{active_for, Store, StoreError};
 use crate::ws::frame::Frame;
 
@@ -335,54 +334,13 @@ impl Session {
             return Err((Denied::Forbidden(why), frame.reference));
         }
         let (request, reference) = frame.into_request();
-        let Some(channel) = request.channel else {
-            let why = "a publish needs a `channel`".to_owned();
-            return Err((Denied::BadRequest(why), reference));
-        };
-        if let Err(why) = validate_channel(&channel) {
-            return Err((Denied::BadRequest(why), reference));
-        }
-        if !within_depth(&request.data) {
-            return Err((Denied::BadRequest(too_deep()), reference));
-        }
-        if let Some(Err(why)) = request
-            .idempotency_key
-            .as_deref()
-            .map(check_idempotency_key)
-        {
-            return Err((Denied::BadRequest(why), reference));
-        }
-        let ns = match self.hub().namespaces().resolve(&channel) {
-            Ok(ns) => ns,
-            Err(denied) => return Err((denied, reference)),
-        };
-        if let Err(denied) = ns.may_publish(self.rights()) {
-            return Err((denied, reference));
-        }
-        let mut route = Route::Normal;
-        if ns.namespace == SYNC {
-            let event = serde_json::from_str::<Value>(request.data.get())
-                .map_err(|e| e.to_string())
-                .and_then(|v| sync::validate(&v));
-            match event {
-                Ok(e) => route = Route::of_sync(&e),
-                Err(why) => return Err((Denied::BadRequest(why), reference)),
-            }
-        }
-        let publication = Publication {
-            target: Target::Channel(channel),
-            exclude: Exclude {
-                user: None,
-                conn: Some(self.conn.conn_id.clone()),
-                device: None,
-                conn_device: None,
-            },
-            data: request.data,
-            accepted: Instant::now(),
-            creator: Some(self.conn.identity.user.clone()),
-            route,
-            idempotency_key: request.idempotency_key.map(String::into_boxed_str),
-        };
+        let namespaces = self.hub().namespaces();
+        let mut publication =
+            match client_publication_of(request, self.rights(), &namespaces, Instant::now()) {
+                Ok(p) => p,
+                Err(denied) => return Err((denied, reference)),
+            };
+        publication.exclude.conn = Some(self.conn.conn_id.clone());
         Ok((publication, reference))
     }
 

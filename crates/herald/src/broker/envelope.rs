@@ -38,6 +38,9 @@ pub struct Body {
     /// The excluded connection's user and device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xcd: Option<(String, String)>,
+    /// `xc` leaves out only a connection of this user (a user's own publish over HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xo: Option<String>,
     /// A `device_command` lane; the inner value is the target device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<CommandLane>,
@@ -151,6 +154,7 @@ impl Body {
                 .conn_device
                 .as_ref()
                 .map(|(u, d)| (u.to_string(), d.to_string())),
+            xo: p.exclude.conn_owner.as_ref().map(UserId::to_string),
             cmd: match &p.route {
                 Route::Normal => None,
                 Route::Command(device) => Some(CommandLane {
@@ -228,6 +232,7 @@ impl Body {
                 conn: self.xc.map(ConnId::from),
                 device: self.xd,
                 conn_device: self.xcd.map(|(u, d)| (UserId::from(u), Arc::from(d))),
+                conn_owner: self.xo.map(UserId::from),
             },
             data,
             accepted: std::time::Instant::now(),
@@ -284,6 +289,7 @@ mod tests {
                 conn: Some("abc-1".into()),
                 device: None,
                 conn_device: Some((UserId::from("u2"), Arc::from("tv"))),
+                conn_owner: Some(UserId::from("u2")),
             },
             data: serde_json::value::to_raw_value(&serde_json::json!({"x": "a|b"})).unwrap(),
             accepted: std::time::Instant::now(),

@@ -332,7 +332,11 @@ impl Broker for RedisBroker {
             Err(denied) => return Submitted::Done(Err(denied)),
         };
         if let Some(id) = &p.exclude.conn {
-            p.exclude.conn_device = hub.local_conn(id).as_deref().and_then(conn_device);
+            p.exclude.conn_device = hub
+                .local_conn(id)
+                .as_deref()
+                .filter(|c| p.exclude.owned(c))
+                .and_then(conn_device);
         }
         if !s.up() {
             return Submitted::Done(s.local_only(&p, history.is_some()));

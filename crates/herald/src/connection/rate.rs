@@ -20,6 +20,13 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket will have refilled by `now` (it then holds nothing a new
+    /// bucket would not).
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * f64::from(self.rate) >= f64::from(self.burst)
+    }
+
     /// Takes a token if one is available at `now`.
     pub fn try_take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();

@@ -53,10 +53,20 @@ pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError> 
     if app.api_keys.load().accepts(key) {
         return Ok(Caller::ApiKey);
     }
-    app.api_verifier.verify(key).map(Caller::User).map_err(|_| {
+    let identity = app.api_verifier.verify(key).map_err(|_| {
         app.metrics.refuse(Refusal::BadApiKey);
         ApiError::new(ErrorCode::Unauthorized, "invalid API key or token")
-    })
+    })?;
+    // A revoked token is refused here as on `/ws` (DESIGN §13): an admin's too.
+    if app
+        .hub
+        .revoked
+        .refuses(&identity, crate::auth::jwt::now_unix())
+    {
+        app.metrics.refuse(Refusal::RevokedToken);
+        return Err(ApiError::new(ErrorCode::Unauthorized, "token revoked"));
+    }
+    Ok(Caller::User(identity))
 }
 
 /// An API key or an admin token; 401 without credentials, 403 for a user token.

@@ -21,6 +21,7 @@ pub mod server;
 pub mod sse;
 pub mod stats;
 pub mod tls;
+pub mod user_rate;
 pub mod ws_upgrade;
 
 use std::sync::atomic::AtomicBool;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub conformance_echo: bool,
     /// The worker threads connections live on (none by default, or on one core).
     pub workers: crate::shard::Workers,
+    /// Users publishing with their token on the HTTP API, held to a connection's rate.
+    pub user_rates: user_rate::UserRates,
 }
 
 pub type App = Arc<AppState>;

@@ -1,5 +1,7 @@
 //! `POST /api/publish` (DESIGN §7): a backend publishes to a channel, a user, a group or
-//! everyone. The payload stays verbatim (`RawValue`) and is framed once.
+//! everyone; a user's own token publishes to a channel as their client would (how a
+//! client on the SSE transport publishes, DESIGN §13). The payload stays verbatim
+//! (`RawValue`) and is framed once.
 
 use std::time::Instant;
 
@@ -9,12 +11,14 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::auth::authorize;
+use super::auth::{authenticate, Caller};
 use super::error::ApiError;
 use super::App;
 use crate::hub::namespace::Denied;
+use crate::hub::request::client_publication_of;
 use crate::hub::{Delivered, Publication};
-use crate::metrics::Source;
+use crate::metrics::{Refusal, Source};
+use crate::protocol::codes::ErrorCode;
 use crate::protocol::publish::PublishRequest;
 
 pub async fn publish(
@@ -22,17 +26,44 @@ pub async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&app, &headers).map_err(ApiError::closing)?;
+    let caller = authenticate(&app, &headers).map_err(ApiError::closing)?;
+    let user = match caller {
+        Caller::User(who) if !who.admin => Some(who),
+        _ => None,
+    };
+    if let Some(who) = &user {
+        let ws = &app.cfg().ws;
+        if !app
+            .user_rates
+            .try_take(&who.user, ws.rate_per_s, ws.rate_burst, Instant::now())
+        {
+            app.metrics.refuse(Refusal::RateLimited);
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "over ws.rate_per_s: a user publishes over HTTP at a connection's rate",
+            ));
+        }
+    }
     let body = super::body::read(&app, &headers, body).await?;
     let accepted = Instant::now();
     let req: PublishRequest = super::body::object(&body)?;
+    let (publication, source) = match &user {
+        // A user's token publishes as that user's client would (the SSE transport's
+        // way to publish): a channel, the namespace's `publish` rule.
+        Some(who) => {
+            let namespaces = app.hub.namespaces();
+            let p = client_publication_of(req, who, &namespaces, accepted).map_err(denied)?;
+            (p, Source::Client)
+        }
+        None => (publication_of(req, accepted)?, Source::Api),
+    };
     let delivered = app
         .broker
-        .publish(publication_of(req, accepted)?)
+        .publish(publication)
         .wait()
         .await
         .map_err(denied)?;
-    app.metrics.answered(Source::Api, &delivered);
+    app.metrics.answered(source, &delivered);
     Ok(Json(answer(&delivered)))
 }
 

@@ -36,13 +36,24 @@ pub struct Exclude {
     /// The user and device of the connection `conn` names, resolved where it lives, so a
     /// node that does not hold it can still keep it out of a replay.
     pub conn_device: Option<(UserId, Arc<str>)>,
+    /// When set, `conn` leaves out only a connection of this user: a user publishing over
+    /// the HTTP API names their own connection so as not to hear their echo, and may not
+    /// silence anyone else's. Checked wherever the exclusion is applied, on every node.
+    pub conn_owner: Option<UserId>,
 }
 
 impl Exclude {
     pub fn excludes(&self, c: &ConnHandle) -> bool {
         self.user.as_ref().is_some_and(|u| *u == c.identity.user)
-            || self.conn.as_ref().is_some_and(|id| *id == c.conn_id)
+            || (self.conn.as_ref().is_some_and(|id| *id == c.conn_id) && self.owned(c))
             || (self.device.is_some() && self.device.as_deref() == c.identity.device.as_deref())
+    }
+
+    /// Whether `c` may be the excluded connection (see `conn_owner`).
+    pub fn owned(&self, c: &ConnHandle) -> bool {
+        self.conn_owner
+            .as_ref()
+            .is_none_or(|u| *u == c.identity.user)
     }
 
     /// What of this exclusion must outlive the excluded connection, to be kept with the
@@ -51,6 +62,7 @@ impl Exclude {
     /// user on the same device. None when nothing needs keeping.
     pub fn kept(&self, origin: Option<&ConnHandle>) -> Option<Arc<KeptExclusion>> {
         let conn_device = origin
+            .filter(|c| self.owned(c))
             .and_then(conn_device)
             .or_else(|| self.conn_device.clone());
         let kept = KeptExclusion {

@@ -1,4 +1,4 @@
-//! A backend's publication request made a [`Publication`]: the one set of checks the
+//! A publication request made a [`Publication`]. A backend's: the one set of checks the
 //! HTTP API, its batches and the backend publisher over WebSocket share — exactly one
 //! target, a valid channel name, and on `sync:` a valid sync event (a targeted
 //! `device_command` goes to that device's priority lane and never into history,
@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::namespace::Denied;
+use super::namespace::{Denied, Namespaces};
 use super::{Exclude, Publication, Route, Target};
+use crate::auth::Identity;
 use crate::config::namespaces::SYNC;
 use crate::ids::{ConnId, UserId};
 use crate::protocol::channel::validate_channel;
@@ -51,12 +52,63 @@ pub fn publication_of(req: PublishRequest, accepted: Instant) -> Result<Publicat
         exclude: Exclude {
             user: req.exclude_user.map(UserId::from),
             conn: req.exclude_conn.map(ConnId::from),
-            device: None,
-            conn_device: None,
+            ..Exclude::default()
         },
         data: req.data,
         accepted,
         creator: None,
+        route,
+        idempotency_key: req.idempotency_key.map(String::into_boxed_str),
+    })
+}
+
+/// The publication a user (not a backend) asks for — a client's `publish` frame, or a
+/// user token on `POST /api/publish`: to a channel only, under the namespace's `publish`
+/// rule for `who`, with `sync` validation. `exclude_conn` may name only one of `who`'s
+/// own connections (the one that should not hear its echo): the exclusion is checked
+/// against its owner wherever it is applied.
+pub fn client_publication_of(
+    req: PublishRequest,
+    who: &Identity,
+    namespaces: &Namespaces,
+    accepted: Instant,
+) -> Result<Publication, Denied> {
+    if req.user.is_some() || req.group.is_some() || req.all.is_some() || req.exclude_user.is_some()
+    {
+        return Err(Denied::Forbidden(
+            "only a backend (an API key or an admin token) may publish to a user, a group or everyone, or exclude recipients",
+        ));
+    }
+    let Some(channel) = req.channel else {
+        return Err(Denied::BadRequest("a publish needs a `channel`".to_owned()));
+    };
+    validate_channel(&channel).map_err(Denied::BadRequest)?;
+    if !within_depth(&req.data) {
+        return Err(Denied::BadRequest(too_deep()));
+    }
+    if let Some(key) = &req.idempotency_key {
+        check_idempotency_key(key).map_err(Denied::BadRequest)?;
+    }
+    let ns = namespaces.resolve(&channel)?;
+    ns.may_publish(who)?;
+    let mut route = Route::Normal;
+    if ns.namespace == SYNC {
+        let event = serde_json::from_str::<Value>(req.data.get())
+            .map_err(|e| e.to_string())
+            .and_then(|v| sync::validate(&v))
+            .map_err(Denied::BadRequest)?;
+        route = Route::of_sync(&event);
+    }
+    Ok(Publication {
+        target: Target::Channel(channel),
+        exclude: Exclude {
+            conn: req.exclude_conn.map(ConnId::from),
+            conn_owner: Some(who.user.clone()),
+            ..Exclude::default()
+        },
+        data: req.data,
+        accepted,
+        creator: Some(who.user.clone()),
         route,
         idempotency_key: req.idempotency_key.map(String::into_boxed_str),
     })

@@ -322,3 +322,139 @@ async fn heartbeats_are_comments_and_a_close_is_an_event_that_ends_the_stream() 
     assert!(stream.next().await.is_none(), "the stream ends");
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_on_sse_publishes_with_its_token_as_its_websocket_would() {
+    use herald::config::namespaces::PublishRule;
+    let s = TestServer::start_with(|c| {
+        c.namespaces.insert(
+            "chat".into(),
+            NamespaceConfig {
+                publish: PublishRule::Any,
+                ..NamespaceConfig::default()
+            },
+        );
+        c.ws.rate_per_s = 1;
+        c.ws.rate_burst = 8;
+    })
+    .await;
+    let alice = s.token("alice");
+    let mut stream = Stream::open(&s, &format!("token={alice}&channels=chat:room"), &[]).await;
+    let own = stream.next_named("connected").await.data["conn_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stream.next_named("subscribed").await;
+    let (mut bob, hello) = s.connect("bob").await;
+    let bobs = hello["conn_id"].as_str().unwrap().to_owned();
+    subscribe_to(&mut bob, "chat:room").await;
+    // Alice's own connection is left out of her publication; Bob gets it.
+    let (status, body) = s
+        .post_json(
+            "/api/publish",
+            &alice,
+            json!({"channel": "chat:room", "data": "from alice", "exclude_conn": own}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["offset"], 1, "{body}");
+    assert_eq!(next_pub(&mut bob).await["data"], "from alice");
+    // She may not silence Bob: his connection is not hers, so the exclusion holds no one.
+    let (status, body) = s
+        .post_json(
+            "/api/publish",
+            &alice,
+            json!({"channel": "chat:room", "data": "to all", "exclude_conn": bobs}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(next_pub(&mut bob).await["data"], "to all");
+    let e = stream.next_named("pub").await;
+    assert_eq!(
+        e.data["data"], "to all",
+        "her own echo was left out, not this"
+    );
+    assert_eq!(e.id.as_deref().map(|id| id.ends_with(":2")), Some(true));
+    // What a client may not do over WebSocket, it may not do over HTTP either.
+    for (body, status, code) in [
+        (json!({"user": "bob", "data": 1}), 403, "forbidden"),
+        (json!({"all": true, "data": 1}), 403, "forbidden"),
+        (
+            json!({"channel": "chat:room", "data": 1, "exclude_user": "bob"}),
+            403,
+            "forbidden",
+        ),
+        (json!({"channel": "news", "data": 1}), 403, "forbidden"),
+        (json!({"channel": "nowhere:x", "data": 1}), 404, "not_found"),
+        (
+            json!({"channel": "chat:room", "data": 1, "idempotency_key": "k".repeat(65)}),
+            400,
+            "bad_request",
+        ),
+    ] {
+        let (got, answer) = s.post_json("/api/publish", &alice, body.clone()).await;
+        assert_eq!(
+            (got, answer["error"].as_str()),
+            (status, Some(code)),
+            "{body} → {answer}"
+        );
+    }
+    // Held to a connection's inbound rate (burst 8, then 1 a second): the burst runs out.
+    let mut accepted = 2;
+    let mut limited = None;
+    for n in 0..20 {
+        let (status, body) = s
+            .post_json(
+                "/api/publish",
+                &alice,
+                json!({"channel": "chat:room", "data": n}),
+            )
+            .await;
+        if status != 200 {
+            limited = Some((status, body));
+            break;
+        }
+        accepted += 1;
+    }
+    let (status, body) = limited.expect("refused once the burst is spent");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("rate_limited")),
+        "{body}"
+    );
+    assert_eq!(
+        s.post_json(
+            "/api/publish",
+            &s.token("carol"),
+            json!({"channel": "chat:room", "data": 4})
+        )
+        .await
+        .0,
+        200,
+        "another user's own rate"
+    );
+    assert_publications_counted(&s, "client", accepted + 1).await;
+    // A revoked token publishes nothing (and an admin's neither).
+    let now = herald::auth::jwt::now_unix();
+    let (status, _) = s
+        .post_json(
+            "/api/users/carol/revoke",
+            &s.api_key.clone(),
+            json!({"before": now + 1}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = s
+        .post_json(
+            "/api/publish",
+            &s.token("carol"),
+            json!({"channel": "chat:room", "data": 5}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (401, Some("token revoked")),
+        "{body}"
+    );
+    s.shutdown().await;
+}
