@@ -150,7 +150,8 @@ impl Node {
                     Box::new(move || forget.forget_active()),
                     Box::new(move |up| if up { link.back() } else { link.lost() }),
                     stop.clone(),
-                )?;
+                )
+                .await?;
                 (b, tasks)
             };
         // With a cluster view the node whose write turned a user on or off reports it.
@@ -206,18 +207,12 @@ impl Node {
             false => {
                 // Several nodes on one bus: each user's events are relayed by one node.
                 let cfg = app.cfg();
-                let affinity = match broker.cluster() {
-                    Some(view) => Some(relay::nats::Affinity {
-                        view: view.clone(),
-                        claims: redis::aio::ConnectionManager::new_lazy_with_config(
-                            broker::redis::client(&cfg.broker.url)?,
-                            broker::redis::manager_config(),
-                        )?,
-                        prefix: cfg.broker.prefix.clone(),
-                        me: hub.node_tag().to_owned(),
-                    }),
-                    None => None,
-                };
+                let affinity = broker.cluster().map(|view| relay::nats::Affinity {
+                    view: view.clone(),
+                    claims: view.conn(),
+                    prefix: cfg.broker.prefix.clone(),
+                    me: hub.node_tag().to_owned(),
+                });
                 Some(tokio::spawn(relay::nats::run(
                     broker.clone(),
                     relay_cfg.nats_url.clone(),

@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::broker::conn::Conn;
 use redis::{RedisResult, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -189,7 +189,7 @@ pub struct NodeTotals {
 }
 
 pub struct ClusterView {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     tag: String,
 }
@@ -207,12 +207,17 @@ fn eval(script: &str, keys: &[&str], args: &[&str]) -> redis::Cmd {
 }
 
 impl ClusterView {
-    pub fn new(conn: ConnectionManager, prefix: &str, tag: &str) -> ClusterView {
+    pub fn new(conn: Conn, prefix: &str, tag: &str) -> ClusterView {
         ClusterView {
             conn,
             prefix: prefix.to_owned(),
             tag: tag.to_owned(),
         }
+    }
+
+    /// The connection it reads and writes through (shared: a clone is a handle).
+    pub fn conn(&self) -> Conn {
+        self.conn.clone()
     }
 
     fn ttl(&self) -> String {
@@ -251,7 +256,8 @@ impl ClusterView {
     pub async fn totals(&self) -> RedisResult<Totals> {
         type Each = Vec<(String, String, u64, u64)>;
         let (nodes, connections, users, each): (u64, u64, u64, Each) =
-            eval(TOTALS, &[], &[&self.prefix, &self.ttl()])
+            // KEYS[1] is not read: it routes the script to the view's slot on a cluster.
+            eval(TOTALS, &[&format!("{}:nodes", self.prefix)], &[&self.prefix, &self.ttl()])
                 .query_async(&mut self.conn.clone())
                 .await?;
         let mut per_node: Vec<NodeTotals> = each
@@ -421,11 +427,7 @@ fn member(view: &ClusterView, channel: &str, user: &str, present: bool) -> redis
 /// Tells each channel with presence and local subscribers who is present on it on the
 /// other nodes, so joins and leaves are announced once for the cluster (one script for
 /// all such channels, every sync).
-async fn refresh_presence(
-    hub: &Hub,
-    view: &ClusterView,
-    conn: &mut ConnectionManager,
-) -> RedisResult<()> {
+async fn refresh_presence(hub: &Hub, view: &ClusterView, conn: &mut Conn) -> RedisResult<()> {
     let channels = hub.registry.channels.presence_watched();
     if channels.is_empty() {
         return Ok(());
@@ -453,7 +455,7 @@ async fn refresh_presence(
 async fn sync_once(
     hub: &Hub,
     view: &ClusterView,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     written: &mut Written,
 ) -> RedisResult<bool> {
     let p = &view.prefix;
@@ -498,7 +500,7 @@ async fn sync_once(
     }
     pipe.add_command(eval(
         HEARTBEAT,
-        &[],
+        &[&format!("{p}:nodes")],
         &[
             p,
             &view.tag,

@@ -118,6 +118,18 @@ impl Following {
         Some(std::mem::take(&mut entry.lost))
     }
 
+    /// `channel`'s subscription ended without being asked to (its slot moved to another
+    /// shard): not live until it is subscribed again, which the upkeep asks for.
+    pub fn lost(&self, channel: &str) {
+        if let Some(entry) = self.lock().get_mut(channel) {
+            if entry.live {
+                entry.live = false;
+                entry.lost = true;
+            }
+            entry.asked = None;
+        }
+    }
+
     /// The pub/sub connection is gone: nothing is live until it is subscribed again.
     pub fn lost_all(&self) {
         for entry in self.lock().values_mut() {

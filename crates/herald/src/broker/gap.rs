@@ -10,10 +10,11 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
 use redis::RedisResult;
 
+use super::conn::Conn;
 use super::envelope;
+use super::keys::Keys;
 use crate::hub::channels::Earlier;
 use crate::hub::{Inlet, Publication};
 
@@ -33,13 +34,13 @@ pub struct Span<'a> {
 /// Delivers `span` from the stream; how many.
 pub async fn fill(
     inlet: &Inlet,
-    conn: &mut ConnectionManager,
-    prefix: &str,
+    conn: &mut Conn,
+    keys: &Keys,
     span: Span<'_>,
 ) -> RedisResult<usize> {
     let mut delivered = 0;
     let epoch = span.epoch;
-    for (offset, p) in range(inlet, conn, prefix, span).await? {
+    for (offset, p) in range(inlet, conn, keys, span).await? {
         if inlet.deliver(&p, Some((offset, epoch))).is_ok() {
             delivered += 1;
         }
@@ -51,11 +52,11 @@ pub async fn fill(
 /// node's copy.
 pub async fn read(
     inlet: &Inlet,
-    conn: &mut ConnectionManager,
-    prefix: &str,
+    conn: &mut Conn,
+    keys: &Keys,
     span: Span<'_>,
 ) -> RedisResult<Vec<Earlier>> {
-    let stored = range(inlet, conn, prefix, span).await?;
+    let stored = range(inlet, conn, keys, span).await?;
     Ok(stored
         .into_iter()
         .map(|(offset, p)| Earlier {
@@ -69,15 +70,15 @@ pub async fn read(
 /// The stream's entries of `span`, decoded, in order.
 async fn range(
     inlet: &Inlet,
-    conn: &mut ConnectionManager,
-    prefix: &str,
+    conn: &mut Conn,
+    keys: &Keys,
     span: Span<'_>,
 ) -> RedisResult<Vec<(u64, Publication)>> {
     if span.from > span.to {
         return Ok(Vec::new());
     }
     let entries: Vec<Entry> = redis::cmd("XRANGE")
-        .arg(format!("{prefix}:hist:{}", span.channel))
+        .arg(keys.hist(span.channel))
         .arg(format!("{}-1", span.from))
         .arg(format!("{}-1", span.to))
         .query_async(conn)
@@ -93,8 +94,8 @@ async fn range(
 /// subscribers the same one.
 pub async fn prime(
     inlet: &Inlet,
-    conn: &mut ConnectionManager,
-    prefix: &str,
+    conn: &mut Conn,
+    keys: &Keys,
     channel: &str,
     meta_ttl_s: u64,
 ) -> RedisResult<usize> {
@@ -105,8 +106,8 @@ pub async fn prime(
     let (top, epoch, entries): (u64, String, Vec<Entry>) = redis::cmd("EVAL")
         .arg(PRIME)
         .arg(2)
-        .arg(format!("{prefix}:meta:{channel}"))
-        .arg(format!("{prefix}:hist:{channel}"))
+        .arg(keys.meta(channel))
+        .arg(keys.hist(channel))
         .arg(format!("{:016x}", rand::random::<u64>()))
         .arg(meta_ttl_s)
         .arg(held_epoch)

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::broker::conn::Conn;
 use serde::{Deserialize, Serialize};
 
 use crate::hub::listing::Listing;
@@ -46,12 +46,7 @@ pub struct Gathered {
 }
 
 /// Waits for `expected` answers under `key`, then deletes it.
-pub async fn collect(
-    mut conn: ConnectionManager,
-    key: String,
-    expected: u64,
-    limit: usize,
-) -> Gathered {
+pub async fn collect(mut conn: Conn, key: String, expected: u64, limit: usize) -> Gathered {
     let started = tokio::time::Instant::now();
     let mut replies: Vec<String> = Vec::new();
     while started.elapsed() < DEADLINE {
@@ -87,7 +82,7 @@ pub async fn collect(
 
 /// Answers another node's query with this node's listing. Bounded in time: a Redis
 /// that does not take the answer loses it (the asker reports the node as missing).
-pub async fn answer(hub: Arc<Hub>, mut conn: ConnectionManager, prefix: String, query: Query) {
+pub async fn answer(hub: Arc<Hub>, mut conn: Conn, prefix: String, query: Query) {
     if query.q.len() > MAX_SEARCH {
         return;
     }

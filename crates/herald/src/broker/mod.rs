@@ -5,11 +5,13 @@
 //! this one, and each node frames it once for its own connections.
 
 pub mod cluster;
+pub mod conn;
 pub mod envelope;
 pub mod follow;
 pub mod gap;
 pub mod gather;
 pub mod idempotency;
+pub mod keys;
 pub mod redis;
 pub mod revoke;
 

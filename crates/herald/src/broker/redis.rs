@@ -25,16 +25,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_routing::Slot;
 use redis::{PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::{self, ClusterView};
+use super::conn::{self, Conn, PubSub};
 use super::envelope::{self, Body};
 use super::follow::{Ask, Following, Join};
 use super::gap;
 use super::gather;
 use super::idempotency;
+use super::keys::Keys;
 use super::revoke;
 use super::Gathering;
 use super::{Broker, Health, Ordered, Reading, Ready, Submitted};
@@ -57,14 +60,44 @@ redis.call('SET', KEYS[1], '-', 'EX', ARGV[3]) \
 redis.call('PUBLISH', ARGV[1], ARGV[2]) \
 return 1";
 
+/// A script as a Redis Cluster runs it: publishing on the shard channel of its keys'
+/// slot (`SPUBLISH`), so the publication stays on that shard.
+fn sharded(script: &str) -> String {
+    script.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+}
+
+/// The publish script's text, for one Redis or a cluster.
+fn script(cluster: bool) -> &'static str {
+    static SHARDED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if cluster {
+        SHARDED.get_or_init(|| sharded(SCRIPT))
+    } else {
+        SCRIPT
+    }
+}
+
+/// The idempotent publish without history, for one Redis or a cluster.
+fn idempotent_publish(cluster: bool) -> &'static str {
+    static SHARDED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if cluster {
+        SHARDED.get_or_init(|| sharded(IDEMPOTENT_PUBLISH))
+    } else {
+        IDEMPOTENT_PUBLISH
+    }
+}
+
 /// The publish script's SHA-1, as `EVALSHA` names it: the script's text is sent once
 /// (`SCRIPT LOAD`, again whenever Redis answers that it does not know it), not with
 /// every publication — ~20% more publications per Redis second (docs/benchmarks.md).
-fn script_sha() -> &'static str {
-    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SHA.get_or_init(|| {
+fn script_sha(cluster: bool) -> &'static str {
+    static SHA: [std::sync::OnceLock<String>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    let Some(cell) = SHA.get(usize::from(cluster)) else {
+        return "";
+    };
+    cell.get_or_init(|| {
         use sha1::{Digest, Sha1};
-        format!("{:x}", Sha1::digest(SCRIPT.as_bytes()))
+        format!("{:x}", Sha1::digest(script(cluster).as_bytes()))
     })
 }
 /// Publications waiting for Redis; past this the node treats Redis as unreachable.
@@ -83,6 +116,9 @@ const META_TTL_S: u64 = 24 * 3600;
 const FOLLOW_WAIT: Duration = Duration::from_secs(3);
 /// How often followed channels are checked for idleness and unanswered SUBSCRIBEs.
 const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+/// A claim of a publication with history older than this was given up by its node
+/// (it waits [`ECHO_WAIT`] at most): a repeat is answered with the claim's position.
+const CLAIM_STALE: Duration = Duration::from_secs(3);
 /// Own publications settled here without their echo, remembered so that a late echo
 /// is not delivered a second time.
 const SETTLED_KEPT: usize = 4096;
@@ -119,7 +155,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     node: String,
     bus: String,
-    prefix: String,
+    keys: Keys,
     seq: AtomicU64,
     waiters: Mutex<HashMap<u64, Waiter>>,
     /// Own publications without history delivered here before (or without) their echo.
@@ -132,12 +168,14 @@ struct Shared {
     answering: AtomicBool,
     /// An outage is logged and counted once, when it starts.
     down_since_logged: AtomicBool,
+    /// A cluster's bus is being subscribed again ([`resubscribe_bus`]).
+    resubscribing: AtomicBool,
 }
 
 pub struct RedisBroker {
     shared: Arc<Shared>,
     /// For reads a session waits on (history older than the node's copy).
-    commands: ConnectionManager,
+    commands: Conn,
     jobs: mpsc::Sender<Job>,
     cluster: Arc<ClusterView>,
 }
@@ -155,12 +193,65 @@ pub fn client(url: &str) -> RedisResult<redis::Client> {
 /// Checks a broker URL as `check-config` does: a scheme herald knows, and one the
 /// Redis client can parse.
 pub fn validate_url(url: &str) -> Result<(), String> {
+    if conn::is_cluster(url) {
+        return conn::seeds(url).map(drop);
+    }
     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
         return Err(format!(
-            "`{url}` is not memory://, redis://host:port[/db] or rediss://…"
+            "`{url}` is not memory://, redis://host:port[/db], rediss://… or redis+cluster://host:port,host:port"
         ));
     }
     client(url).map(drop).map_err(|e| format!("`{url}`: {e}"))
+}
+
+/// How long a cluster command may take in all, its retries and redirections included:
+/// a master's failover takes a few seconds, and a publication rides through it rather
+/// than fail at the first try (docs/redis-cluster-findings.md).
+const CLUSTER_OVERALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a node waits for the cluster at start.
+const CLUSTER_CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// The command and pub/sub connections for `url`, and where the pub/sub connection's
+/// pushes arrive. One Redis: managed connections, lazy (a node starts while Redis is
+/// away). A cluster: connected now (the slot map comes from the seeds), retried for
+/// [`CLUSTER_CONNECT_WAIT`].
+async fn connect(url: &str) -> anyhow::Result<(Conn, PubSub, mpsc::UnboundedReceiver<PushInfo>)> {
+    let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
+    if !conn::is_cluster(url) {
+        let commands = ConnectionManager::new_lazy_with_config(client(url)?, manager_config())?;
+        let pubsub = ConnectionManager::new_lazy_with_config(
+            client(url)?,
+            manager_config()
+                .set_push_sender(push_tx)
+                .set_automatic_resubscription(),
+        )?;
+        return Ok((Conn::One(commands), PubSub::One(pubsub), push_rx));
+    }
+    let commands = conn::cluster_client(url, None, RESPONSE_TIMEOUT, CLUSTER_OVERALL_TIMEOUT)?;
+    let pubsub = conn::cluster_client(
+        url,
+        Some(push_tx),
+        RESPONSE_TIMEOUT,
+        CLUSTER_OVERALL_TIMEOUT,
+    )?;
+    let started = Instant::now();
+    loop {
+        let both = async {
+            let c = commands.get_async_connection().await?;
+            let p = pubsub.get_async_connection().await?;
+            RedisResult::Ok((c, p))
+        };
+        match both.await {
+            Ok((c, p)) => return Ok((Conn::Cluster(c), PubSub::Cluster(p), push_rx)),
+            Err(e) if started.elapsed() >= CLUSTER_CONNECT_WAIT => {
+                anyhow::bail!("broker.url: cannot reach the Redis Cluster: {e}")
+            }
+            Err(e) => {
+                tracing::warn!("broker: the Redis Cluster does not answer yet: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 /// Reconnects with jittered exponential backoff capped at 5 s; 1 s to answer.
@@ -176,7 +267,7 @@ pub fn manager_config() -> ConnectionManagerConfig {
 
 impl RedisBroker {
     /// Starts the broker's tasks (publisher, receiver, probe) under `stop`.
-    pub fn start(
+    pub async fn start(
         url: &str,
         prefix: &str,
         inlet: Inlet,
@@ -185,14 +276,8 @@ impl RedisBroker {
         on_link: OnLink,
         stop: CancellationToken,
     ) -> anyhow::Result<(Arc<RedisBroker>, Vec<tokio::task::JoinHandle<()>>)> {
-        let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
-        let commands = ConnectionManager::new_lazy_with_config(client(url)?, manager_config())?;
-        let pubsub = ConnectionManager::new_lazy_with_config(
-            client(url)?,
-            manager_config()
-                .set_push_sender(push_tx)
-                .set_automatic_resubscription(),
-        )?;
+        let (commands, pubsub, push_rx) = connect(url).await?;
+        let keys = Keys::new(prefix, conn::is_cluster(url));
         let (jobs, jobs_rx) = mpsc::channel(QUEUE);
         let (asks, asks_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -201,8 +286,8 @@ impl RedisBroker {
             on_announcement,
             on_link,
             metrics,
-            bus: format!("{prefix}:bus"),
-            prefix: prefix.to_owned(),
+            bus: keys.bus(),
+            keys,
             seq: AtomicU64::new(1),
             waiters: Mutex::new(HashMap::new()),
             settled: Mutex::new(VecDeque::new()),
@@ -211,8 +296,13 @@ impl RedisBroker {
             subscribed: AtomicBool::new(false),
             answering: AtomicBool::new(false),
             down_since_logged: AtomicBool::new(false),
+            resubscribing: AtomicBool::new(false),
         });
-        let view = Arc::new(ClusterView::new(commands.clone(), prefix, &shared.node));
+        let view = Arc::new(ClusterView::new(
+            commands.clone(),
+            shared.keys.common(),
+            &shared.node,
+        ));
         let tasks = vec![
             tokio::spawn(cluster::sync_loop(
                 shared.inlet.hub().clone(),
@@ -304,7 +394,7 @@ impl Shared {
     /// The pub/sub channel a publication to `target` travels on.
     fn topic(&self, target: &Target) -> String {
         match target {
-            Target::Channel(name) => channel_topic(&self.prefix, name),
+            Target::Channel(name) => self.keys.topic(name),
             _ => self.bus.clone(),
         }
     }
@@ -348,18 +438,22 @@ impl Broker for RedisBroker {
             Target::Channel(name) => s.following.is_live(name),
             _ => true,
         };
-        let idem = p
-            .idempotency_key
-            .as_deref()
-            .map(|key| format!("{}:idem:{}", s.prefix, idempotency::scope(&p, key)));
+        let idem = p.idempotency_key.as_deref().map(|key| {
+            let channel = match &p.target {
+                Target::Channel(name) => Some(name.as_str()),
+                _ => None,
+            };
+            s.keys.idem(channel, &idempotency::scope(&p, key))
+        });
+        let cluster = s.keys.cluster();
         let claim_ttl = idempotency::CLAIM_TTL.as_secs();
         let cmd = match (&p.target, history) {
             (Target::Channel(name), Some((size, ttl_s))) => {
                 let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(script_sha())
+                cmd.arg(script_sha(cluster))
                     .arg(if idem.is_some() { 3 } else { 2 })
-                    .arg(format!("{}:meta:{name}", s.prefix))
-                    .arg(format!("{}:hist:{name}", s.prefix));
+                    .arg(s.keys.meta(name))
+                    .arg(s.keys.hist(name));
                 if let Some(key) = &idem {
                     cmd.arg(key);
                 }
@@ -369,13 +463,14 @@ impl Broker for RedisBroker {
                     .arg(ttl_s)
                     .arg(format!("{:016x}", rand::random::<u64>()))
                     .arg(META_TTL_S.max(ttl_s))
-                    .arg(claim_ttl);
+                    .arg(idempotency::WINDOW.as_secs())
+                    .arg(CLAIM_STALE.as_millis() as u64);
                 cmd
             }
             _ => match &idem {
                 Some(key) => {
                     let mut cmd = redis::cmd("EVAL");
-                    cmd.arg(IDEMPOTENT_PUBLISH)
+                    cmd.arg(idempotent_publish(cluster))
                         .arg(1)
                         .arg(key)
                         .arg(&topic)
@@ -384,7 +479,7 @@ impl Broker for RedisBroker {
                     cmd
                 }
                 None => {
-                    let mut cmd = redis::cmd("PUBLISH");
+                    let mut cmd = redis::cmd(s.keys.publish_command());
                     cmd.arg(&topic).arg(envelope::encode(&body));
                     cmd
                 }
@@ -454,7 +549,7 @@ impl Broker for RedisBroker {
         }
         let seq = s.seq.fetch_add(1, Relaxed);
         let text = String::from_utf8_lossy(frame_text).into_owned();
-        let mut cmd = redis::cmd("PUBLISH");
+        let mut cmd = redis::cmd(s.keys.publish_command());
         cmd.arg(&s.bus)
             .arg(envelope::encode(&Body::of_frame(&s.node, seq, text)));
         if self.jobs.try_send(Job { seq, cmd }).is_err() {
@@ -470,7 +565,7 @@ impl Broker for RedisBroker {
         let mut forwarded = false;
         if s.up() {
             let seq = s.seq.fetch_add(1, Relaxed);
-            let mut cmd = redis::cmd("PUBLISH");
+            let mut cmd = redis::cmd(s.keys.publish_command());
             cmd.arg(&s.bus)
                 .arg(envelope::encode(&Body::of_order(&s.node, seq, &order)));
             forwarded = self.jobs.try_send(Job { seq, cmd }).is_ok();
@@ -492,11 +587,11 @@ impl Broker for RedisBroker {
         let mut forwarded = false;
         if s.up() {
             let now = crate::auth::jwt::now_unix();
-            let store = revoke::store_cmd(&s.prefix, &r, now);
+            let store = revoke::store_cmd(s.keys.common(), &r, now);
             let seq = s.seq.fetch_add(1, Relaxed);
             let stored = self.jobs.try_send(Job { seq, cmd: store }).is_ok();
             let seq = s.seq.fetch_add(1, Relaxed);
-            let mut cmd = redis::cmd("PUBLISH");
+            let mut cmd = redis::cmd(s.keys.publish_command());
             cmd.arg(&s.bus)
                 .arg(envelope::encode(&Body::of_revocation(&s.node, seq, &r)));
             forwarded = stored && self.jobs.try_send(Job { seq, cmd }).is_ok();
@@ -524,13 +619,13 @@ impl Broker for RedisBroker {
                 .nodes;
             let seq = s.seq.fetch_add(1, Relaxed);
             let id = format!("{}-{seq}", s.node);
-            let key = gather::reply_key(&s.prefix, &id);
+            let key = gather::reply_key(s.keys.common(), &id);
             let query = gather::Query {
                 id,
                 q: search,
                 l: limit,
             };
-            let mut cmd = redis::cmd("PUBLISH");
+            let mut cmd = redis::cmd(s.keys.publish_command());
             cmd.arg(&s.bus)
                 .arg(envelope::encode(&Body::of_query(&s.node, seq, query)));
             if jobs.try_send(Job { seq, cmd }).is_err() {
@@ -570,7 +665,7 @@ impl Broker for RedisBroker {
                 to,
                 epoch: &epoch,
             };
-            let read = gap::read(&s.inlet, &mut conn, &s.prefix, span);
+            let read = gap::read(&s.inlet, &mut conn, &s.keys, span);
             match tokio::time::timeout(FOLLOW_WAIT, read).await {
                 Ok(Ok(earlier)) => earlier,
                 Ok(Err(e)) => {
@@ -609,7 +704,7 @@ impl Broker for RedisBroker {
 /// Sends queued commands, whatever is waiting as one pipeline, in order.
 async fn send_loop(
     s: Arc<Shared>,
-    mut conn: ConnectionManager,
+    mut conn: Conn,
     mut jobs: mpsc::Receiver<Job>,
     stop: CancellationToken,
 ) {
@@ -626,7 +721,10 @@ async fn send_loop(
                 Err(_) => break,
             }
         }
-        let results = send(&mut conn, &batch).await;
+        let results = match s.keys.cluster() {
+            false => send(&mut conn, &batch, false).await,
+            true => Ok(send_by_slot(&conn, &batch).await),
+        };
         match results {
             Ok(results) => {
                 for (job, result) in batch.drain(..).zip(results) {
@@ -656,11 +754,97 @@ async fn send_loop(
     }
 }
 
+/// The slot a command goes to on a cluster: its first key's (a script's first key; the
+/// channel of a `SPUBLISH`). None for a command without one.
+fn slot_of(cmd: &redis::Cmd) -> Option<Slot> {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        redis::Arg::Simple(b) => Some(b),
+        _ => None,
+    });
+    let name = args.next()?.to_ascii_uppercase();
+    let key = match name.as_slice() {
+        b"EVAL" | b"EVALSHA" => {
+            let _script = args.next()?;
+            if args.next()? == b"0" {
+                return None;
+            }
+            args.next()?
+        }
+        _ => args.next()?,
+    };
+    Some(Slot::for_key(key))
+}
+
+/// Sends `batch` to a cluster: one pipeline per slot (a cluster pipeline cannot span
+/// slots), all slots at once. Each slot keeps its order — a channel is one slot, and
+/// so is the bus — and a shard that does not answer (a failover) fails only its own.
+async fn send_by_slot(conn: &Conn, batch: &[Job]) -> Vec<RedisResult<Value>> {
+    let mut groups: Vec<(Option<Slot>, Vec<&Job>, Vec<usize>)> = Vec::new();
+    for (i, job) in batch.iter().enumerate() {
+        let slot = slot_of(&job.cmd);
+        match groups.iter_mut().find(|(s, _, _)| *s == slot) {
+            Some((_, jobs, at)) => {
+                jobs.push(job);
+                at.push(i);
+            }
+            None => groups.push((slot, vec![job], vec![i])),
+        }
+    }
+    let sent = futures_util::future::join_all(groups.iter().map(|(_, jobs, _)| {
+        let mut conn = conn.clone();
+        async move { send_jobs(&mut conn, jobs, true).await }
+    }))
+    .await;
+    let mut results: Vec<Option<RedisResult<Value>>> = batch.iter().map(|_| None).collect();
+    for ((_, _, at), answers) in groups.iter().zip(sent) {
+        match answers {
+            Ok(answers) => {
+                for (i, answer) in at.iter().zip(answers) {
+                    if let Some(slot) = results.get_mut(*i) {
+                        *slot = Some(answer);
+                    }
+                }
+            }
+            Err(e) => {
+                for i in at {
+                    if let Some(slot) = results.get_mut(*i) {
+                        *slot = Some(Err(redis::RedisError::from((
+                            redis::ErrorKind::Io,
+                            "the shard did not answer",
+                            e.to_string(),
+                        ))));
+                    }
+                }
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| Err(redis::RedisError::from((redis::ErrorKind::Io, "no answer"))))
+        })
+        .collect()
+}
+
+/// Sends `batch` as one pipeline.
+async fn send(
+    conn: &mut Conn,
+    batch: &[Job],
+    cluster: bool,
+) -> RedisResult<Vec<RedisResult<Value>>> {
+    let jobs: Vec<&Job> = batch.iter().collect();
+    send_jobs(conn, &jobs, cluster).await
+}
+
 /// Sends `batch` as one pipeline. If Redis did not know the publish script (it restarted,
 /// or was flushed), none of those commands ran: the script is loaded and they are sent
 /// again, in the same order, before anything newer.
-async fn send(conn: &mut ConnectionManager, batch: &[Job]) -> RedisResult<Vec<RedisResult<Value>>> {
-    let pipeline = |jobs: &mut dyn Iterator<Item = &Job>| {
+async fn send_jobs(
+    conn: &mut Conn,
+    batch: &[&Job],
+    cluster: bool,
+) -> RedisResult<Vec<RedisResult<Value>>> {
+    let pipeline = |jobs: &mut dyn Iterator<Item = &&Job>| {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for job in jobs {
@@ -677,7 +861,7 @@ async fn send(conn: &mut ConnectionManager, batch: &[Job]) -> RedisResult<Vec<Re
     if results.iter().any(unknown) {
         let _: String = redis::cmd("SCRIPT")
             .arg("LOAD")
-            .arg(SCRIPT)
+            .arg(script(cluster))
             .query_async(conn)
             .await?;
         let again: Vec<usize> = (0..results.len())
@@ -773,8 +957,8 @@ fn repeat_of(result: &RedisResult<Value>) -> Option<Option<Delivered>> {
 /// Subscribes the bus (retrying until Redis is there) and delivers what arrives.
 async fn receive_loop(
     s: Arc<Shared>,
-    mut pubsub: ConnectionManager,
-    mut commands: ConnectionManager,
+    mut pubsub: PubSub,
+    mut commands: Conn,
     mut pushes: mpsc::UnboundedReceiver<PushInfo>,
     stop: CancellationToken,
 ) {
@@ -783,7 +967,7 @@ async fn receive_loop(
     loop {
         let subscribed = tokio::select! {
             _ = stop.cancelled() => return,
-            r = pubsub.subscribe(&s.bus) => r,
+            r = pubsub.follow(std::slice::from_ref(&s.bus)) => r,
         };
         match subscribed {
             Ok(()) => break,
@@ -805,7 +989,7 @@ async fn receive_loop(
             p = pushes.recv() => match p { Some(p) => p, None => return },
         };
         match push.kind {
-            PushKind::Message => match push.data.as_slice() {
+            PushKind::Message | PushKind::SMessage => match push.data.as_slice() {
                 [Value::BulkString(topic), Value::BulkString(payload)] => {
                     receive(&s, &mut commands, topic, payload).await;
                 }
@@ -813,7 +997,7 @@ async fn receive_loop(
                     s.metrics.broker_malformed.fetch_add(1, Relaxed);
                 }
             },
-            PushKind::Subscribe => {
+            PushKind::Subscribe | PushKind::SSubscribe => {
                 let topic = match push.data.first() {
                     Some(Value::BulkString(t)) => t.as_slice(),
                     _ => &[],
@@ -823,7 +1007,7 @@ async fn receive_loop(
                     s.recovered();
                     // Revocations given while this node was away (or before it started).
                     let (hub, mut conn) = (s.inlet.hub().clone(), commands.clone());
-                    let prefix = s.prefix.clone();
+                    let prefix = s.keys.common().to_owned();
                     tokio::spawn(async move {
                         if let Err(e) = revoke::load(&hub, &mut conn, &prefix).await {
                             tracing::warn!("broker: could not read the revocations: {e}");
@@ -832,7 +1016,7 @@ async fn receive_loop(
                     if std::mem::take(&mut lost) {
                         (s.on_link)(true);
                     }
-                } else if let Some(name) = channel_of(&s.prefix, topic) {
+                } else if let Some(name) = s.keys.channel_of(topic) {
                     primed(&s, &mut commands, name).await;
                 }
             }
@@ -843,7 +1027,21 @@ async fn receive_loop(
                 s.subscribed.store(false, Relaxed);
                 s.following.lost_all();
                 s.outage("the pub/sub connection was lost");
-                reconnect(pubsub.clone(), stop.clone());
+                relink(&s, pubsub.clone(), stop.clone());
+            }
+            PushKind::SUnsubscribe => {
+                // Not asked for (a slot moved to another shard, DESIGN §13): the channel
+                // is followed again from its new owner and primed, the bus at once.
+                let topic = match push.data.first() {
+                    Some(Value::BulkString(t)) => t.as_slice(),
+                    _ => &[],
+                };
+                if topic == s.bus.as_bytes() {
+                    s.subscribed.store(false, Relaxed);
+                    relink(&s, pubsub.clone(), stop.clone());
+                } else if let Some(name) = s.keys.channel_of(topic) {
+                    s.following.lost(name);
+                }
             }
             _ => {}
         }
@@ -854,7 +1052,7 @@ async fn receive_loop(
 /// then let its waiting subscribers join. A channel without history has nothing to
 /// catch up with; if it was followed when the connection dropped, its subscribers may
 /// have missed publications that nothing can replay, and are closed with 4003 (resync).
-async fn primed(s: &Shared, commands: &mut ConnectionManager, channel: &str) {
+async fn primed(s: &Shared, commands: &mut Conn, channel: &str) {
     if !s.following.is_followed(channel) {
         return; // a late confirmation for a channel dropped since
     }
@@ -865,7 +1063,7 @@ async fn primed(s: &Shared, commands: &mut ConnectionManager, channel: &str) {
         .resolve(channel)
         .is_ok_and(|ns| ns.config.has_history());
     if history {
-        if let Err(e) = gap::prime(&s.inlet, commands, &s.prefix, channel, META_TTL_S).await {
+        if let Err(e) = gap::prime(&s.inlet, commands, &s.keys, channel, META_TTL_S).await {
             // Its subscribers join with what is here; the next publication's offset
             // shows any gap, which is filled then.
             tracing::warn!(channel, "could not catch up with the shared history: {e}");
@@ -876,25 +1074,12 @@ async fn primed(s: &Shared, commands: &mut ConnectionManager, channel: &str) {
     }
 }
 
-/// The pub/sub channel of a herald channel.
-fn channel_topic(prefix: &str, channel: &str) -> String {
-    format!("{prefix}:ch:{channel}")
-}
-
-/// The herald channel a pub/sub channel carries, if it is one of this prefix's.
-fn channel_of<'a>(prefix: &str, topic: &'a [u8]) -> Option<&'a str> {
-    let rest = topic
-        .strip_prefix(prefix.as_bytes())?
-        .strip_prefix(b":ch:")?;
-    std::str::from_utf8(rest).ok()
-}
-
 /// Sends the SUBSCRIBE / UNSUBSCRIBE commands the followed channels need, on the
 /// pub/sub connection, and runs the upkeep that drops idle channels and asks again
 /// for unanswered ones.
 async fn subscribe_loop(
     s: Arc<Shared>,
-    mut pubsub: ConnectionManager,
+    mut pubsub: PubSub,
     mut asks: mpsc::UnboundedReceiver<Ask>,
     stop: CancellationToken,
 ) {
@@ -923,9 +1108,8 @@ async fn subscribe_loop(
         }
         // Unsubscribes first: a channel dropped and followed again within one batch
         // ends subscribed.
-        let topics = |names: &[Arc<str>]| -> Vec<String> {
-            names.iter().map(|n| channel_topic(&s.prefix, n)).collect()
-        };
+        let topics =
+            |names: &[Arc<str>]| -> Vec<String> { names.iter().map(|n| s.keys.topic(n)).collect() };
         for (what, names) in [("UNSUBSCRIBE", &unsub), ("SUBSCRIBE", &sub)] {
             if names.is_empty() {
                 continue;
@@ -934,9 +1118,9 @@ async fn subscribe_loop(
                 _ = stop.cancelled() => return,
                 r = async {
                     if what == "SUBSCRIBE" {
-                        pubsub.subscribe(topics(names)).await
+                        pubsub.follow(&topics(names)).await
                     } else {
-                        pubsub.unsubscribe(topics(names)).await
+                        pubsub.unfollow(&topics(names)).await
                     }
                 } => r,
             };
@@ -948,9 +1132,21 @@ async fn subscribe_loop(
     }
 }
 
-/// Drives a pub/sub manager back to a connection: it only reconnects when used, and
-/// gives up a round after a few attempts, while nothing else would use it. Once a PING
-/// answers, the manager has reconnected and resubscribed by itself.
+/// Brings the pub/sub side back after a lost connection. One Redis: drives the manager
+/// back to a connection (it only reconnects when used, and gives up a round after a few
+/// attempts, while nothing else would use it); once a PING answers, it has reconnected
+/// and resubscribed by itself. A cluster: the client neither refreshes its slot map nor
+/// resubscribes reliably after a master fails over (docs/redis-cluster-findings.md), so
+/// the bus is subscribed again explicitly until its confirmation arrives; the channels
+/// follow through the upkeep, each primed from its history.
+fn relink(s: &Arc<Shared>, pubsub: PubSub, stop: CancellationToken) {
+    match pubsub {
+        PubSub::One(c) => reconnect(c, stop),
+        PubSub::Cluster(c) => resubscribe_bus(s.clone(), PubSub::Cluster(c), stop),
+    }
+}
+
+/// Drives a pub/sub manager back to a connection (see [`relink`]).
 pub fn reconnect(mut conn: ConnectionManager, stop: CancellationToken) {
     tokio::spawn(async move {
         let ping = redis::cmd("PING");
@@ -970,9 +1166,32 @@ pub fn reconnect(mut conn: ConnectionManager, stop: CancellationToken) {
     });
 }
 
+/// How often a cluster's bus is subscribed again while unconfirmed.
+const RESUBSCRIBE_EVERY: Duration = Duration::from_millis(250);
+
+/// Subscribes the bus on a cluster again every [`RESUBSCRIBE_EVERY`] until it is
+/// confirmed (`SSUBSCRIBE` is idempotent on the server; a duplicate confirmation is
+/// harmless). One at a time: a second loss while one runs is covered by it.
+fn resubscribe_bus(s: Arc<Shared>, mut pubsub: PubSub, stop: CancellationToken) {
+    if s.resubscribing.swap(true, Relaxed) {
+        return;
+    }
+    tokio::spawn(async move {
+        while !s.subscribed.load(Relaxed) && !stop.is_cancelled() {
+            let bus = std::slice::from_ref(&s.bus);
+            let _ = tokio::time::timeout(RESUBSCRIBE_EVERY * 4, pubsub.follow(bus)).await;
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(RESUBSCRIBE_EVERY) => {}
+            }
+        }
+        s.resubscribing.store(false, Relaxed);
+    });
+}
+
 /// One message from the bus: this node's own echo settles its waiter; any other is
 /// delivered to local connections. A message that does not parse is counted, dropped.
-async fn receive(s: &Shared, commands: &mut ConnectionManager, topic: &[u8], payload: &[u8]) {
+async fn receive(s: &Shared, commands: &mut Conn, topic: &[u8], payload: &[u8]) {
     let env = match envelope::decode(payload) {
         Ok(env) => env,
         Err(e) => {
@@ -982,7 +1201,7 @@ async fn receive(s: &Shared, commands: &mut ConnectionManager, topic: &[u8], pay
         }
     };
     // A channel's pub/sub channel carries that channel's publications only.
-    let fits = match channel_of(&s.prefix, topic) {
+    let fits = match s.keys.channel_of(topic) {
         Some(name) => env.body.t.as_deref() == Some("c") && env.body.id.as_deref() == Some(name),
         None => env.body.t.as_deref() != Some("c"),
     };
@@ -999,7 +1218,7 @@ async fn receive(s: &Shared, commands: &mut ConnectionManager, topic: &[u8], pay
             tokio::spawn(gather::answer(
                 hub,
                 commands.clone(),
-                s.prefix.clone(),
+                s.keys.common().to_owned(),
                 query,
             ));
         }
@@ -1050,7 +1269,7 @@ async fn receive(s: &Shared, commands: &mut ConnectionManager, topic: &[u8], pay
                     to: offset - 1,
                     epoch,
                 };
-                let filled = gap::fill(&s.inlet, commands, &s.prefix, span).await;
+                let filled = gap::fill(&s.inlet, commands, &s.keys, span).await;
                 if let Err(e) = filled {
                     tracing::warn!(channel = %name, "could not fill a gap: {e}");
                 }
@@ -1090,13 +1309,28 @@ async fn receive(s: &Shared, commands: &mut ConnectionManager, topic: &[u8], pay
     }
 }
 
+/// Whether Redis answers a PING. On a cluster, the shard of the bus and the cluster
+/// view is asked (a plain PING would go to every master and fail while any one of them
+/// fails over, though the others serve their channels).
+async fn probe(s: &Shared, conn: &mut Conn, ping: &redis::Cmd) -> bool {
+    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+    match conn {
+        Conn::One(c) => ping.query_async::<String>(c).await.is_ok(),
+        Conn::Cluster(c) => {
+            let at = Route::with_key(s.bus.as_bytes(), SlotAddr::Master);
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(at));
+            c.route_command(ping.clone(), routing).await.is_ok()
+        }
+    }
+}
+
 /// Marks Redis answering or not, every `PROBE_EVERY` (a frozen Redis times out).
-async fn probe_loop(s: Arc<Shared>, mut conn: ConnectionManager, stop: CancellationToken) {
+async fn probe_loop(s: Arc<Shared>, mut conn: Conn, stop: CancellationToken) {
     let ping = redis::cmd("PING");
     loop {
         let ok = tokio::select! {
             _ = stop.cancelled() => return,
-            r = ping.query_async::<String>(&mut conn) => r.is_ok(),
+            r = probe(&s, &mut conn, &ping) => r,
         };
         s.answering.store(ok, Relaxed);
         if ok {

@@ -113,7 +113,8 @@ channels_per_user = 100
 
 [broker]
 # "memory://": one node. Several nodes share one Redis (docs/scaling.md):
-# "redis://host:6379", "redis://:password@host:6379/0", or "rediss://…" for TLS.
+# "redis://host:6379", "redis://:password@host:6379/0", or "rediss://…" for TLS;
+# or a Redis Cluster (7+): "redis+cluster://host:7000,host:7001" (seed nodes).
 url = "memory://"
 # Prefix of every Redis key and channel herald uses.
 prefix = "herald"

@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use redis::aio::ConnectionManager;
+use crate::broker::conn::Conn;
 
 use super::split_pattern;
 use crate::broker::cluster::ClusterView;
@@ -36,7 +36,7 @@ const MAX_FALLBACKS: usize = 10_000;
 /// What a node of a cluster needs to relay each user's events on one node.
 pub struct Affinity {
     pub view: Arc<ClusterView>,
-    pub claims: ConnectionManager,
+    pub claims: Conn,
     pub prefix: String,
     pub me: String,
 }
@@ -195,7 +195,7 @@ pub async fn run(
 async fn relay_claimed(
     broker: &dyn Broker,
     metrics: &Metrics,
-    (claims, claim_prefix): (&mut ConnectionManager, &str),
+    (claims, claim_prefix): (&mut Conn, &str),
     pattern: (&str, &str),
     subject: &str,
     payload: &[u8],

@@ -117,7 +117,7 @@ pub async fn run(
 /// Whether this node is the one to relay this message (first to claim it). A claim
 /// that cannot be made (Redis trouble) relays: a duplicate beats a loss.
 pub(super) async fn claim(
-    conn: &mut ConnectionManager,
+    conn: &mut impl redis::aio::ConnectionLike,
     prefix: &str,
     channel: &str,
     payload: &[u8],

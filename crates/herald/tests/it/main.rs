@@ -20,6 +20,7 @@ mod limits;
 mod metrics;
 mod openapi;
 mod presence;
+mod redis_cluster;
 mod refusals;
 mod relay;
 mod revoke;
