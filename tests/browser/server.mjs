@@ -6,9 +6,12 @@
 //                <repo>/crates/herald/assets) to serve from disk in front of herald, so
 //                the pages can be iterated on without rebuilding the binary. Everything
 //                else, WebSocket upgrades included, is proxied to herald.
+// HERALD_CLIENT_JS optional: a path to the JS client (e.g. <repo>/clients/js/src/herald.js)
+//                that testServer() proxies serve at /client/herald.js instead of the copy
+//                embedded in the binary (which is as old as the last build).
 
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, existsSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
@@ -38,20 +41,29 @@ export async function waitUntil(fn, { timeout = 10_000, interval = 50, what = 'c
 
 const withoutKeys = (obj, keys) => Object.fromEntries(Object.entries(obj).filter(([k]) => !keys.includes(k)));
 
-/** Starts `herald serve` and resolves once it prints its address; `env` adds HERALD_… settings. */
-export async function startHerald({ bin = HERALD_BIN, startTimeout = 20_000, env = {} } = {}) {
+/**
+ * Starts `herald serve` and resolves once it prints its address; `env` adds HERALD_…
+ * settings, `config` the text of a TOML configuration file (e.g. `[namespaces.chat]` …).
+ */
+export async function startHerald({ bin = HERALD_BIN, startTimeout = 20_000, env = {}, config } = {}) {
   if (!existsSync(bin)) throw new Error(`no herald binary at ${bin} (set HERALD_BIN)`);
   const dataDir = mkdtempSync(path.join(tmpdir(), 'herald-browser-'));
+  const configArgs = [];
+  if (config !== undefined) {
+    const file = path.join(dataDir, 'herald.toml');
+    writeFileSync(file, config);
+    configArgs.push('--config', file);
+  }
   // herald runs under a small sh wrapper that stops it (SIGTERM) as soon as our end of its
   // stdin closes — on stop(), and also when this process dies without cleaning up — and
   // then removes the data dir.
   const wrapper = 'exec 3<&0; "$0" "$@" </dev/null & pid=$!; echo "herald-pid $pid"; '
     + '( read -r _ <&3; kill -TERM $pid 2>/dev/null ) & wait $pid; st=$?; rm -rf "$BROWSER_TEST_DATA_DIR"; exit $st';
-  const args = ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--log-format', 'json', '--log-level', 'warn'];
+  const args = ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--log-format', 'json', '--log-level', 'warn', ...configArgs];
   const child = spawn('/bin/sh', ['-c', wrapper, bin, ...args], {
     stdio: ['pipe', 'pipe', 'pipe'],
     // the test's own HERALD_BIN/HERALD_ASSETS are not configuration: herald would warn
-    env: { ...withoutKeys(process.env, ['HERALD_BIN', 'HERALD_ASSETS']), ...env, BROWSER_TEST_DATA_DIR: dataDir },
+    env: { ...withoutKeys(process.env, ['HERALD_BIN', 'HERALD_ASSETS', 'HERALD_CLIENT_JS']), ...env, BROWSER_TEST_DATA_DIR: dataDir },
   });
   child.stdin.on('error', () => {});
   let log = '';
@@ -98,7 +110,7 @@ export async function startHerald({ bin = HERALD_BIN, startTimeout = 20_000, env
       const args = ['token', '--data-dir', dataDir, '--sub', sub, '--ttl', ttl];
       if (device) args.push('--device', device);
       if (admin) args.push('--admin');
-      return execFileSync(bin, args, { encoding: 'utf8', timeout: 10_000, env: withoutKeys(process.env, ['HERALD_BIN', 'HERALD_ASSETS']) }).trim();
+      return execFileSync(bin, args, { encoding: 'utf8', timeout: 10_000, env: withoutKeys(process.env, ['HERALD_BIN', 'HERALD_ASSETS', 'HERALD_CLIENT_JS']) }).trim();
     },
     /** Calls the HTTP API with the API key. */
     async api(pathname, { method = 'GET', body, key = apiKey } = {}) {
@@ -218,4 +230,66 @@ async function startAssetsProxy(upstream, dir) {
     url: `http://127.0.0.1:${server.address().port}`,
     close: () => new Promise((r) => { for (const s of sockets) s.destroy(); server.close(() => r()); }),
   };
+}
+
+const BLANK = '<!doctype html><html><head><meta charset="utf-8"><title>test page</title></head><body></body></html>';
+
+/**
+ * A small HTTP server of the test's own on another port (so another origin), serving a
+ * blank page at `/page`; with `upstream` (a herald URL) it is a proxy in front of it that
+ * forwards every other request, streamed both ways (an event stream flows through), and
+ * refuses every WebSocket upgrade with 400 — as a proxy that breaks WebSockets does.
+ * `refused` counts the refused upgrades, `requests` lists "METHOD /path?query" and
+ * `headers` each request's headers (what the browser really sent: Playwright's request
+ * interception does not show every header, e.g. not EventSource's Last-Event-ID).
+ * `hold(req)` may return a promise: the request is forwarded once it settles.
+ */
+export async function testServer({ upstream, hold } = {}) {
+  const target = upstream ? new URL(upstream) : null;
+  const sockets = new Set();
+  const self = { refused: 0, requests: [], headers: [] };
+  const server = http.createServer(async (req, res) => {
+    self.requests.push(`${req.method} ${req.url}`);
+    self.headers.push(req.headers);
+    if (hold) {
+      req.pause();
+      try { await hold(req); } catch { /* forward anyway */ }
+      if (res.destroyed) return;
+    }
+    if (req.method === 'GET' && new URL(req.url, 'http://x').pathname === '/page') {
+      res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
+      res.end(BLANK);
+      return;
+    }
+    if (target && process.env.HERALD_CLIENT_JS && req.method === 'GET' && new URL(req.url, 'http://x').pathname === '/client/herald.js') {
+      readFile(process.env.HERALD_CLIENT_JS).then((body) => {
+        res.writeHead(200, { 'Content-Type': 'text/javascript; charset=utf-8', 'Cache-Control': 'no-store' });
+        res.end(body);
+      }, () => { res.writeHead(404); res.end(); });
+      return;
+    }
+    if (!target) {
+      res.writeHead(404, { 'Content-Type': 'text/plain' });
+      res.end('not here');
+      return;
+    }
+    const up = http.request({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers, agent: false }, (r) => {
+      res.writeHead(r.statusCode, r.headers);
+      r.pipe(res);
+    });
+    up.on('error', () => res.destroy());
+    res.on('close', () => up.destroy()); // the browser went away: so does the upstream request
+    req.pipe(up);
+  });
+  server.on('upgrade', (_req, socket) => {
+    self.refused += 1;
+    socket.end('HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 22\r\nConnection: close\r\n\r\nno WebSockets through');
+  });
+  server.on('connection', (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${server.address().port}`;
+  return Object.assign(self, {
+    url,
+    close: () => new Promise((r) => { for (const s of sockets) s.destroy(); server.close(() => r()); }),
+  });
 }

@@ -58,12 +58,16 @@ export interface UnsubscribedFrame {
   ref?: unknown;
 }
 
-/** Reply to a client `publish`. */
+/** Reply to a client `publish` (on SSE: the answer of `POST /api/publish`, shaped the same). */
 export interface AckFrame {
   type: "ack";
   ref: unknown;
   /** On channels with history. */
   offset?: number;
+  /** On SSE, on channels with history: the channel's epoch. */
+  epoch?: string;
+  /** On SSE: how many connections on this node it was queued for. */
+  queued?: number;
 }
 
 export interface ErrorFrame {
@@ -146,7 +150,7 @@ export type ClientFrame =
   | { type: "ping" }
   | { type: "subscribe"; channel: string; since?: StreamPosition; ref?: unknown }
   | { type: "unsubscribe"; channel: string; ref?: unknown }
-  | { type: "publish"; channel: string; data: unknown; ref?: unknown }
+  | { type: "publish"; channel: string; data: unknown; ref?: unknown; idempotency_key?: string }
   | { type: "refresh"; token: string }
   | { type: "acknowledge_broadcast"; broadcast_id: string }
   | { type: "get_active_broadcast" };
@@ -209,7 +213,16 @@ export declare class HeraldError extends Error {
    * A server `ErrorCode`, or the client's own: `not_connected`, `disconnected` (closed
    * before the reply), `timeout`, `token` (getToken failed), `bad_frame`, `bad_url`.
    */
-  code: ErrorCode | "not_connected" | "disconnected" | "timeout" | "token" | "bad_frame" | "bad_url" | (string & {});
+  code:
+    | ErrorCode
+    | "not_connected"
+    | "disconnected"
+    | "timeout"
+    | "token"
+    | "bad_frame"
+    | "bad_url"
+    | "not_supported"
+    | (string & {});
   /** The server's `error` frame, if any. */
   frame?: ErrorFrame;
   ref?: unknown;
@@ -217,6 +230,17 @@ export declare class HeraldError extends Error {
   channel?: string;
   /** Set when `connect()` is rejected because the client stopped. */
   closeCode?: number;
+  /** Set on an HTTP API refusal (SSE transport: publish, acknowledge): the status code. */
+  status?: number;
+}
+
+/** `websocket` (`GET /ws`) or `sse` (`GET /sse` with an EventSource, sends over the HTTP API). */
+export type Transport = "websocket" | "sse";
+
+export interface TransportEvent {
+  transport: Transport;
+  /** null for the first connection. */
+  previous: Transport | null;
 }
 
 export type ConnectionState = "idle" | "connecting" | "connected" | "reconnecting" | "closed";
@@ -299,6 +323,7 @@ export type HeraldEvents = {
   announcement: [Broadcast, NewBroadcastFrame | ActiveBroadcastFrame];
   announcementCleared: [BroadcastClearedFrame];
   token: [string];
+  transport: [TransportEvent];
 };
 
 export type SubscriptionEvents = {
@@ -348,6 +373,12 @@ export interface WebSocketLike {
   close(code?: number, reason?: string): void;
 }
 
+/** What the client needs of an EventSource (the browser's): addEventListener and close. */
+export interface EventSourceLike {
+  addEventListener(type: string, listener: (event: { type: string; data?: unknown }) => void): void;
+  close(): void;
+}
+
 export interface HeraldOptions {
   /** e.g. `wss://example.com/ws`; the token is added as `?token=`. */
   url: string;
@@ -355,7 +386,7 @@ export interface HeraldOptions {
   token?: string;
   /** Returns a fresh JWT: used when there is none, before it expires, and after 4001/4002. */
   getToken?: () => string | Promise<string>;
-  /** A WebSocket constructor (default: `globalThis.WebSocket`). */
+  /** A WebSocket constructor (default: `globalThis.WebSocket`; may be absent with `transports: ["sse"]`). */
   WebSocket?: new (url: string, protocols?: string | string[]) => WebSocketLike;
   backoff?: BackoffOptions;
   /** The connection is dead when nothing arrived for this long (default 2 × heartbeat_s). */
@@ -368,6 +399,31 @@ export interface HeraldOptions {
   refreshBeforeS?: number | null | false;
   /** Reject a publish without ack after this long (default 10000). */
   publishTimeoutMs?: number;
+  /**
+   * The transports to try, in order (default `["websocket", "sse"]`). `sse` is used when
+   * an EventSource exists (browsers) and the ones before it could not open.
+   */
+  transports?: Transport[];
+  /** An EventSource constructor (default: `globalThis.EventSource`). */
+  EventSource?: new (url: string, init?: { withCredentials?: boolean }) => EventSourceLike;
+  /** A fetch function for the HTTP API on SSE (default: `globalThis.fetch`). */
+  fetch?: (input: string, init?: any) => Promise<any>;
+  /** The `/sse` URL (default: from `url`: ws→http, wss→https, …/ws → …/sse). */
+  sseUrl?: string;
+  /** The base of the HTTP API on SSE (default: from `url` without its /ws). */
+  apiUrl?: string;
+  /** EventSource `withCredentials`: cookies on a cross-origin stream (default true). */
+  withCredentials?: boolean;
+  /**
+   * After falling back, how long the fallback is kept for reconnects before the first
+   * transport is tried again (default 300000; 0: at every reconnect; Infinity: never).
+   */
+  transportRetryMs?: number;
+}
+
+export interface PublishOptions {
+  /** 1–64 characters: a repeat within 5 minutes is acked with the first offset and not delivered. */
+  idempotencyKey?: string;
 }
 
 export interface SubscribeOptions {
@@ -419,6 +475,8 @@ export declare class Herald extends Emitter<HeraldEvents> {
   readonly token: string | null;
   readonly activeAnnouncement: Broadcast | null;
   readonly subscriptions: Map<string, Subscription>;
+  /** The transport of the live connection (or of the last one); null before the first. */
+  readonly transport: Transport | null;
   readonly sync: Sync;
 
   /** Resolves with the `connected` frame; rejects if the client stops first. */
@@ -431,21 +489,24 @@ export declare class Herald extends Emitter<HeraldEvents> {
   subscribe(channel: string, options?: SubscribeOptions): Subscription;
   getSubscription(channel: string): Subscription | null;
   unsubscribe(channel: string): void;
-  /** Resolves with the `ack`; rejects with a HeraldError (server `error`, not_connected, disconnected, timeout). */
-  publish<T = unknown>(channel: string, data: T): Promise<AckFrame>;
+  /**
+   * Resolves with the `ack`; rejects with a HeraldError (server `error`, not_connected,
+   * disconnected, timeout). On SSE: `POST /api/publish`, answered the same way.
+   */
+  publish<T = unknown>(channel: string, data: T, options?: PublishOptions): Promise<AckFrame>;
 
-  /** Round-trip time in ms of one `{"type":"ping"}`. */
+  /** Round-trip time in ms of one `{"type":"ping"}` (on SSE: of a `GET /healthz`). */
   ping(): Promise<number>;
-  /** Sends a raw frame; false when not connected. */
+  /** Sends a raw frame; false when not connected (and always on SSE, which only listens). */
   send(frame: ClientFrame | string): boolean;
   /** Gets a fresh token with getToken and sends `refresh`. */
   refreshToken(): Promise<void>;
 
   onAnnouncement(cb: (broadcast: Broadcast, frame: NewBroadcastFrame | ActiveBroadcastFrame) => void): () => void;
   onAnnouncementCleared(cb: (frame: BroadcastClearedFrame) => void): () => void;
-  /** Sends `acknowledge_broadcast` (queued until connected). */
+  /** Sends `acknowledge_broadcast` (queued until connected; on SSE `POST /api/broadcasts/{id}/ack`). */
   acknowledge(broadcastId: string): void;
-  /** Sends `get_active_broadcast`; the answer (if any) comes through onAnnouncement. */
+  /** Sends `get_active_broadcast` (on SSE `GET /api/broadcasts/active`); the answer (if any) comes through onAnnouncement. */
   getActiveAnnouncement(): boolean;
 }
 

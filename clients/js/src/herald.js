@@ -14,7 +14,10 @@
 //   - detects dead connections from app-level pings (nothing received for ~2 heartbeats),
 //   - refreshes the JWT before it expires (`refresh` frame) with `getToken()`,
 //   - resolves `publish()` by its `ack` (rejects on an `error` with the same ref),
-//   - announcement (seed 003) and cross-device sync (seed 002) helpers.
+//   - announcement (seed 003) and cross-device sync (seed 002) helpers,
+//   - falls back to Server-Sent Events (`GET /sse`, the browser's EventSource) when the
+//     WebSocket cannot open (a proxy that refuses the upgrade): the same frames one way,
+//     publishes and acks over the HTTP API with the same token.
 
 const DEFAULT_BACKOFF = Object.freeze({
   initialMs: 500,
@@ -36,6 +39,29 @@ const CODE_RESYNC = 4003;
 const CODE_TOKEN_EXPIRED = 4002;
 
 const MAX_TIMEOUT_MS = 2 ** 31 - 1; // setTimeout's limit (~24.8 days)
+
+const TRANSPORTS = Object.freeze(["websocket", "sse"]);
+// After falling back to a later transport, the first one is tried again at a reconnect
+// that comes at least this long after it failed.
+const DEFAULT_TRANSPORT_RETRY_MS = 5 * 60 * 1000;
+// /sse names each event by its frame's `type`; EventSource has no catch-all listener,
+// so these are the frames the client reads (`message`: a frame without a type). `error`
+// is also EventSource's own failure event: the server's has `data`, a failure has none.
+const SSE_EVENTS = Object.freeze([
+  "connected",
+  "pub",
+  "subscribed",
+  "unsubscribed",
+  "skipped",
+  "ack",
+  "error",
+  "presence",
+  "pong",
+  "new_broadcast",
+  "active_broadcast",
+  "broadcast_cleared",
+  "message",
+]);
 
 /** An error from the server (`error` frame) or from the client itself. */
 export class HeraldError extends Error {
@@ -148,6 +174,32 @@ function withToken(url, token) {
 }
 
 /**
+ * The HTTP side of a WebSocket URL: `wss://host/prefix/ws?x=1` → `https://host/prefix`
+ * (the base of `/sse` and `/api/…`) and the query to keep (`x=1`, without `token`).
+ * A relative URL is taken relative to the page. Throws on a URL that cannot be parsed.
+ */
+function httpSideOf(wsUrl) {
+  const u = new URL(wsUrl, globalThis.location?.href);
+  if (u.protocol === "wss:") u.protocol = "https:";
+  else if (u.protocol === "ws:") u.protocol = "http:";
+  let path = u.pathname.replace(/\/+$/, "");
+  if (path.endsWith("/ws")) path = path.slice(0, -3);
+  const keep = new URLSearchParams(u.search);
+  for (const k of ["token", "channels", "since"]) keep.delete(k);
+  return { base: `${u.origin}${path}`, query: keep.toString() };
+}
+
+/** Encoded for a query string, keeping `:` and `@` (channel names and positions) readable. */
+function queryPart(s) {
+  return encodeURIComponent(s).replace(/%3A/gi, ":").replace(/%40/g, "@");
+}
+
+/** `<epoch>:<offset>` for a usable position, else "". */
+function positionId(p) {
+  return p && typeof p.offset === "number" && typeof p.epoch === "string" && p.epoch !== "" ? `${p.epoch}:${p.offset}` : "";
+}
+
+/**
  * One channel subscription. Events: `subscribed` (the frame), `publication` (a `pub`
  * frame, never a duplicate), `recovered` / `lost` (after a re-subscribe with `since`),
  * `skipped` (publications that will not come on this connection), `presence`,
@@ -171,6 +223,37 @@ export class Subscription extends Emitter {
      * subscription still arrive; the replay from `since` brings them again, in order.
      */
     this._skip = null;
+    /**
+     * @internal Set while the SSE stream is reopened under a live subscription (a
+     * change of channels, a new token): its `subscribed` answer is not news, only a
+     * `lost` is.
+     */
+    this._quiet = false;
+    /**
+     * @internal Offsets (in the position's epoch) of this client's own acked
+     * publications that the position has not reached: the server does not send them to
+     * the publishing connection, but a replay to a later connection would (a reconnect,
+     * a reopened SSE stream). The position steps over them; a replayed one is dropped.
+     */
+    this._own = new Set();
+  }
+
+  /** @internal this client published `offset` on the channel (its ack said so). */
+  _ownPublished(offset, epoch) {
+    const p = this.position;
+    if (!p || !Number.isInteger(offset) || (epoch !== undefined && epoch !== p.epoch) || offset <= p.offset) return;
+    this._own.add(offset);
+    this._passOwn();
+  }
+
+  /** @internal Moves the position over own publications right after it. */
+  _passOwn() {
+    const p = this.position;
+    if (!p || this._own.size === 0) return;
+    let offset = p.offset;
+    while (this._own.delete(offset + 1)) offset += 1;
+    for (const o of this._own) if (o <= offset) this._own.delete(o);
+    if (offset !== p.offset) this.position = { offset, epoch: p.epoch };
   }
 
   get offset() {
@@ -209,6 +292,8 @@ export class Subscription extends Emitter {
     if (outcome !== "recovered" && typeof frame.offset === "number" && frame.epoch) {
       this.position = { offset: frame.offset, epoch: frame.epoch };
     }
+    if (outcome === "lost") this._own.clear();
+    else this._passOwn();
     return { outcome, since: sent };
   }
 
@@ -221,11 +306,14 @@ export class Subscription extends Emitter {
     const p = this.position;
     if (p && p.epoch === frame.epoch) {
       if (frame.offset <= p.offset) return false;
+      const own = this._own.delete(frame.offset); // ours, replayed: not news to us
       this.position = { offset: frame.offset, epoch: frame.epoch };
-      return true;
+      this._passOwn();
+      return !own;
     }
     const changed = p !== null && p.epoch !== frame.epoch;
     this.position = { offset: frame.offset, epoch: frame.epoch };
+    this._own.clear();
     return changed ? "epoch" : true;
   }
 }
@@ -348,7 +436,7 @@ export class Sync extends Emitter {
  * 1008, 4004, or no way to get a valid token), `reconnecting` ({attempt, delayMs, code,
  * reason}), `error` (HeraldError), `resync` (4003: reload state), `frame` (every server
  * frame), `publication`, `subscribed`, `lost`, `recovered`, `skipped`, `presence`,
- * `announcement`, `announcementCleared`, `token`.
+ * `announcement`, `announcementCleared`, `token`, `transport` ({transport, previous}).
  */
 export class Herald extends Emitter {
   #url;
@@ -361,9 +449,16 @@ export class Herald extends Emitter {
   #connectTimeoutMs;
   #refreshBeforeS;
   #publishTimeoutMs;
+  #transports; // the order to try, e.g. ["websocket", "sse"]
+  #ES;
+  #fetch;
+  #sseUrl;
+  #apiUrl;
+  #withCredentials;
+  #transportRetryMs;
 
   #state = "idle";
-  #ws = null;
+  #sock = null; // the WebSocket, or the SSE stream`s handle ({sse: true, es, pending, errors})
   #stopped = true;
   #gen = 0; // bumps on every new socket / close(): stale async work checks it
   #attempt = 0;
@@ -392,6 +487,15 @@ export class Herald extends Emitter {
   #connectWaiters = [];
   #activeAnnouncement = null;
 
+  #transport = null; // the transport of the live (or last) connection
+  #round = []; // the transports of this connection attempt, in the order tried
+  #roundIndex = 0;
+  #sticky = null; // a fallback transport that worked, kept for reconnects…
+  #stickyUntil = 0; // …until then (the first transport is tried again after it)
+  #reopenTimer = null;
+  #reopening = false; // the SSE stream is being reopened under a live connection
+  #streamWaiters = [];
+
   /**
    * @param {object} options
    * @param {string} options.url e.g. `wss://example.com/ws`
@@ -404,6 +508,13 @@ export class Herald extends Emitter {
    * @param {number} [options.connectTimeoutMs] time for the upgrade + `connected` (default 10000)
    * @param {number|null|false} [options.refreshBeforeS] refresh this long before `exp` (default 30; null/false: never)
    * @param {number} [options.publishTimeoutMs] reject a publish without ack after this long (default 10000)
+   * @param {Array<"websocket"|"sse">} [options.transports] the order to try (default ["websocket", "sse"])
+   * @param {any} [options.EventSource] an EventSource constructor (default: the global one)
+   * @param {any} [options.fetch] a fetch function for the HTTP API on SSE (default: the global one)
+   * @param {string} [options.sseUrl] the /sse URL (default: from `url`, ws→http, …/ws → …/sse)
+   * @param {string} [options.apiUrl] the base of the HTTP API (default: from `url`, without /ws)
+   * @param {boolean} [options.withCredentials] EventSource withCredentials (cookies cross-origin; default true)
+   * @param {number} [options.transportRetryMs] keep a fallback transport this long before trying the first again at a reconnect (default 300000)
    */
   constructor(options = {}) {
     super();
@@ -416,12 +527,30 @@ export class Herald extends Emitter {
     if (this.#getToken !== null && typeof this.#getToken !== "function") {
       throw new TypeError("Herald: `getToken` must be a function returning a token");
     }
+    const transports = options.transports ?? TRANSPORTS;
+    if (
+      !Array.isArray(transports) ||
+      transports.length === 0 ||
+      transports.some((t) => !TRANSPORTS.includes(t)) ||
+      new Set(transports).size !== transports.length
+    ) {
+      throw new TypeError('Herald: `transports` must list "websocket" and/or "sse", each once');
+    }
+    this.#transports = [...transports];
     this.#WS = options.WebSocket ?? globalThis.WebSocket;
-    if (typeof this.#WS !== "function") {
+    this.#ES = options.EventSource ?? globalThis.EventSource;
+    this.#fetch = options.fetch ?? globalThis.fetch;
+    if (!this.#transports.some((t) => this.#available(t))) {
       throw new TypeError(
-        "Herald: no WebSocket available; pass the `WebSocket` option (Node 20: run with --experimental-websocket)",
+        this.#transports.includes("websocket")
+          ? "Herald: no WebSocket available; pass the `WebSocket` option (Node 20: run with --experimental-websocket)"
+          : "Herald: no EventSource available for the sse transport; pass the `EventSource` option",
       );
     }
+    this.#sseUrl = options.sseUrl ?? null;
+    this.#apiUrl = options.apiUrl ?? null;
+    this.#withCredentials = options.withCredentials ?? true;
+    this.#transportRetryMs = options.transportRetryMs ?? DEFAULT_TRANSPORT_RETRY_MS;
     this.#backoff = { ...DEFAULT_BACKOFF, ...(options.backoff ?? {}) };
     this.#heartbeatTimeoutMs = options.heartbeatTimeoutMs ?? null;
     this.#pingIntervalMs = options.pingIntervalMs ?? null;
@@ -463,6 +592,14 @@ export class Herald extends Emitter {
   get subscriptions() {
     return new Map(this.#subs);
   }
+  /** `"websocket"` | `"sse"`: the transport of the live connection (or of the last one); null before the first. */
+  get transport() {
+    return this.#transport;
+  }
+
+  #available(kind) {
+    return kind === "sse" ? typeof this.#ES === "function" : typeof this.#WS === "function";
+  }
 
   /**
    * Starts connecting (and reconnecting). Resolves with the `connected` frame; rejects
@@ -491,8 +628,8 @@ export class Herald extends Emitter {
       this.connect().catch(() => {});
       return;
     }
-    const ws = this.#ws;
-    this.#ws = null;
+    const ws = this.#sock;
+    this.#sock = null;
     this.#teardown();
     this.#gen++;
     if (ws) safeClose(ws, 1000, "reconnect");
@@ -527,6 +664,29 @@ export class Herald extends Emitter {
       if (gen !== this.#gen || this.#stopped) return;
       this.#needFreshToken = false;
     }
+    this.#round = this.#roundOrder();
+    this.#roundIndex = 0;
+    this.#openTransport();
+  }
+
+  /**
+   * The transports to try for one connection attempt: the configured order, or the
+   * fallback that worked first while it is kept (`transportRetryMs`).
+   */
+  #roundOrder() {
+    const usable = this.#transports.filter((t) => this.#available(t));
+    if (this.#sticky !== null && usable.includes(this.#sticky) && Date.now() < this.#stickyUntil) {
+      return [this.#sticky, ...usable.filter((t) => t !== this.#sticky)];
+    }
+    return usable;
+  }
+
+  #openTransport() {
+    if (this.#round[this.#roundIndex] === "sse") this.#openSse();
+    else this.#openWs();
+  }
+
+  #openWs() {
     let ws;
     try {
       ws = new this.#WS(withToken(this.#url, this.#token));
@@ -536,24 +696,169 @@ export class Herald extends Emitter {
       this.#stop(1006, String(err?.message ?? err), false);
       return;
     }
-    this.#ws = ws;
+    this.#sock = ws;
     ws.onmessage = (ev) => {
-      if (this.#ws === ws) this.#onMessage(ev.data);
+      if (this.#sock === ws) this.#onMessage(ev.data);
     };
     ws.onclose = (ev) => {
-      if (this.#ws === ws) this.#onSocketClosed(ev.code, ev.reason);
+      if (this.#sock === ws) this.#onSocketClosed(ev.code, ev.reason);
     };
     // An error always means the connection failed (the close that follows says 1006).
     // Do not wait for that close: some implementations (Node 20's undici, on a refused
     // connection) never fire it.
     ws.onerror = () => {
-      if (this.#ws === ws) this.#abandon(ws, "connection error");
+      if (this.#sock === ws) this.#abandon(ws, "connection error");
     };
     // The upgrade and the `connected` frame must arrive in time: a half-dead server
     // (or network) may accept the TCP connection and then say nothing.
     this.#connectTimer = setTimeout(() => {
-      if (this.#ws === ws) this.#abandon(ws, "connect timeout");
+      if (this.#sock === ws) this.#abandon(ws, "connect timeout");
     }, this.#connectTimeoutMs);
+  }
+
+  /** The /sse URL and the HTTP API's base, from the options or from `url`. */
+  #httpUrls() {
+    if (this.#sseUrl === null || this.#apiUrl === null) {
+      const side = httpSideOf(this.#url);
+      this.#apiUrl ??= side.base;
+      this.#sseUrl ??= `${side.base}/sse${side.query ? `?${side.query}` : ""}`;
+    }
+    return { sse: this.#sseUrl, api: this.#apiUrl.replace(/\/+$/, "") };
+  }
+
+  /**
+   * Opens `GET /sse` with the token, the client's channels and, by place, the position
+   * each recovers from (`since=<epoch>:<offset>,…`; an empty entry for none): what the
+   * WebSocket path sends as `subscribe` frames after `connected`. The stream's
+   * subscriptions are fixed, so a change reopens it (#scheduleReopen).
+   */
+  #openSse() {
+    const sock = {
+      sse: true,
+      es: null,
+      /** channel → Subscription asked for on this stream and not answered yet */
+      pending: new Map(),
+      /** `error` events without a ref, while `pending` has channels (see #settleSseErrors) */
+      errors: [],
+      close() {
+        try {
+          sock.es?.close();
+        } catch {
+          /* already closed */
+        }
+      },
+    };
+    const channels = [];
+    const since = [];
+    for (const sub of this.#subs.values()) {
+      if (sub.state !== "subscribing" && sub.state !== "subscribed") continue;
+      // After a `skipped`, from the notice's position (the gap); otherwise from the last seen.
+      const from = sub._skip?.since ?? sub.position;
+      const id = positionId(from);
+      sub._sentSince = id ? { offset: from.offset, epoch: from.epoch } : null;
+      sub.state = "subscribing";
+      sock.pending.set(sub.channel, sub);
+      channels.push(queryPart(sub.channel));
+      since.push(queryPart(id));
+    }
+    let es;
+    try {
+      const params = [];
+      if (this.#token) params.push(`token=${encodeURIComponent(this.#token)}`);
+      if (channels.length > 0) params.push(`channels=${channels.join(",")}`);
+      if (since.some((x) => x !== "")) params.push(`since=${since.join(",")}`);
+      const base = this.#httpUrls().sse;
+      const sep = base.includes("?") ? "&" : "?";
+      const url = params.length > 0 ? `${base}${sep}${params.join("&")}` : base;
+      es = new this.#ES(url, { withCredentials: this.#withCredentials });
+    } catch (err) {
+      this.emit("error", asHeraldError(err, "bad_url", "could not open the event stream"));
+      this.#stop(1006, String(err?.message ?? err), false);
+      return;
+    }
+    sock.es = es;
+    this.#sock = sock;
+    const onEvent = (ev) => {
+      if (this.#sock !== sock) return;
+      if (ev.type === "error" && typeof ev.data !== "string") {
+        // EventSource's own failure (refused, network, the stream ended): EventSource
+        // would reconnect by itself, blindly; the client decides instead.
+        this.#abandon(sock, "event stream failed");
+        return;
+      }
+      this.#onSseEvent(ev);
+    };
+    for (const type of SSE_EVENTS) es.addEventListener(type, onEvent);
+    // The server ends the stream with {"code","reason"}: a WebSocket close's.
+    es.addEventListener("close", (ev) => {
+      if (this.#sock !== sock) return;
+      let code = 1006;
+      let reason = "stream closed";
+      try {
+        const d = JSON.parse(ev.data);
+        if (Number.isInteger(d?.code)) code = d.code;
+        if (typeof d?.reason === "string") reason = d.reason;
+      } catch {
+        /* not JSON: an abnormal close */
+      }
+      this.#sock = null;
+      sock.close();
+      this.#onSocketClosed(code, reason);
+    });
+    this.#connectTimer = setTimeout(() => {
+      if (this.#sock === sock) this.#abandon(sock, "connect timeout");
+    }, this.#connectTimeoutMs);
+  }
+
+  #onSseEvent(ev) {
+    this.#lastSeen = Date.now();
+    let frame;
+    try {
+      frame = JSON.parse(ev.data);
+    } catch {
+      this.emit("error", new HeraldError("bad_frame", "the server sent an event that is not JSON"));
+      return;
+    }
+    this.#onFrame(frame);
+  }
+
+  /**
+   * Asks for a new SSE stream with the client's current channels (and token), each
+   * from its position, on the next tick (several changes make one reopen). The old
+   * stream is closed first, so nothing arrives twice; channels with history miss
+   * nothing (since); for the others, what was published in between is not seen.
+   */
+  #scheduleReopen() {
+    if (this.#reopenTimer !== null) return;
+    this.#reopenTimer = setTimeout(() => {
+      this.#reopenTimer = null;
+      this.#reopenSse();
+    }, 0);
+  }
+
+  #reopenSse() {
+    const sock = this.#sock;
+    // Still opening: #onConnected compares what it asked for with what is wanted.
+    if (!sock?.sse || this.#stopped || this.#connected === null) return;
+    for (const sub of this.#subs.values()) {
+      if (sub.state === "subscribed") sub._quiet = !sub._skip;
+    }
+    clearTimeout(this.#connectTimer);
+    clearTimeout(this.#refreshTimer);
+    this.#connectTimer = this.#refreshTimer = null;
+    this.#sock = null;
+    sock.close();
+    this.#connected = null;
+    this.#reopening = true;
+    this.#gen++;
+    this.#openSse();
+  }
+
+  /** Resolves when the connection is up again after a reopen of the SSE stream. */
+  #streamReady() {
+    if (this.#connected !== null) return Promise.resolve();
+    if (!this.#reopening) return Promise.reject(new HeraldError("not_connected", "not connected"));
+    return new Promise((resolve, reject) => this.#streamWaiters.push({ resolve, reject }));
   }
 
   #wantsToken() {
@@ -586,18 +891,28 @@ export class Herald extends Emitter {
 
   /** Gives up on a socket that is stuck (no `connected`, or silent): reconnect. */
   #abandon(ws, reason) {
-    this.#ws = null;
+    this.#sock = null;
     safeClose(ws, 1000, reason);
     this.#onSocketClosed(1006, reason);
   }
 
   #onSocketClosed(code, reason) {
     const stable = this.#connectedAt > 0 && Date.now() - this.#connectedAt >= this.#backoff.resetAfterMs;
-    this.#ws = null;
+    // Closed before its `connected` frame: this transport could not open (a proxy that
+    // refuses the upgrade, say). A reopened SSE stream that fails is a plain drop.
+    const neverOpened = this.#connected === null && !this.#reopening;
+    this.#sock = null;
     this.#teardown();
     if (this.#stopped) return;
     if (TERMINAL_CODES.has(code)) {
       this.#stop(code, reason, true);
+      return;
+    }
+    if (neverOpened && !FRESH_TOKEN_CODES.has(code) && this.#roundIndex + 1 < this.#round.length) {
+      // The next transport of this attempt, at once: no backoff between transports.
+      this.#roundIndex += 1;
+      this.#gen++;
+      this.#openTransport();
       return;
     }
     if (FRESH_TOKEN_CODES.has(code)) {
@@ -634,8 +949,8 @@ export class Herald extends Emitter {
     this.#gen++;
     clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = null;
-    const ws = this.#ws;
-    this.#ws = null;
+    const ws = this.#sock;
+    this.#sock = null;
     this.#teardown();
     if (ws) safeClose(ws, 1000, reason);
     this.#setState("closed");
@@ -652,9 +967,14 @@ export class Herald extends Emitter {
     clearInterval(this.#pingTimer);
     clearTimeout(this.#watchdogTimer);
     clearTimeout(this.#refreshTimer);
-    this.#connectTimer = this.#pingTimer = this.#watchdogTimer = this.#refreshTimer = null;
+    clearTimeout(this.#reopenTimer);
+    this.#connectTimer = this.#pingTimer = this.#watchdogTimer = this.#refreshTimer = this.#reopenTimer = null;
     this.#connected = null;
     this.#connectedAt = 0;
+    this.#reopening = false;
+    for (const w of this.#streamWaiters.splice(0)) {
+      w.reject(new HeraldError("not_connected", "the connection dropped"));
+    }
     for (const w of this.#pongWaiters.splice(0)) {
       w?.reject(new HeraldError("disconnected", "connection closed before the pong"));
     }
@@ -673,12 +993,13 @@ export class Herald extends Emitter {
       }
       // The reconnect recovers from `position`, which never moved past the gap.
       sub._skip = null;
+      sub._quiet = false;
     }
   }
 
   #send(frame) {
-    const ws = this.#ws;
-    if (!ws || this.#connected === null) return false;
+    const ws = this.#sock;
+    if (!ws || ws.sse || this.#connected === null) return false;
     try {
       ws.send(typeof frame === "string" ? frame : JSON.stringify(frame));
       return true;
@@ -695,6 +1016,11 @@ export class Herald extends Emitter {
   /** Sends `{"type":"ping"}`; resolves with the round-trip time in ms at its `pong`. */
   ping() {
     if (!this.connected) return Promise.reject(new HeraldError("not_connected", "not connected"));
+    if (this.#sock?.sse || this.#reopening) {
+      // The stream only listens: time an HTTP request to the same server instead.
+      const sentAt = Date.now();
+      return this.#http("GET", "/healthz", undefined, this.#connectTimeoutMs).then(() => Date.now() - sentAt);
+    }
     return new Promise((resolve, reject) => {
       const sentAt = Date.now();
       this.#sendPing({ resolve: () => resolve(Date.now() - sentAt), reject });
@@ -724,9 +1050,9 @@ export class Herald extends Emitter {
 
   #armWatchdog(ms) {
     clearTimeout(this.#watchdogTimer);
-    const ws = this.#ws;
+    const ws = this.#sock;
     this.#watchdogTimer = setTimeout(() => {
-      if (this.#ws !== ws || this.#connected === null) return;
+      if (this.#sock !== ws || this.#connected === null) return;
       const now = Date.now();
       const silent = now - this.#lastSeen;
       if (silent < this.#deadAfter) {
@@ -768,6 +1094,12 @@ export class Herald extends Emitter {
     try {
       const token = await this.#fetchToken();
       if (gen !== this.#gen || this.#connected === null) return;
+      if (this.#sock?.sse) {
+        // No `refresh` frame on a stream that only listens: reopen it with the new
+        // token (each channel from its position); #onConnected schedules the next one.
+        this.#scheduleReopen();
+        return;
+      }
       this.#send({ type: "refresh", token });
       this.#scheduleRefresh();
     } catch (err) {
@@ -810,6 +1142,11 @@ export class Herald extends Emitter {
       this.emit("error", new HeraldError("bad_frame", "the server sent a frame that is not JSON"));
       return;
     }
+    this.#onFrame(frame);
+  }
+
+  /** One frame from the server, from either transport. */
+  #onFrame(frame) {
     if (!frame || typeof frame !== "object" || typeof frame.type !== "string") return;
     this.emit("frame", frame);
     switch (frame.type) {
@@ -863,21 +1200,63 @@ export class Herald extends Emitter {
     if (this.#connected !== null) return; // only the first one counts
     clearTimeout(this.#connectTimer);
     this.#connectTimer = null;
+    const sock = this.#sock;
+    const sse = sock?.sse === true;
+    // A reopened SSE stream under a live connection: the same connection to the app
+    // (no state change, no `connected` event), only `connId` changes.
+    const quiet = this.#reopening;
+    this.#reopening = false;
     this.#connected = frame;
     this.#lastConnected = frame;
-    this.#connectedAt = Date.now();
     const reconnected = this.#everConnected;
-    this.#everConnected = true;
-    this.#setState("connected");
-    this.#startHeartbeat();
-    this.#scheduleRefresh();
-    for (const sub of this.#subs.values()) {
-      if (sub.state === "subscribing") this.#sendSubscribe(sub);
+    if (!quiet) {
+      this.#connectedAt = Date.now();
+      this.#everConnected = true;
+      const changed = this.#noteTransport(sse ? "sse" : "websocket");
+      this.#setState("connected");
+      if (changed) this.emit("transport", changed);
     }
-    for (const id of this.#pendingAcks) this.#send({ type: "acknowledge_broadcast", broadcast_id: id });
+    if (!sse) this.#startHeartbeat();
+    this.#scheduleRefresh();
+    if (sse) {
+      // The stream asked for the channels wanted when it was opened: another
+      // subscribe() or unsubscribe() since then makes a new one.
+      let differs = false;
+      for (const sub of this.#subs.values()) {
+        if (sub.state === "subscribing" && sock.pending.get(sub.channel) !== sub) differs = true;
+      }
+      for (const [channel, sub] of sock.pending) {
+        if (this.#subs.get(channel) !== sub) differs = true;
+      }
+      if (differs) this.#scheduleReopen();
+    } else {
+      for (const sub of this.#subs.values()) {
+        if (sub.state === "subscribing") this.#sendSubscribe(sub);
+      }
+    }
+    const acks = [...this.#pendingAcks];
     this.#pendingAcks.clear();
+    for (const id of acks) {
+      if (sse) this.#httpAck(id);
+      else this.#send({ type: "acknowledge_broadcast", broadcast_id: id });
+    }
+    for (const w of this.#streamWaiters.splice(0)) w.resolve();
     for (const w of this.#connectWaiters.splice(0)) w.resolve(frame);
-    this.emit("connected", { ...frame, reconnected });
+    if (!quiet) this.emit("connected", { ...frame, reconnected });
+  }
+
+  /** A connection is up over `kind`: keeps a fallback for reconnects; returns the change, if any. */
+  #noteTransport(kind) {
+    if (kind === this.#transports[0]) {
+      this.#sticky = null;
+    } else if (this.#roundIndex > 0) {
+      // The transports before it failed just now: keep this one for a while.
+      this.#sticky = kind;
+      this.#stickyUntil = Date.now() + this.#transportRetryMs;
+    }
+    const previous = this.#transport;
+    this.#transport = kind;
+    return previous === kind ? null : { transport: kind, previous };
   }
 
   #onPong() {
@@ -913,13 +1292,30 @@ export class Herald extends Emitter {
   #onSubscribed(frame) {
     // Only the answer to this client's own pending subscribe counts: not one to a frame
     // the app sent raw with send(), nor a stale one for a Subscription since dropped.
-    const entry = frame.ref !== undefined ? this.#refs.get(frame.ref) : undefined;
-    if (!entry || entry.kind !== "subscribe") return;
-    this.#refs.delete(frame.ref);
-    const sub = this.#subs.get(frame.channel);
-    if (!sub || entry.sub !== sub) return; // unsubscribed meanwhile
+    // On SSE the answers to the channels in the stream's query carry no ref: matched by
+    // channel among those the stream asked for.
+    let sub;
+    const sock = this.#sock;
+    if (frame.ref === undefined && sock?.sse) {
+      const asked = sock.pending.get(frame.channel);
+      if (!asked) return; // a server-side subscription
+      sock.pending.delete(frame.channel);
+      this.#settleSseErrors();
+      sub = this.#subs.get(frame.channel);
+      if (!sub || sub !== asked || sub.state !== "subscribing") return; // unsubscribed meanwhile
+    } else {
+      const entry = frame.ref !== undefined ? this.#refs.get(frame.ref) : undefined;
+      if (!entry || entry.kind !== "subscribe") return;
+      this.#refs.delete(frame.ref);
+      sub = this.#subs.get(frame.channel);
+      if (!sub || entry.sub !== sub) return; // unsubscribed meanwhile
+    }
+    const quiet = sub._quiet;
+    sub._quiet = false;
     sub._skip = null;
     const { outcome, since } = sub._onSubscribed(frame);
+    // A reopened stream (new channels elsewhere, a new token): only a loss is news.
+    if (quiet && outcome !== "lost") return;
     sub.emit("subscribed", frame);
     this.emit("subscribed", frame);
     if (outcome === "recovered") {
@@ -957,6 +1353,39 @@ export class Herald extends Emitter {
     sub.emit("unsubscribed", { ...frame, byServer: true });
   }
 
+  /**
+   * Each channel of an SSE stream's query is answered once, by `subscribed` or by an
+   * `error`, and the errors come in the order of the query (a refusal is answered at
+   * once; a `subscribed` may come later). So once there are as many errors as channels
+   * still unanswered, those are the refused ones, in order.
+   */
+  #settleSseErrors() {
+    const sock = this.#sock;
+    if (!sock?.sse) return;
+    // sock.errors: {frame, sub} (sub known when the error named its channel)
+    const settled = sock.errors.filter((e) => e.sub !== undefined);
+    const guessed = sock.errors.filter((e) => e.sub === undefined);
+    sock.errors = guessed;
+    if (guessed.length > 0 && guessed.length >= sock.pending.size) {
+      const refused = [...sock.pending.values()];
+      sock.pending.clear();
+      sock.errors = [];
+      guessed.forEach((e, i) => settled.push({ frame: e.frame, sub: refused[i] }));
+    }
+    for (const { frame, sub } of settled) {
+      const err = new HeraldError(frame.code ?? "error", frame.message ?? "error", frame);
+      if (sub && this.#subs.get(sub.channel) === sub && sub.state === "subscribing") {
+        sub.state = "failed";
+        sub._sentSince = null;
+        sub._skip = null;
+        sub._quiet = false;
+        err.channel = sub.channel;
+        sub.emit("error", err);
+      }
+      this.emit("error", err);
+    }
+  }
+
   #onSkipped(frame) {
     if (typeof frame.channel !== "string") return;
     const info = { channel: frame.channel, count: frame.count };
@@ -977,6 +1406,15 @@ export class Herald extends Emitter {
    * usual `recovered` (the replay follows, through the duplicate check) or `lost`.
    */
   #recoverSkipped(sub, info) {
+    if (this.#sock?.sse) {
+      // The stream cannot unsubscribe: a new one asks for the channel from the gap.
+      // Until then the old stream's publications of it are newer than the gap and come
+      // again in the replay: held back (draining, up to nothing).
+      if (sub._skip || (sub.state !== "subscribed" && sub.state !== "subscribing")) return;
+      sub._skip = { since: { offset: info.offset, epoch: info.epoch }, upTo: -Infinity, unsubRef: null, draining: true };
+      this.#scheduleReopen();
+      return;
+    }
     // During a drain the notice is about the old subscription's queued publications,
     // which are all after `since`: the replay already asked for covers them.
     if (sub._skip?.draining) return;
@@ -1001,10 +1439,34 @@ export class Herald extends Emitter {
     if (!entry || entry.kind !== "publish") return;
     this.#refs.delete(frame.ref);
     clearTimeout(entry.timer);
+    if (typeof frame.offset === "number") this.#subs.get(entry.channel)?._ownPublished(frame.offset, frame.epoch);
     entry.resolve(frame);
   }
 
   #onError(frame) {
+    const sock = this.#sock;
+    if (frame.ref === undefined && sock?.sse && sock.pending.size > 0) {
+      const message = String(frame.message ?? "");
+      const named = typeof frame.channel === "string" ? sock.pending.get(frame.channel) : undefined;
+      if (named) {
+        // An error that names its channel (a newer server): no guessing needed.
+        sock.pending.delete(frame.channel);
+        sock.errors.push({ frame, sub: named });
+        this.#settleSseErrors();
+        return;
+      }
+      // Not an answer to the query: a server-side subscription's refusal (it names its
+      // channel in its message), or the second subscribe of a channel the server had
+      // already subscribed by itself (its `subscribed` answered ours).
+      const notOurs = message.startsWith("server-side subscription") || message.startsWith("already subscribed");
+      if (!notOurs) {
+        // The refusal of a channel of the stream's query: it has no ref and does not
+        // name the channel; #settleSseErrors tells which one.
+        sock.errors.push({ frame, sub: undefined });
+        this.#settleSseErrors();
+        return;
+      }
+    }
     const err = new HeraldError(frame.code ?? "error", frame.message ?? "error", frame);
     const entry = frame.ref !== undefined ? this.#refs.get(frame.ref) : undefined;
     if (entry) {
@@ -1055,6 +1517,12 @@ export class Herald extends Emitter {
   }
 
   #sendSubscribe(sub, since = sub.position) {
+    if (this.#sock?.sse) {
+      // Asked for in the query of a new stream, from the position it has then.
+      sub.state = "subscribing";
+      this.#scheduleReopen();
+      return;
+    }
     const ref = this.#nextRef++;
     const frame = { type: "subscribe", channel: sub.channel, ref };
     if (since && typeof since.offset === "number" && typeof since.epoch === "string" && since.epoch !== "") {
@@ -1075,7 +1543,9 @@ export class Herald extends Emitter {
     const wasLive = sub.state === "subscribed" || sub.state === "subscribing";
     sub.state = "unsubscribed";
     sub._skip = null;
-    if (wasLive && this.#connected !== null) {
+    if (wasLive && this.#sock?.sse) {
+      this.#scheduleReopen(); // a stream without it
+    } else if (wasLive && this.#connected !== null) {
       const ref = this.#nextRef++;
       this.#refs.set(ref, { kind: "unsubscribe", sub });
       this.#send({ type: "unsubscribe", channel, ref });
@@ -1087,9 +1557,15 @@ export class Herald extends Emitter {
    * Publishes `data` on `channel`. Resolves with the `ack` frame (`offset` on channels
    * with history); rejects with a HeraldError: the server's `error` (bad_request,
    * forbidden, …), `not_connected`, `disconnected` (closed before the ack: it may or may
-   * not have been published), or `timeout`.
+   * not have been published), or `timeout`. On SSE it is `POST /api/publish` with the
+   * token, answered the same way.
+   * @param {string} channel
+   * @param {unknown} data
+   * @param {{idempotencyKey?: string}} [options] a repeat within 5 minutes is acked, not delivered again
    */
-  publish(channel, data) {
+  publish(channel, data, options = {}) {
+    const key = options?.idempotencyKey;
+    if (this.#sock?.sse || this.#reopening) return this.#httpPublish(channel, data, key);
     return new Promise((resolve, reject) => {
       if (this.#connected === null) {
         reject(new HeraldError("not_connected", "not connected"));
@@ -1099,12 +1575,106 @@ export class Herald extends Emitter {
       const timer = setTimeout(() => {
         if (this.#refs.delete(ref)) reject(new HeraldError("timeout", "no ack in time"));
       }, this.#publishTimeoutMs);
-      this.#refs.set(ref, { kind: "publish", resolve, reject, timer });
-      if (!this.#send({ type: "publish", channel, data, ref })) {
+      this.#refs.set(ref, { kind: "publish", resolve, reject, timer, channel });
+      const frame = { type: "publish", channel, data, ref };
+      if (key !== undefined) frame.idempotency_key = key;
+      if (!this.#send(frame)) {
         this.#refs.delete(ref);
         clearTimeout(timer);
         reject(new HeraldError("not_connected", "not connected"));
       }
+    });
+  }
+
+  /**
+   * A publish over the HTTP API, for a client on SSE: `exclude_conn` is this stream's
+   * connection, so it does not come back to it (as a WebSocket publish does not).
+   */
+  async #httpPublish(channel, data, key) {
+    const deadline = Date.now() + this.#publishTimeoutMs;
+    if (this.#connected === null) {
+      // The stream is being reopened: publish as soon as it is up (a publish with no
+      // connection to exclude would come back to us).
+      let timer;
+      const late = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new HeraldError("timeout", "no ack in time")), this.#publishTimeoutMs);
+      });
+      try {
+        await Promise.race([this.#streamReady(), late]);
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    const connId = this.#connected?.conn_id;
+    if (!connId || !this.#sock?.sse) throw new HeraldError("not_connected", "not connected");
+    const ref = this.#nextRef++;
+    const body = { channel, data, exclude_conn: connId };
+    if (key !== undefined) body.idempotency_key = key;
+    try {
+      const answer = await this.#http("POST", "/api/publish", body, Math.max(1, deadline - Date.now()));
+      if (typeof answer.offset === "number") this.#subs.get(channel)?._ownPublished(answer.offset, answer.epoch);
+      return { ...answer, type: "ack", ref };
+    } catch (err) {
+      if (err.frame) err.frame.ref = err.ref = ref;
+      throw err;
+    }
+  }
+
+  /**
+   * One call of the HTTP API with the client's token. Resolves with the JSON answer;
+   * rejects with a HeraldError: the server's `{"error","message"}` as its code and
+   * message (`status` set, `frame` shaped like an `error` frame), `timeout`, or
+   * `disconnected` when no answer came (the request may or may not have been done).
+   */
+  async #http(method, path, body, timeoutMs) {
+    const fetchFn = this.#fetch;
+    if (typeof fetchFn !== "function") throw new HeraldError("not_supported", "no fetch to call the HTTP API with");
+    const url = `${this.#httpUrls().api}${path}`;
+    const headers = { accept: "application/json" };
+    if (this.#token) headers.authorization = `Bearer ${this.#token}`;
+    if (body !== undefined) headers["content-type"] = "application/json";
+    const ctrl = typeof AbortController === "function" ? new AbortController() : null;
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      ctrl?.abort();
+    }, Math.min(timeoutMs, MAX_TIMEOUT_MS));
+    let res;
+    let text;
+    try {
+      // `call`: a browser's fetch must not be called as a method of another object.
+      res = await fetchFn.call(globalThis, url, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: ctrl?.signal,
+      });
+      text = await res.text();
+    } catch (err) {
+      if (timedOut) throw new HeraldError("timeout", `no answer to ${method} ${path} in time`);
+      throw asHeraldError(err, "disconnected", `${method} ${path} failed`);
+    } finally {
+      clearTimeout(timer);
+    }
+    let json = null;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      /* not JSON */
+    }
+    if (res.ok) return json && typeof json === "object" ? json : {};
+    const code = typeof json?.error === "string" ? json.error : `http_${res.status}`;
+    const message = typeof json?.message === "string" ? json.message : `${method} ${path}: HTTP ${res.status}`;
+    const err = new HeraldError(code, message, { type: "error", code, message });
+    err.status = res.status;
+    throw err;
+  }
+
+  /** `POST /api/broadcasts/{id}/ack`; kept for the next connection when no answer came. */
+  #httpAck(id) {
+    this.#http("POST", `/api/broadcasts/${encodeURIComponent(id)}/ack`, undefined, this.#publishTimeoutMs).catch((err) => {
+      if (err.code === "disconnected" || err.code === "timeout" || err.status >= 500) this.#pendingAcks.add(id);
+      else this.emit("error", err);
     });
   }
 
@@ -1124,13 +1694,27 @@ export class Herald extends Emitter {
   acknowledge(broadcastId) {
     if (typeof broadcastId !== "string" || broadcastId === "") throw new TypeError("broadcastId must be a string");
     if (this.#activeAnnouncement?.id === broadcastId) this.#activeAnnouncement = null;
-    if (!this.#send({ type: "acknowledge_broadcast", broadcast_id: broadcastId })) {
+    if (this.#sock?.sse && this.#connected !== null) {
+      this.#httpAck(broadcastId);
+    } else if (!this.#send({ type: "acknowledge_broadcast", broadcast_id: broadcastId })) {
       this.#pendingAcks.add(broadcastId);
     }
   }
 
   /** Asks for the active announcement; it arrives through onAnnouncement (nothing if none). */
   getActiveAnnouncement() {
+    if (this.#sock?.sse && this.#connected !== null) {
+      // `GET /api/broadcasts/active`: the answer, if any, as the `active_broadcast` frame
+      // a WebSocket would have had.
+      this.#http("GET", "/api/broadcasts/active", undefined, this.#publishTimeoutMs).then(
+        (answer) => {
+          const b = answer?.broadcast;
+          if (b && typeof b === "object") this.#onFrame({ type: "active_broadcast", broadcast: b });
+        },
+        (err) => this.emit("error", err),
+      );
+      return true;
+    }
     return this.#send({ type: "get_active_broadcast" });
   }
 }

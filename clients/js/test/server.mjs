@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createServer, connect as tcpConnect } from "node:net";
+import http from "node:http";
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const HERALD_BIN = resolve(join(here, ".."), process.env.HERALD_BIN ?? "../../target/debug/herald");
@@ -150,6 +151,48 @@ export async function pausableProxy(targetPort) {
   };
 }
 
+/**
+ * An HTTP proxy in front of the server that forwards ordinary requests (streamed both
+ * ways, so an event stream flows) but refuses every WebSocket upgrade with 400, as some
+ * corporate proxies do. `refused` counts the refused upgrades; `wsUrl` is /ws through it.
+ */
+export async function noUpgradeProxy(targetPort) {
+  const sockets = new Set();
+  const proxy = { refused: 0, requests: [] };
+  const srv = http.createServer((req, res) => {
+    proxy.requests.push(`${req.method} ${req.url}`);
+    const up = http.request(
+      { host: "127.0.0.1", port: targetPort, method: req.method, path: req.url, headers: req.headers, agent: false },
+      (r) => {
+        res.writeHead(r.statusCode, r.headers);
+        r.pipe(res);
+      },
+    );
+    up.on("error", () => res.destroy());
+    res.on("close", () => up.destroy());
+    req.pipe(up);
+  });
+  srv.on("upgrade", (req, socket) => {
+    proxy.refused += 1;
+    socket.end("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+  });
+  srv.on("connection", (s) => {
+    sockets.add(s);
+    s.on("close", () => sockets.delete(s));
+  });
+  await new Promise((r) => srv.listen(0, "127.0.0.1", r));
+  const { port } = srv.address();
+  return Object.assign(proxy, {
+    port,
+    wsUrl: `ws://127.0.0.1:${port}/ws`,
+    http: `http://127.0.0.1:${port}`,
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => srv.close(r));
+    },
+  });
+}
+
 function cleanEnv(extra) {
   const env = {};
   for (const [k, v] of Object.entries(process.env)) {
@@ -226,10 +269,11 @@ export async function startServer({ env = {}, config, dataDir, port = 0 } = {}) 
       return output;
     },
     /** Mints a user token with the server's CLI. */
-    async token(sub, { device, ttl = "1h", admin = false } = {}) {
+    async token(sub, { device, ttl = "1h", admin = false, channels } = {}) {
       const args = ["token", "--data-dir", dir, "--sub", sub, "--ttl", ttl];
       if (device) args.push("--device", device);
       if (admin) args.push("--admin");
+      if (channels) args.push("--channels", channels.join(","));
       return (await run(args, { env })).trim();
     },
     /** Calls the HTTP API with the API key; returns {status, body}. */
