@@ -16,7 +16,7 @@ use crate::config::NamespaceConfig;
 use crate::connection::driver::{Admit, Flow, Handler};
 use crate::connection::rate::{InboundLimiter, Verdict};
 use crate::hub::channels::Earlier;
-use crate::hub::namespace::{Denied, Resolved};
+use crate::hub::namespace::Denied;
 use crate::hub::request::client_publication_of;
 use crate::hub::{ConnHandle, Hub, Publication};
 use crate::metrics::{Refusal, Source};
@@ -122,7 +122,11 @@ impl Session {
     /// A subscription the transport asked for on the client's behalf (`/sse?channels=`),
     /// exactly as if the client had sent `subscribe` with `since`.
     pub fn subscribe_for_client(&mut self, channel: String, since: Option<&Since>) {
-        self.subscribe(channel, since, None);
+        // Its refusal names the channel: the client sent no `ref` to match it by.
+        let about = channel.clone();
+        if let Err((code, why)) = self.try_subscribe(channel, since, None) {
+            self.reply(server::error_frame_about(code, &why, None, Some(&about)));
+        }
     }
 
     /// Server-side subscriptions (DESIGN §13), right after `connected`: the configured
@@ -231,30 +235,34 @@ impl Session {
     }
 
     fn subscribe(&mut self, channel: String, since: Option<&Since>, reference: Option<&Value>) {
-        let Some(ns) = self.resolve(&channel, reference) else {
-            return;
-        };
-        if let Err(denied) = ns.may_subscribe(self.rights()) {
-            return self.denied(denied, reference);
+        if let Err((code, why)) = self.try_subscribe(channel, since, reference) {
+            self.error(code, &why, reference);
         }
+    }
+
+    /// A subscribe, or why it is refused (the caller answers the refusal).
+    fn try_subscribe(
+        &mut self,
+        channel: String,
+        since: Option<&Since>,
+        reference: Option<&Value>,
+    ) -> Result<(), (ErrorCode, String)> {
+        validate_channel(&channel).map_err(|why| (ErrorCode::BadRequest, why))?;
+        let namespaces = self.hub().namespaces();
+        let ns = namespaces.resolve(&channel).map_err(|d| d.answer())?;
+        ns.may_subscribe(self.rights()).map_err(|d| d.answer())?;
         let count = self.hub().registry.subscriptions(&self.conn).len();
         if count >= self.max_subscriptions as usize {
-            return self.error(
-                ErrorCode::RateLimited,
-                "too many subscriptions on this connection",
-                reference,
-            );
+            let why = "too many subscriptions on this connection";
+            return Err((ErrorCode::RateLimited, why.to_owned()));
         }
         let config = ns.config.clone();
         let name: Arc<str> = Arc::from(channel);
         // A second subscribe on the same connection would replay what is already queued
         // or delivered: duplicates. Refused, as Centrifugo does ("already subscribed").
         if !self.hub().registry.track_subscription(&self.conn, &name) {
-            return self.error(
-                ErrorCode::BadRequest,
-                "already subscribed to this channel",
-                reference,
-            );
+            let why = "already subscribed to this channel";
+            return Err((ErrorCode::BadRequest, why.to_owned()));
         }
         let ready = self.broker.follow(&name);
         // Joined here unless something must be awaited first: the channel being followed,
@@ -265,7 +273,7 @@ impl Session {
             None => config.latest_on_subscribe && channels.latest_missing(&name).is_some(),
         };
         if ready.is_none() && self.later.is_none() && !short {
-            return join(
+            join(
                 self.hub(),
                 &self.conn,
                 &name,
@@ -274,6 +282,7 @@ impl Session {
                 reference,
                 &[],
             );
+            return Ok(());
         }
         self.answer_later(Later::Join {
             ready,
@@ -282,6 +291,7 @@ impl Session {
             since: since.cloned(),
             reference: reference.cloned(),
         });
+        Ok(())
     }
 
     /// A `publish` frame: a client's to a channel, or a publisher's with any target.
@@ -363,21 +373,6 @@ impl Session {
             tx
         });
         let _ = later.send(work);
-    }
-
-    /// A valid channel name in a configured namespace, or `None` after answering the error.
-    fn resolve<'a>(&self, channel: &'a str, reference: Option<&Value>) -> Option<Resolved<'a>> {
-        if let Err(why) = validate_channel(channel) {
-            self.error(ErrorCode::BadRequest, &why, reference);
-            return None;
-        }
-        match self.hub().namespaces().resolve(channel) {
-            Ok(ns) => Some(ns),
-            Err(denied) => {
-                self.denied(denied, reference);
-                None
-            }
-        }
     }
 
     fn denied(&self, denied: Denied, reference: Option<&Value>) {

@@ -141,6 +141,17 @@ pub fn ack_frame(reference: Option<&Value>, offset: Option<u64>) -> Frame {
 }
 
 pub fn error_frame(code: ErrorCode, message: &str, reference: Option<&Value>) -> Frame {
+    error_frame_about(code, message, reference, None)
+}
+
+/// An `error` that also names the channel it is about: the refusal of a subscription
+/// the transport asked for (`/sse?channels=`), which has no `ref` of the client's.
+pub fn error_frame_about(
+    code: ErrorCode,
+    message: &str,
+    reference: Option<&Value>,
+    channel: Option<&str>,
+) -> Frame {
     #[derive(Serialize)]
     struct Error<'a> {
         #[serde(rename = "type")]
@@ -149,12 +160,15 @@ pub fn error_frame(code: ErrorCode, message: &str, reference: Option<&Value>) ->
         message: &'a str,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
     }
     frame_of(&Error {
         kind: "error",
         code: code.as_str(),
         message,
         reference,
+        channel,
     })
 }
 

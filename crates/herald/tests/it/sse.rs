@@ -221,7 +221,12 @@ async fn several_channels_recover_with_since_by_place_and_refused_ones_are_error
             (json!("b"), json!(2))
         ]
     );
-    assert_eq!(refused.unwrap()["code"], "forbidden");
+    let refused = refused.unwrap();
+    assert_eq!(refused["code"], "forbidden");
+    assert_eq!(
+        refused["channel"], "sync:alice",
+        "a query channel's refusal names it"
+    );
     s.shutdown().await;
 }
 
