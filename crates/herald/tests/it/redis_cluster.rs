@@ -331,3 +331,95 @@ async fn a_master_killed_during_a_publish_load_loses_nothing_on_a_history_channe
         s.shutdown().await;
     }
 }
+
+impl RedisCluster {
+    /// The node id of the master on `port`.
+    fn id_of(&self, port: u16) -> String {
+        self.cli(port, &["cluster", "myid"]).trim().to_owned()
+    }
+
+    /// Moves `key`'s slot, and the keys in it, from its master to the master on `to`
+    /// (the steps `redis-cli --cluster reshard` takes, for one slot).
+    fn move_slot_of(&self, key: &str, to: u16) {
+        let from = self.owner_of(key, self.base);
+        let slot = self
+            .cli(from, &["cluster", "keyslot", key])
+            .trim()
+            .to_owned();
+        let (from_id, to_id) = (self.id_of(from), self.id_of(to));
+        self.cli(to, &["cluster", "setslot", &slot, "importing", &from_id]);
+        self.cli(from, &["cluster", "setslot", &slot, "migrating", &to_id]);
+        loop {
+            let keys = self.cli(from, &["cluster", "getkeysinslot", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["migrate", "127.0.0.1", "", "", "0", "5000", "keys"];
+            let port = to.to_string();
+            args[2] = &port;
+            args.extend(keys);
+            let out = self.cli(from, &args);
+            assert!(out.contains("OK"), "MIGRATE: {out}");
+        }
+        for (port, _) in self.masters(self.base) {
+            self.cli(port, &["cluster", "setslot", &slot, "node", &to_id]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_channel_whose_slot_moves_to_another_shard_is_followed_there() {
+    let redis = RedisCluster::start();
+    let nodes = nodes_on(&redis, 2).await;
+    let prefix = nodes[0].node().app.cfg().broker.prefix.clone();
+    let channel = "moving";
+    let topic = format!("{prefix}:ch:{{{channel}}}");
+    let (mut watcher, _) = nodes[0].connect("w").await;
+    subscribe(&mut watcher, channel, None).await;
+    for n in 1..=5u64 {
+        assert_eq!(
+            nodes[1]
+                .publish(json!({"channel": channel, "data": n}))
+                .await
+                .0,
+            200
+        );
+    }
+    for n in 1..=5u64 {
+        assert_eq!(next_pub(&mut watcher).await["offset"], n);
+    }
+    let from = redis.owner_of(&topic, redis.base);
+    let to = redis
+        .masters(redis.base)
+        .into_iter()
+        .map(|(p, _)| p)
+        .find(|p| *p != from)
+        .unwrap();
+    redis.move_slot_of(&topic, to);
+    // The old owner dropped the shard channel's subscribers; the node follows it again
+    // at the new owner.
+    let followed = poll_until(Duration::from_secs(15), || async {
+        let listed = redis.cli(to, &["pubsub", "shardnumsub", &topic]);
+        listed.lines().nth(1).is_some_and(|n| n.trim() != "0")
+    });
+    assert!(followed.await, "followed again at :{to}");
+    // History moved with the slot: offsets go on, nothing is lost or repeated.
+    for n in 6..=10u64 {
+        let (status, body) = nodes[1]
+            .publish(json!({"channel": channel, "data": n}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for n in 6..=10u64 {
+        let m = next_pub(&mut watcher).await;
+        assert_eq!(
+            (m["offset"].as_u64(), m["data"].as_u64()),
+            (Some(n), Some(n)),
+            "{m}"
+        );
+    }
+    for s in nodes {
+        s.shutdown().await;
+    }
+}
