@@ -11,7 +11,8 @@ listen = "127.0.0.1:8080"
 data_dir = "./herald-data"
 # Name of this node in `connected` frames and /api/stats; empty = host name.
 node_name = ""
-# Origins allowed to open browser WebSockets. Empty = same origin as the server only;
+# Origins allowed to open browser WebSockets and /sse streams (and to publish and ack
+# over HTTP with a user's token: CORS). Empty = same origin as the server only;
 # ["*"] = any origin (write it out on purpose). Entries look like "https://app.example".
 allowed_origins = []
 # Load balancers whose Forwarded / X-Forwarded-For / -Proto / -Host headers are believed

@@ -9,6 +9,7 @@ pub mod broadcasts;
 pub mod conformance;
 pub mod conn_caps;
 pub mod connections;
+pub mod cors;
 pub mod error;
 pub mod head_guard;
 pub mod openapi;

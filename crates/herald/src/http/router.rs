@@ -10,8 +10,8 @@ use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 
 use super::{
-    assets, batch, broadcasts, conformance, connections, error, openapi, presence, prometheus,
-    publish, revoke, sse, stats, ws_upgrade, App,
+    assets, batch, broadcasts, conformance, connections, cors, error, openapi, presence,
+    prometheus, publish, revoke, sse, stats, ws_upgrade, App,
 };
 
 /// One route: its method, its path (axum's `{param}` syntax, as in OpenAPI) and what
@@ -140,6 +140,10 @@ pub fn router(app: App) -> Router {
     }
     r.fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            cors::layer,
+        ))
         .layer(DefaultBodyLimit::max(app.cfg().limits.http_body_bytes))
         .with_state(app)
 }

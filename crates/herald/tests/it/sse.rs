@@ -463,3 +463,73 @@ async fn a_client_on_sse_publishes_with_its_token_as_its_websocket_would() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_page_on_a_listed_origin_may_publish_and_ack_over_http_others_get_no_cors() {
+    use herald::config::namespaces::PublishRule;
+    let s = TestServer::start_with(|c| {
+        c.allowed_origins = vec!["https://app.example".into()];
+        c.namespaces.insert(
+            "chat".into(),
+            NamespaceConfig {
+                publish: PublishRule::Any,
+                ..NamespaceConfig::default()
+            },
+        );
+    })
+    .await;
+    let url = |path: &str| format!("http://{}{path}", s.addr);
+    let preflight = |origin: &'static str, path: &'static str| {
+        s.http
+            .request(reqwest::Method::OPTIONS, url(path))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    for path in ["/api/publish", "/api/broadcasts/1/ack"] {
+        let res = preflight("https://app.example", path).await.unwrap();
+        assert_eq!(res.status().as_u16(), 204, "{path}");
+        let h = res.headers();
+        assert_eq!(h["access-control-allow-origin"], "https://app.example");
+        assert_eq!(h["access-control-allow-credentials"], "true");
+        assert!(h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST"));
+        assert!(h["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("authorization"));
+    }
+    // Another origin, or a backend's endpoint: no preflight answer, no CORS headers.
+    for (origin, path) in [
+        ("https://evil.example", "/api/publish"),
+        ("https://app.example", "/api/publish/batch"),
+        ("https://app.example", "/api/stats"),
+    ] {
+        let res = preflight(origin, path).await.unwrap();
+        assert_eq!(res.status().as_u16(), 405, "{origin} {path}");
+        assert!(res.headers().get("access-control-allow-origin").is_none());
+    }
+    let publish = |origin: &'static str| {
+        s.http
+            .post(url("/api/publish"))
+            .header("Origin", origin)
+            .bearer_auth(s.token("alice"))
+            .json(&json!({"channel": "chat:room", "data": 1}))
+            .send()
+    };
+    let res = publish("https://app.example").await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let res = publish("https://evil.example").await.unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    s.shutdown().await;
+}
