@@ -350,6 +350,24 @@ test('origins: a page on another origin is refused /sse (403) unless allowed_ori
     assert.deepEqual(pub.data.data, { w: withCredentials });
     await page.evaluate(() => window.es.close());
   }
+  // And that page may publish over HTTP with its token (the SSE client's way): the
+  // preflight and the POST are answered with CORS for that origin.
+  const rawToken = open.token('jan');
+  await openEventSource(page, `${open.url}/sse?token=${t2}&channels=chat:x`);
+  await waitUntil(async () => (await events(page, 'subscribed')).length === 1, { what: 'subscribed to chat:x cross-origin' });
+  const posted = await page.evaluate(async ({ url, token }) => {
+    const r = await fetch(`${url}/api/publish`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ channel: 'chat:x', data: { from: 'page' } }),
+    });
+    return { status: r.status, body: await r.json() };
+  }, { url: open.url, token: rawToken });
+  assert.equal(posted.status, 200, JSON.stringify(posted));
+  assert.equal(typeof posted.body.offset, 'number');
+  const [own] = await waitUntil(async () => { const p = await events(page, 'pub'); return p.length && p; }, { what: 'the page\'s own publication on its stream' });
+  assert.deepEqual(own.data.data, { from: 'page' });
+  await page.evaluate(() => window.es.close());
   const allowed = await fetch(`${open.url}/sse?token=${t2}`, { headers: { Origin: other.url } });
   assert.equal(allowed.status, 200);
   assert.equal(allowed.headers.get('access-control-allow-origin'), other.url);
