@@ -1,6 +1,10 @@
 //! The Redis broker (DESIGN §9): one pub/sub connection and one command connection per
 //! node, both `ConnectionManager`s (they reconnect with capped, jittered exponential
-//! backoff, and the pub/sub one resubscribes by itself).
+//! backoff, and the pub/sub one resubscribes by itself) — or, on a Redis Cluster
+//! (`redis+cluster://`, DESIGN §13), both the cluster client's connections: channels
+//! become shard channels (`SPUBLISH`/`SSUBSCRIBE`) on the shard of their slot
+//! ([`super::keys`]), pipelines are split per slot, and the bus is resubscribed here
+//! after a failover, which the client does not do reliably.
 //!
 //! Every publication goes to Redis and comes back, on one pub/sub connection, to every
 //! node that wants it, this one included, so all nodes see the same order. A channel's
