@@ -17,7 +17,7 @@ use crate::connection::driver::{Admit, Flow, Handler};
 use crate::connection::rate::{InboundLimiter, Verdict};
 use crate::hub::channels::Earlier;
 use crate::hub::namespace::Denied;
-use crate::hub::request::client_publication_of;
+use crate::hub::request::{client_publication_of, BACKEND_ONLY};
 use crate::hub::{ConnHandle, Hub, Publication};
 use crate::metrics::{Refusal, Source};
 use crate::outbox::{Outbox, Push};
@@ -340,8 +340,7 @@ impl Session {
         frame: PublishFrame,
     ) -> Result<(Publication, Option<Value>), (Denied, Option<Value>)> {
         if frame.needs_backend() {
-            let why = "only a backend (an API key or an admin token) may publish to a user, a group or everyone, or exclude recipients";
-            return Err((Denied::Forbidden(why), frame.reference));
+            return Err((Denied::Forbidden(BACKEND_ONLY), frame.reference));
         }
         let (request, reference) = frame.into_request();
         let namespaces = self.hub().namespaces();

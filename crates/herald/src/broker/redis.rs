@@ -726,7 +726,7 @@ async fn send_loop(
             }
         }
         let results = match s.keys.cluster() {
-            false => send(&mut conn, &batch, false).await,
+            false => send_jobs(&mut conn, &batch.iter().collect::<Vec<_>>(), false).await,
             true => Ok(send_by_slot(&conn, &batch).await),
         };
         match results {
@@ -828,16 +828,6 @@ async fn send_by_slot(conn: &Conn, batch: &[Job]) -> Vec<RedisResult<Value>> {
             r.unwrap_or_else(|| Err(redis::RedisError::from((redis::ErrorKind::Io, "no answer"))))
         })
         .collect()
-}
-
-/// Sends `batch` as one pipeline.
-async fn send(
-    conn: &mut Conn,
-    batch: &[Job],
-    cluster: bool,
-) -> RedisResult<Vec<RedisResult<Value>>> {
-    let jobs: Vec<&Job> = batch.iter().collect();
-    send_jobs(conn, &jobs, cluster).await
 }
 
 /// Sends `batch` as one pipeline. If Redis did not know the publish script (it restarted,

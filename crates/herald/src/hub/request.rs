@@ -17,6 +17,20 @@ use crate::protocol::channel::validate_channel;
 use crate::protocol::publish::{check_idempotency_key, too_deep, within_depth, PublishRequest};
 use crate::protocol::sync;
 
+/// Why a user may not make a publication only a backend may.
+pub const BACKEND_ONLY: &str = "only a backend (an API key or an admin token) may publish to a user, a group or everyone, or exclude recipients";
+
+/// The checks every publication's body passes: nesting depth and the idempotency key.
+fn check_body(data: &serde_json::value::RawValue, key: Option<&str>) -> Result<(), Denied> {
+    if !within_depth(data) {
+        return Err(Denied::BadRequest(too_deep()));
+    }
+    if let Some(key) = key {
+        check_idempotency_key(key).map_err(Denied::BadRequest)?;
+    }
+    Ok(())
+}
+
 /// The publication `req` asks for, or why it is a bad request.
 pub fn publication_of(req: PublishRequest, accepted: Instant) -> Result<Publication, Denied> {
     let target = match (req.channel, req.user, req.group, req.all) {
@@ -33,12 +47,7 @@ pub fn publication_of(req: PublishRequest, accepted: Instant) -> Result<Publicat
             ));
         }
     };
-    if !within_depth(&req.data) {
-        return Err(Denied::BadRequest(too_deep()));
-    }
-    if let Some(key) = &req.idempotency_key {
-        check_idempotency_key(key).map_err(Denied::BadRequest)?;
-    }
+    check_body(&req.data, req.idempotency_key.as_deref())?;
     let mut route = Route::Normal;
     if let Target::Channel(c) = &target {
         if c.split_once(':').is_some_and(|(ns, _)| ns == SYNC) {
@@ -75,20 +84,13 @@ pub fn client_publication_of(
 ) -> Result<Publication, Denied> {
     if req.user.is_some() || req.group.is_some() || req.all.is_some() || req.exclude_user.is_some()
     {
-        return Err(Denied::Forbidden(
-            "only a backend (an API key or an admin token) may publish to a user, a group or everyone, or exclude recipients",
-        ));
+        return Err(Denied::Forbidden(BACKEND_ONLY));
     }
     let Some(channel) = req.channel else {
         return Err(Denied::BadRequest("a publish needs a `channel`".to_owned()));
     };
     validate_channel(&channel).map_err(Denied::BadRequest)?;
-    if !within_depth(&req.data) {
-        return Err(Denied::BadRequest(too_deep()));
-    }
-    if let Some(key) = &req.idempotency_key {
-        check_idempotency_key(key).map_err(Denied::BadRequest)?;
-    }
+    check_body(&req.data, req.idempotency_key.as_deref())?;
     let ns = namespaces.resolve(&channel)?;
     ns.may_publish(who)?;
     let mut route = Route::Normal;

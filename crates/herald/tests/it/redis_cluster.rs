@@ -5,9 +5,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::scale_out::cluster_config;
+use crate::scale_out::{cluster_at, subscribe};
 use crate::support::*;
 
 /// A Redis Cluster of this test's own.
@@ -135,41 +135,10 @@ impl Drop for RedisCluster {
     }
 }
 
-async fn nodes_on(redis: &RedisCluster, n: usize) -> Vec<TestServer> {
-    let prefix = format!("herald-rc-{:08x}", rand::random::<u32>());
-    let url = redis.url();
-    let mut nodes = Vec::new();
-    for _ in 0..n {
-        nodes.push(TestServer::start_with(|c| cluster_config(c, &url, &prefix)).await);
-    }
-    for s in &nodes {
-        let ready = poll_until(WAIT, || async {
-            s.get_json("/readyz").await.1["broker"] == "ok"
-        });
-        assert!(ready.await, "node subscribed to the bus");
-    }
-    nodes
-}
-
-async fn subscribe(ws: &mut Ws, channel: &str, since: Option<(u64, &str)>) -> Value {
-    let mut msg = json!({"type": "subscribe", "channel": channel});
-    if let Some((offset, epoch)) = since {
-        msg["since"] = json!({"offset": offset, "epoch": epoch});
-    }
-    send_text(ws, &msg.to_string()).await;
-    loop {
-        let reply = next_json(ws).await;
-        if reply["type"] == "subscribed" {
-            return reply;
-        }
-        assert_ne!(reply["type"], "error", "{reply}");
-    }
-}
-
 #[tokio::test]
 async fn channels_live_on_their_own_shard_and_every_target_reaches_every_node() {
     let redis = RedisCluster::start();
-    let nodes = nodes_on(&redis, 2).await;
+    let nodes = cluster_at(&redis.url(), 2).await;
     let prefix = nodes[0].node().app.cfg().broker.prefix.clone();
     // Two channels whose slots two different masters own.
     let topic = |c: &str| format!("{prefix}:ch:{{{c}}}");
@@ -242,7 +211,7 @@ async fn channels_live_on_their_own_shard_and_every_target_reaches_every_node() 
 #[tokio::test]
 async fn a_master_killed_during_a_publish_load_loses_nothing_on_a_history_channel() {
     let redis = RedisCluster::start();
-    let nodes = nodes_on(&redis, 2).await;
+    let nodes = cluster_at(&redis.url(), 2).await;
     let prefix = nodes[0].node().app.cfg().broker.prefix.clone();
     let channel = "orders";
     let owner = redis.owner_of(&format!("{prefix}:ch:{{{channel}}}"), redis.base);
@@ -371,7 +340,7 @@ impl RedisCluster {
 #[tokio::test]
 async fn a_channel_whose_slot_moves_to_another_shard_is_followed_there() {
     let redis = RedisCluster::start();
-    let nodes = nodes_on(&redis, 2).await;
+    let nodes = cluster_at(&redis.url(), 2).await;
     let prefix = nodes[0].node().app.cfg().broker.prefix.clone();
     let channel = "moving";
     let topic = format!("{prefix}:ch:{{{channel}}}");

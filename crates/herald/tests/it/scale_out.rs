@@ -51,7 +51,7 @@ pub(crate) fn cluster_config(c: &mut Config, url: &str, prefix: &str) {
     );
 }
 
-async fn cluster_at(url: &str, n: usize) -> Vec<TestServer> {
+pub(crate) async fn cluster_at(url: &str, n: usize) -> Vec<TestServer> {
     let prefix = format!("herald-it-{:08x}", rand::random::<u32>());
     let mut nodes = Vec::new();
     for _ in 0..n {
@@ -95,7 +95,7 @@ async fn cluster(n: usize) -> Vec<TestServer> {
     cluster_at(&redis_url(), n).await
 }
 
-async fn subscribe(ws: &mut Ws, channel: &str, since: Option<(u64, &str)>) -> Value {
+pub(crate) async fn subscribe(ws: &mut Ws, channel: &str, since: Option<(u64, &str)>) -> Value {
     let mut msg = json!({"type": "subscribe", "channel": channel});
     if let Some((offset, epoch)) = since {
         msg["since"] = json!({"offset": offset, "epoch": epoch});
